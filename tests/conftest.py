@@ -1,0 +1,41 @@
+"""Shared fixtures: a tiny offline checkpoint (random 2-layer Qwen2 + trained tokenizer).
+
+Built once per test session and loaded through ``from_pretrained`` like a real checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+# Kernel tests run the Triton code on CPU tensors; the interpreter flag must be set before
+# triton is first imported anywhere in the test process.
+os.environ.setdefault("TRITON_INTERPRET", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def pytest_collection_modifyitems(config, items):
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip_gpu)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    from verl_repro.testing import build_tiny_checkpoint
+
+    return build_tiny_checkpoint(tmp_path_factory.mktemp("tiny_qwen2"))
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_model_dir)

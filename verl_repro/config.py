@@ -1,0 +1,156 @@
+"""Configuration of verl-repro: one dataclass per group, defaults, and ``validate()`` naming the bad key.
+
+In a veRL run these live under the top-level Hydra group ``repro`` (``+repro=default`` adds the
+group with these defaults; ``repro.alpha=0.2`` then overrides a key). CorR-PO keys are the nested
+group ``repro.corr``. This module imports no veRL, so the maths, the analysis tools and the
+recipes' ``--dry-run`` can all validate the same objects.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+SCORERS = ("ref", "actor")
+SCORING_MODES = ("naive", "prefix_shared")
+NO_THINK_END_POLICIES = ("skip", "use_end")
+CORRELATION_KINDS = ("spearman", "pearson")
+TOKEN_SCOPES = ("thinking", "all")
+ANSWER_PLACEHOLDER = "{ground_truth}"
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the full key, e.g. ``repro.alpha``."""
+
+
+def _require(condition: bool, key: str, message: str, value: Any) -> None:
+    if not condition:
+        raise ConfigError(f"{key} {message}, got {value!r}")
+
+
+@dataclass
+class CorrConfig:
+    """CorR-PO: reward regularization by the entropy / logit-gradient-norm correlation (DESIGN §3)."""
+
+    coef: float = 0.1
+    """λ in ``r_i = outcome_weight · r_outcome_i − λ · ρ_i``."""
+    kind: str = "spearman"
+    """``spearman`` (average ranks for ties) or ``pearson``."""
+    scope: str = "thinking"
+    """Tokens that enter ρ: ``thinking`` (before the first ``</think>``) or ``all`` response tokens."""
+    min_tokens: int = 8
+    """Responses with fewer in-scope tokens get ρ = 0 (counted in ``corr/skipped``)."""
+    outcome_weight: float = 1.0
+    """Weight of the verifier's outcome reward; 0 is the verifier-free mode (regularizer only)."""
+
+    def validate(self, prefix: str = "repro.corr") -> "CorrConfig":
+        _require(self.coef >= 0, f"{prefix}.coef", "must be >= 0", self.coef)
+        _require(self.kind in CORRELATION_KINDS, f"{prefix}.kind", f"must be one of {CORRELATION_KINDS}", self.kind)
+        _require(self.scope in TOKEN_SCOPES, f"{prefix}.scope", f"must be one of {TOKEN_SCOPES}", self.scope)
+        _require(self.min_tokens >= 3, f"{prefix}.min_tokens", "must be >= 3 (a correlation needs 3 points)", self.min_tokens)
+        _require(self.outcome_weight >= 0, f"{prefix}.outcome_weight", "must be >= 0", self.outcome_weight)
+        return self
+
+
+@dataclass
+class ReproConfig:
+    """RePro process rewards (DESIGN §2) and the ground-truth scoring that feeds them."""
+
+    num_segments: int = 10
+    """k: step boundaries kept per response, those whose next token has the highest entropy."""
+    stability_weight: float = 0.5
+    """w in ``S = (1-w)·S_magn + w·S_stab``; 0 is magnitude-only (the public reference code)."""
+    stability_ema: float = 0.0
+    """EMA smoothing factor applied to the J sequence before Kendall τ; 0 disables it."""
+    alpha: float = 0.1
+    """α in ``Â = A + α·Ã``: weight of the process advantage on the outcome advantage."""
+    gamma: float = 1.0
+    """Discount of the process-reward return-to-go."""
+    scorer: str = "ref"
+    """Which policy computes J: ``ref`` (frozen reference worker) or ``actor`` (current policy)."""
+    scoring_mode: str = "naive"
+    """``naive`` scores one sequence per cut; ``prefix_shared`` scores all cuts in one pass."""
+    scoring_micro_batch_size: int = 16
+    """Sequences per scoring micro-batch on each data-parallel rank."""
+    answer_template: str = "\\boxed{" + ANSWER_PLACEHOLDER + "}"
+    """How the ground truth is rendered after a cut; ``{ground_truth}`` is replaced literally."""
+    max_answer_tokens: int = 64
+    """Rendered answers longer than this are truncated (counted in ``repro/truncated_answers``)."""
+    boundary_patterns: list[str] = field(default_factory=lambda: ["\n\n", ".\n", "?\n"])
+    """A token ends a step when its decoded text ends with one of these."""
+    think_end_token: str = "</think>"
+    """End-of-thinking token; its id is looked up in the tokenizer, never hard-coded."""
+    no_think_end: str = "skip"
+    """Response without ``</think>``: ``skip`` (outcome advantage only) or ``use_end`` (end acts as e)."""
+    j_base_eps: float = 1e-6
+    """|J_b| below this makes the magnitude undefined: that response gets no process reward."""
+    corr: CorrConfig = field(default_factory=CorrConfig)
+
+    def validate(self, prefix: str = "repro") -> "ReproConfig":
+        _require(isinstance(self.num_segments, int) and self.num_segments > 0, f"{prefix}.num_segments", "must be a positive int", self.num_segments)
+        _require(0.0 <= self.stability_weight <= 1.0, f"{prefix}.stability_weight", "must be in [0, 1]", self.stability_weight)
+        _require(0.0 <= self.stability_ema < 1.0, f"{prefix}.stability_ema", "must be in [0, 1) (0 disables smoothing)", self.stability_ema)
+        _require(self.alpha >= 0, f"{prefix}.alpha", "must be >= 0", self.alpha)
+        _require(0.0 < self.gamma <= 1.0, f"{prefix}.gamma", "must be in (0, 1]", self.gamma)
+        _require(self.scorer in SCORERS, f"{prefix}.scorer", f"must be one of {SCORERS}", self.scorer)
+        _require(self.scoring_mode in SCORING_MODES, f"{prefix}.scoring_mode", f"must be one of {SCORING_MODES}", self.scoring_mode)
+        _require(self.scoring_micro_batch_size > 0, f"{prefix}.scoring_micro_batch_size", "must be > 0", self.scoring_micro_batch_size)
+        _require(ANSWER_PLACEHOLDER in self.answer_template, f"{prefix}.answer_template", f"must contain {ANSWER_PLACEHOLDER}", self.answer_template)
+        _require(self.max_answer_tokens > 0, f"{prefix}.max_answer_tokens", "must be > 0", self.max_answer_tokens)
+        _require(
+            len(self.boundary_patterns) > 0 and all(isinstance(p, str) and p for p in self.boundary_patterns),
+            f"{prefix}.boundary_patterns", "must be a non-empty list of non-empty strings", self.boundary_patterns,
+        )
+        _require(bool(self.think_end_token), f"{prefix}.think_end_token", "must be a non-empty string", self.think_end_token)
+        _require(self.no_think_end in NO_THINK_END_POLICIES, f"{prefix}.no_think_end", f"must be one of {NO_THINK_END_POLICIES}", self.no_think_end)
+        _require(self.j_base_eps > 0, f"{prefix}.j_base_eps", "must be > 0", self.j_base_eps)
+        self.corr.validate(prefix=f"{prefix}.corr")
+        return self
+
+    def render_answer(self, ground_truth: str) -> str:
+        return self.answer_template.replace(ANSWER_PLACEHOLDER, ground_truth)
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any] | None, prefix: str = "repro") -> "ReproConfig":
+        """Build from a dict / OmegaConf node; unknown keys are an error naming the key."""
+        return _from_mapping(cls, values, prefix).validate(prefix)
+
+
+def _from_mapping(cls, values: Mapping[str, Any] | None, prefix: str):
+    values = {} if values is None else dict(values.items())
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ConfigError(f"{prefix}.{unknown[0]} is not a known key; known keys: {sorted(known)}")
+    kwargs = {}
+    for name, value in values.items():
+        if name == "corr":
+            kwargs[name] = _from_mapping(CorrConfig, value, f"{prefix}.corr")
+        elif name == "boundary_patterns":
+            kwargs[name] = [str(p) for p in value]
+        else:
+            kwargs[name] = value
+    return cls(**kwargs)
+
+
+def config_table(cls=ReproConfig, prefix: str = "repro") -> list[tuple[str, Any, str]]:
+    """(key, default, doc) rows for the README table, read from the dataclass attribute docstrings."""
+    import ast
+    import inspect
+    import textwrap
+
+    docs: dict[str, str] = {}
+    body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body
+    for node, following in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(following, ast.Expr) and isinstance(following.value, ast.Constant):
+            docs[node.target.id] = " ".join(str(following.value.value).split())
+    rows = []
+    defaults = cls()
+    for f in dataclasses.fields(cls):
+        value = getattr(defaults, f.name)
+        if dataclasses.is_dataclass(value):
+            rows.extend(config_table(type(value), f"{prefix}.{f.name}"))
+        else:
+            rows.append((f"{prefix}.{f.name}", value, docs.get(f.name, "")))
+    return rows
