@@ -18,6 +18,7 @@ logger = logging.getLogger("verl_repro")
 # veRL. Registration is idempotent per process: a module is registered at most once.
 REGISTRATION_MODULES: tuple[str, ...] = (
     "verl_repro.verl_ext.estimators",
+    "verl_repro.verl_ext.corrpo",
     "verl_repro.verl_ext.reward_managers",
     "verl_repro.verl_ext.engine",
     "verl_repro.verl_ext.trainer",
