@@ -1,0 +1,229 @@
+"""``verl-repro demo``: the package's pipeline on a real small model, on a CPU, in a few minutes.
+
+SmolLM2-135M-Instruct (embedded, see :mod:`verl_repro.demo_model`) samples several responses to a
+handful of bundled grade-school problems; then, exactly as in training, the demo computes the
+per-token entropy and logit-gradient norm of every response, RePro's cuts (top-k entropy step
+boundaries), the ground-truth log-likelihood J at each cut, magnitude / stability scores, process
+rewards and the token process advantage merged with a GRPO outcome advantage, and CorR-PO's
+per-response entropy-gradient correlation. It prints a table and writes a JSON summary and plots.
+
+SmolLM2 is not a thinking model (no ``</think>`` token), so the demo uses
+``repro.no_think_end=use_end``: the whole response is treated as the reasoning.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+SYSTEM_PROMPT = "You are a careful math tutor. Solve the problem step by step, one step per line."
+USER_SUFFIX = "\nPut the final answer in \\boxed{}."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default=None, help="HF checkpoint path (default: embedded SmolLM2-135M-Instruct)")
+    parser.add_argument("--problems", default=None, help="jsonl with question/answer (default: bundled problems)")
+    parser.add_argument("--num-problems", type=int, default=4)
+    parser.add_argument("--samples-per-prompt", type=int, default=3, help="GRPO group size n")
+    parser.add_argument("--max-new-tokens", type=int, default=160)
+    parser.add_argument("--temperature", type=float, default=0.8)
+    parser.add_argument("--num-segments", type=int, default=10, help="repro.num_segments (k)")
+    parser.add_argument("--stability-weight", type=float, default=0.5, help="repro.stability_weight (w)")
+    parser.add_argument("--alpha", type=float, default=0.1, help="repro.alpha")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output-dir", default="outputs/demo")
+
+
+def _load_problems(path: str | None, limit: int) -> list[dict]:
+    if path is None:
+        from importlib.resources import files
+
+        text = files("verl_repro").joinpath("data/demo_problems.jsonl").read_text()
+    else:
+        text = Path(path).read_text()
+    problems = [json.loads(line) for line in text.splitlines() if line.strip()]
+    return problems[:limit]
+
+
+def _grade(response: str, ground_truth: str) -> float:
+    from verl_repro.rewards import score_math_response
+
+    return float(score_math_response(response, ground_truth, require_think_end=False).score)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from verl_repro import algorithms as alg
+    from verl_repro.analysis.hf_scoring import response_token_stats, score_cuts
+    from verl_repro.config import ReproConfig
+
+    started = time.time()
+    torch.manual_seed(args.seed)
+    config = ReproConfig(
+        num_segments=args.num_segments, stability_weight=args.stability_weight, alpha=args.alpha, no_think_end="use_end"
+    ).validate()
+    if args.model is None:
+        from verl_repro.demo_model import smollm2_checkpoint
+
+        print("loading embedded SmolLM2-135M-Instruct (first run converts the GGUF, ~40 s) ...", flush=True)
+        model_path = smollm2_checkpoint()
+    else:
+        model_path = Path(args.model)
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+    problems = _load_problems(args.problems, args.num_problems)
+    n = args.samples_per_prompt
+    prompts = [
+        tokenizer.apply_chat_template(
+            [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": p["question"] + USER_SUFFIX}],
+            add_generation_prompt=True,
+            tokenize=False,
+        )
+        for p in problems
+    ]
+    prompt_ids = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in prompts]
+
+    # 1. rollout: n samples per prompt (HF generate, left-padded batch)
+    print(f"sampling {n} responses to each of {len(problems)} problems ...", flush=True)
+    rows_prompt = [ids for ids in prompt_ids for _ in range(n)]
+    width = max(len(ids) for ids in rows_prompt)
+    input_ids = torch.full((len(rows_prompt), width), pad_id, dtype=torch.long)
+    attention = torch.zeros_like(input_ids)
+    for row, ids in enumerate(rows_prompt):
+        input_ids[row, width - len(ids) :] = torch.tensor(ids)
+        attention[row, width - len(ids) :] = 1
+    with torch.no_grad():
+        generated = model.generate(
+            input_ids=input_ids, attention_mask=attention, do_sample=True, temperature=args.temperature,
+            top_p=1.0, max_new_tokens=args.max_new_tokens, pad_token_id=pad_id, eos_token_id=tokenizer.eos_token_id,
+        )[:, width:]
+    is_eos = generated == tokenizer.eos_token_id
+    after_eos = (is_eos.cumsum(1) - is_eos.long()) > 0  # keep the eos token itself, drop what follows
+    response_mask = (~after_eos) & (generated != pad_id) | is_eos & ~after_eos
+    response_ids = torch.where(response_mask, generated, torch.full_like(generated, pad_id))
+    texts = [tokenizer.decode(response_ids[b, : int(response_mask[b].sum())], skip_special_tokens=True) for b in range(len(rows_prompt))]
+    group_ids = torch.arange(len(problems)).repeat_interleave(n)
+    ground_truths = [p["answer"] for p in problems for _ in range(n)]
+
+    # 2. old-log-prob pass: per-token entropy and logit-gradient norm
+    stats = response_token_stats(model, rows_prompt, response_ids, response_mask, pad_id=pad_id)
+
+    # 3. RePro: cuts, J at each cut, scores, process advantage
+    boundary_ids = alg.boundary_token_ids(tokenizer, config.boundary_patterns)
+    cuts, cut_mask, has_think_end = alg.select_cuts(
+        response_ids, response_mask, stats.entropy, boundary_ids, think_end_id=-1,
+        num_segments=config.num_segments, no_think_end=config.no_think_end,
+    )
+    answers = [
+        tokenizer(config.render_answer(gt), add_special_tokens=False)["input_ids"][: config.max_answer_tokens]
+        for gt in ground_truths
+    ]
+    j_base, j_cuts = score_cuts(model, rows_prompt, response_ids, cuts, cut_mask, answers, pad_id=pad_id)
+    repro = alg.compute_repro_process_advantage(
+        j_cuts, j_base, cuts, cut_mask, has_think_end, response_mask.float(), group_ids=group_ids,
+        normalization="grpo", stability_weight=config.stability_weight, j_base_eps=config.j_base_eps,
+    )
+
+    # 4. outcome: verifier score, GRPO advantage, RePro-merged advantage
+    outcome = torch.tensor([_grade(text, gt) for text, gt in zip(texts, ground_truths)])
+    group_mean = torch.zeros(len(problems)).index_add_(0, group_ids, outcome) / n
+    group_var = torch.zeros(len(problems)).index_add_(0, group_ids, (outcome - group_mean[group_ids]) ** 2) / max(n - 1, 1)
+    outcome_adv = (outcome - group_mean[group_ids]) / (group_var[group_ids].sqrt() + 1e-6)
+    final_adv = alg.combine_advantages(
+        outcome_adv[:, None] * response_mask.float(), repro.process_advantages, response_mask.float(), config.alpha
+    )
+
+    # 5. CorR-PO signature: per-response Spearman correlation of entropy and gradient norm
+    rho = alg.masked_spearman(stats.entropy.double(), stats.grad_norm.double(), response_mask) if hasattr(alg, "masked_spearman") else None
+
+    rows = []
+    for b in range(len(rows_prompt)):
+        valid = cut_mask[b]
+        scores = repro.scores[b][valid]
+        rows.append(
+            {
+                "problem": problems[b // n]["id"],
+                "sample": b % n,
+                "correct": bool(outcome[b] > 0),
+                "tokens": int(response_mask[b].sum()),
+                "cuts": int(valid.sum()),
+                "j_base": float(j_base[b]),
+                "j_final": float(j_cuts[b][valid][-1]) if valid.any() else float("nan"),
+                "score_final": float(scores[-1]) if len(scores) else float("nan"),
+                "process_adv_abs_mean": float(repro.process_advantages[b][response_mask[b]].abs().mean()),
+                "final_adv_mean": float(final_adv[b][response_mask[b]].mean()),
+                "entropy_mean": float(stats.entropy[b][response_mask[b]].mean()),
+                "grad_norm_mean": float(stats.grad_norm[b][response_mask[b]].mean()),
+                "rho_entropy_grad": float(rho[b]) if rho is not None else None,
+                "j_curve": [float(j_base[b])] + [float(v) for v in j_cuts[b][valid]],
+                "cut_positions": [int(c) for c in cuts[b][valid]],
+                "response": texts[b],
+            }
+        )
+    _print_table(rows)
+    output_dir = Path(args.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    summary = {
+        "model": str(model_path),
+        "config": {"num_segments": config.num_segments, "stability_weight": config.stability_weight, "alpha": config.alpha},
+        "fallbacks": repro.counts.as_metrics(),
+        "accuracy": float(outcome.mean()),
+        "seconds": round(time.time() - started, 1),
+        "responses": rows,
+    }
+    (output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    plots = _plot(rows, stats, response_mask, output_dir)
+    print(f"\naccuracy {summary['accuracy']:.2f} | fallbacks {summary['fallbacks']}")
+    print(f"wrote {output_dir / 'summary.json'} and {', '.join(str(p) for p in plots)} in {summary['seconds']} s")
+    return 0
+
+
+def _print_table(rows: list[dict]) -> None:
+    header = f"{'problem':<9}{'n':>2} {'ok':>3} {'tok':>4} {'cuts':>4} {'J_b':>7} {'J_end':>7} {'S_end':>6} {'|Ã|':>6} {'Â':>6} {'H':>5} {'g':>5} {'ρ(H,g)':>7}"
+    print("\n" + header)
+    print("-" * len(header))
+    for r in rows:
+        rho = "   n/a" if r["rho_entropy_grad"] is None else f"{r['rho_entropy_grad']:7.2f}"
+        print(
+            f"{r['problem']:<9}{r['sample']:>2} {'yes' if r['correct'] else 'no':>3} {r['tokens']:>4} {r['cuts']:>4} "
+            f"{r['j_base']:7.2f} {r['j_final']:7.2f} {r['score_final']:6.3f} {r['process_adv_abs_mean']:6.3f} "
+            f"{r['final_adv_mean']:6.2f} {r['entropy_mean']:5.2f} {r['grad_norm_mean']:5.2f} {rho}"
+        )
+
+
+def _plot(rows, stats, response_mask, output_dir: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for r in rows:
+        curve = r["j_curve"]
+        xs = [i / max(len(curve) - 1, 1) for i in range(len(curve))]
+        ax.plot(xs, curve, color="tab:green" if r["correct"] else "tab:red", alpha=0.6, marker="o", markersize=3)
+    ax.set_xlabel("normalized step position (0 = no reasoning)")
+    ax.set_ylabel("J: mean log-prob of the ground-truth answer")
+    ax.set_title("RePro J along each response (green: correct)")
+    fig.tight_layout()
+    curves = output_dir / "j_curves.png"
+    fig.savefig(curves, dpi=120)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(5, 4))
+    mask = response_mask.bool()
+    ax.scatter(stats.entropy[mask].numpy(), stats.grad_norm[mask].numpy(), s=4, alpha=0.4)
+    ax.set_xlabel("token entropy H (nats)")
+    ax.set_ylabel("logit-gradient norm g")
+    ax.set_title("entropy vs gradient norm, all response tokens")
+    fig.tight_layout()
+    scatter = output_dir / "entropy_vs_grad_norm.png"
+    fig.savefig(scatter, dpi=120)
+    plt.close(fig)
+    return [curves, scatter]
