@@ -62,3 +62,5 @@ __all__ = [
     "compute_repro_process_advantage",
     # correlation (CorR-PO) exports are appended below
 ]
+from .correlation import CORRELATION_KINDS, TOKEN_SCOPES, CorrelationResult, average_ranks, masked_correlation, masked_pearson, masked_spearman, response_correlation, scope_mask  # noqa: E402
+__all__ += ["CORRELATION_KINDS", "TOKEN_SCOPES", "CorrelationResult", "average_ranks", "masked_correlation", "masked_pearson", "masked_spearman", "response_correlation", "scope_mask"]
