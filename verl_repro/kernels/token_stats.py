@@ -9,12 +9,14 @@ Two kernels share one online recurrence over the vocabulary (the maths is in ``r
 
 Online recurrence (per row, over vocabulary blocks, with running max ``m``)::
 
-    s = Σ e^{z-m}      t = Σ e^{z-m} (z-m)      q = Σ_{j≠y} e^{2(z-m)}
-    lse = m + log s    H = log s - t/s           Σp² = p_y² + q/s²
-    g   = sqrt((1 - p_y)² + q/s²)
+    r = Σ e^{z-m} - 1   t = Σ e^{z-m} (z-m)      q = Σ_{j≠y} e^{2(z-m)}
+    s = 1 + r           lse = m + log1p(r)       H = log1p(r) - t/s
+    Σp² = p_y² + q/s²   g = sqrt((1 - p_y)² + q/s²),   1 - p_y = -expm1(log p_y)
 
-``q`` leaves the label out so ``g`` never subtracts two numbers near 1: a confident row (p_y → 1)
-keeps its small ``g`` to full relative precision instead of drowning in float32 round-off.
+Precision for confident tokens (p_y → 1, g → 0), where the textbook forms lose everything in
+float32: ``r`` leaves out the max element's own ``e^0 = 1`` (so ``log s`` is a ``log1p`` of a small,
+fully precise number rather than the log of ``1.000…x``), ``q`` leaves out the label (so ``g`` never
+computes ``Σp² - 2p_y + 1``, a difference of numbers near 1), and ``1 - p_y`` is an ``expm1``.
 
 Backward: gradients flow through ``logprob`` and ``entropy`` (``sum_p_squared`` and ``grad_norm`` are
 statistics, not differentiable here). For z = x / T::
@@ -37,8 +39,8 @@ import triton.language as tl
 
 from verl_repro.kernels.reference import TokenStats
 
-# A finite stand-in for -inf as the running max: `s * (m_old - m_new)` and `exp(m_old - m_new)` stay
-# well defined (0 and 0) before the first block, and after blocks that are entirely -inf.
+# A finite stand-in for -inf as the running max and for columns past the vocabulary:
+# `exp(m_old - m_new)` and `s * (m_old - m_new)` stay well defined (0 and 0) before the first block.
 _NEG_BIG = -3.0e38
 
 
@@ -51,23 +53,57 @@ def is_interpreted() -> bool:
 
 
 @triton.jit
-def _neg_expm1(x):
-    """1 - e^x for x <= 0, accurate near 0 (1 - p_y for confident rows)."""
-    small = x > -1.0e-3
-    taylor = -x * (1.0 + x * (0.5 + x * (1.0 / 6.0)))
-    return tl.where(small, taylor, 1.0 - tl.exp(x))
+def _log1p(x):
+    """log(1 + x) to full relative precision for small x (Goldberg's correction of the rounded 1 + x)."""
+    u = 1.0 + x
+    d = u - 1.0
+    exact = d == 0.0
+    return tl.where(exact, x, tl.log(u) * x / tl.where(exact, 1.0, d))
 
 
 @triton.jit
-def _finish_stats(m, s, t, q, z_label):
-    """Turn the merged recurrence (m, s, t, q) and the label logit into the four statistics."""
-    log_s = tl.log(s)
-    logprob = z_label - m - log_s
+def _expm1(x):
+    """e^x - 1 to full relative precision for small x (Kahan's correction of the rounded e^x)."""
+    u = tl.exp(x)
+    d = u - 1.0
+    log_u = tl.log(tl.where(u > 0.0, u, 1.0))
+    exact = (d == 0.0) | (log_u == 0.0)
+    return tl.where(exact, x, tl.where(d == -1.0, -1.0, d * x / tl.where(exact, 1.0, log_u)))
+
+
+@triton.jit
+def _online_update(m, r, t, q, z, at_label, AXIS: tl.constexpr):
+    """Fold a block of scaled logits ``z`` into the running (m, r, t, q) along ``AXIS``."""
+    block_max = tl.max(z, axis=AXIS)
+    m_new = tl.maximum(m, block_max)
+    rescale = tl.exp(m - m_new)
+    if AXIS == 0:
+        shifted = z - m_new
+        at_max = z == block_max
+    else:
+        shifted = z - m_new[:, None]
+        at_max = z == block_max[:, None]
+    e = tl.exp(shifted)
+    t = rescale * (t + (r + 1.0) * (m - m_new)) + tl.sum(tl.where(e > 0, e * shifted, 0.0), axis=AXIS)
+    q = rescale * rescale * q + tl.sum(tl.where(at_label, 0.0, e * e), axis=AXIS)
+    # If this block holds the new max, its e^0 = 1 becomes the implicit "1" of s = 1 + r, and
+    # the old implicit 1 is rescaled into r; its other max-ties are counted explicitly.
+    block_rest = tl.sum(tl.where(at_max, 0.0, e), axis=AXIS) + (tl.sum(at_max.to(tl.float32), axis=AXIS) - 1.0)
+    r = tl.where(block_max >= m, rescale * (r + 1.0) + block_rest, r + tl.sum(e, axis=AXIS))
+    return m_new, r, t, q
+
+
+@triton.jit
+def _finish_stats(m, r, t, q, z_label):
+    """Turn the merged recurrence (m, r, t, q) and the label logit into the four statistics."""
+    s = 1.0 + r
+    log_s = _log1p(r)
+    logprob = (z_label - m) - log_s
     entropy = log_s - t / s
     p_label = tl.exp(logprob)
     others_sq = q / (s * s)
     sum_p_squared = p_label * p_label + others_sq
-    one_minus_p = _neg_expm1(logprob)
+    one_minus_p = -_expm1(logprob)
     grad_norm = tl.sqrt(one_minus_p * one_minus_p + others_sq)
     return logprob, entropy, sum_p_squared, grad_norm, m + log_s
 
@@ -97,7 +133,7 @@ def _logits_stats_fwd_kernel(
     num_cols = tl.where(ignored, 0, vocab_size)
 
     m = tl.full((), _NEG_BIG, tl.float32)
-    s = tl.zeros((), tl.float32)
+    r = tl.full((), -1.0, tl.float32)
     t = tl.zeros((), tl.float32)
     q = tl.zeros((), tl.float32)
     for start in range(0, num_cols, BLOCK_V):
@@ -105,20 +141,13 @@ def _logits_stats_fwd_kernel(
         in_vocab = cols < vocab_size
         z = tl.load(row_ptr + cols, mask=in_vocab, other=0.0).to(tl.float32) * inv_t
         z = tl.where(in_vocab, z, _NEG_BIG)
-        m_new = tl.maximum(m, tl.max(z, axis=0))
-        rescale = tl.exp(m - m_new)
-        shifted = z - m_new
-        e = tl.exp(shifted)
-        t = rescale * (t + s * (m - m_new)) + tl.sum(tl.where(e > 0, e * shifted, 0.0), axis=0)
-        s = rescale * s + tl.sum(e, axis=0)
-        q = rescale * rescale * q + tl.sum(tl.where(cols == safe_label, 0.0, e * e), axis=0)
-        m = m_new
+        m, r, t, q = _online_update(m, r, t, q, z, cols == safe_label, AXIS=0)
 
     z_label = tl.load(row_ptr + safe_label).to(tl.float32) * inv_t
     # Ignored rows never entered the loop; keep their (discarded) arithmetic finite.
-    s = tl.where(ignored, 1.0, s)
+    r = tl.where(ignored, 0.0, r)
     m = tl.where(ignored, 0.0, m)
-    logprob, entropy, sum_p_squared, grad_norm, lse = _finish_stats(m, s, t, q, z_label)
+    logprob, entropy, sum_p_squared, grad_norm, lse = _finish_stats(m, r, t, q, z_label)
     tl.store(logprob_ptr + row, tl.where(ignored, 0.0, logprob))
     tl.store(entropy_ptr + row, tl.where(ignored, 0.0, entropy))
     tl.store(sum_p_squared_ptr + row, tl.where(ignored, 0.0, sum_p_squared))
@@ -173,7 +202,7 @@ def _hidden_stats_fwd_kernel(
     labels_ptr,
     inv_temperature_ptr,
     part_max_ptr,
-    part_sum_ptr,
+    part_rest_ptr,
     part_t_ptr,
     part_q_ptr,
     part_z_label_ptr,
@@ -200,7 +229,7 @@ def _hidden_stats_fwd_kernel(
     k_range = tl.arange(0, BLOCK_K)
 
     m = tl.full((BLOCK_N,), _NEG_BIG, tl.float32)
-    s = tl.zeros((BLOCK_N,), tl.float32)
+    r = tl.full((BLOCK_N,), -1.0, tl.float32)
     t = tl.zeros((BLOCK_N,), tl.float32)
     q = tl.zeros((BLOCK_N,), tl.float32)
     z_label = tl.zeros((BLOCK_N,), tl.float32)
@@ -226,20 +255,13 @@ def _hidden_stats_fwd_kernel(
                 w = w.to(tl.float32)
             acc = tl.dot(h, w, acc, input_precision=DOT_PRECISION)
         z = tl.where(col_ok[None, :], acc * inv_t[:, None], _NEG_BIG)
-        m_new = tl.maximum(m, tl.max(z, axis=1))
-        rescale = tl.exp(m - m_new)
-        shifted = z - m_new[:, None]
-        e = tl.exp(shifted)
         is_label = cols[None, :] == labels[:, None]
-        t = rescale * (t + s * (m - m_new)) + tl.sum(tl.where(e > 0, e * shifted, 0.0), axis=1)
-        s = rescale * s + tl.sum(e, axis=1)
-        q = rescale * rescale * q + tl.sum(tl.where(is_label, 0.0, e * e), axis=1)
         z_label += tl.sum(tl.where(is_label, z, 0.0), axis=1)
-        m = m_new
+        m, r, t, q = _online_update(m, r, t, q, z, is_label, AXIS=1)
 
     out = split * num_rows + rows
     tl.store(part_max_ptr + out, m, mask=row_ok)
-    tl.store(part_sum_ptr + out, s, mask=row_ok)
+    tl.store(part_rest_ptr + out, r, mask=row_ok)
     tl.store(part_t_ptr + out, t, mask=row_ok)
     tl.store(part_q_ptr + out, q, mask=row_ok)
     tl.store(part_z_label_ptr + out, z_label, mask=row_ok)
@@ -248,7 +270,7 @@ def _hidden_stats_fwd_kernel(
 @triton.jit
 def _merge_splits_kernel(
     part_max_ptr,
-    part_sum_ptr,
+    part_rest_ptr,
     part_t_ptr,
     part_q_ptr,
     part_z_label_ptr,
@@ -266,30 +288,31 @@ def _merge_splits_kernel(
     rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     row_ok = rows < num_rows
     m = tl.full((BLOCK,), _NEG_BIG, tl.float32)
-    s = tl.zeros((BLOCK,), tl.float32)
+    r = tl.full((BLOCK,), -1.0, tl.float32)
     t = tl.zeros((BLOCK,), tl.float32)
     q = tl.zeros((BLOCK,), tl.float32)
     z_label = tl.zeros((BLOCK,), tl.float32)
     for split in range(0, num_splits):
         at = split * num_rows + rows
         m_part = tl.load(part_max_ptr + at, mask=row_ok, other=_NEG_BIG)
-        s_part = tl.load(part_sum_ptr + at, mask=row_ok, other=0.0)
+        r_part = tl.load(part_rest_ptr + at, mask=row_ok, other=-1.0)
         t_part = tl.load(part_t_ptr + at, mask=row_ok, other=0.0)
         q_part = tl.load(part_q_ptr + at, mask=row_ok, other=0.0)
         m_new = tl.maximum(m, m_part)
         old_scale = tl.exp(m - m_new)
         part_scale = tl.exp(m_part - m_new)
-        t = old_scale * (t + s * (m - m_new)) + part_scale * (t_part + s_part * (m_part - m_new))
-        s = old_scale * s + part_scale * s_part
+        t = old_scale * (t + (r + 1.0) * (m - m_new)) + part_scale * (t_part + (r_part + 1.0) * (m_part - m_new))
+        # The split holding the larger max keeps its implicit 1 (same rule as _online_update).
+        r = tl.where(m_part >= m, old_scale * (r + 1.0) + r_part, r + part_scale * (r_part + 1.0))
         q = old_scale * old_scale * q + part_scale * part_scale * q_part
         z_label += tl.load(part_z_label_ptr + at, mask=row_ok, other=0.0)
         m = m_new
     labels = tl.load(labels_ptr + rows, mask=row_ok, other=ignore_index)
     ignored = labels == ignore_index
     # Rows past the end are never stored; keep their arithmetic finite.
-    s = tl.where(row_ok, s, 1.0)
+    r = tl.where(row_ok, r, 0.0)
     m = tl.where(row_ok, m, 0.0)
-    logprob, entropy, sum_p_squared, grad_norm, lse = _finish_stats(m, s, t, q, z_label)
+    logprob, entropy, sum_p_squared, grad_norm, lse = _finish_stats(m, r, t, q, z_label)
     tl.store(logprob_ptr + rows, tl.where(ignored, 0.0, logprob), mask=row_ok)
     tl.store(entropy_ptr + rows, tl.where(ignored, 0.0, entropy), mask=row_ok)
     tl.store(sum_p_squared_ptr + rows, tl.where(ignored, 0.0, sum_p_squared), mask=row_ok)
