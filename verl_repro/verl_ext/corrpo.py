@@ -1,0 +1,236 @@
+"""CorR-PO advantage estimators: outcome reward regularized by the entropy–gradient correlation.
+
+Our definition (DESIGN §3; the paper's text is not public): for response ``i`` with in-scope tokens
+``t`` (``repro.corr.scope``), ``ρ_i = corr(H_t, g_t)`` (``repro.corr.kind``), where ``H_t`` is the
+token entropy and ``g_t = ||softmax(z_t) − onehot(y_t)||₂`` the logit-gradient norm, both from the
+actor's old-log-prob pass. The regularized reward
+
+    r_i = w · r_outcome_i − λ · ρ_i          (w = repro.corr.outcome_weight, λ = repro.corr.coef)
+
+rewards a stronger inversion (ρ < 0) and is then normalized within each prompt group:
+
+* ``corrpo``      — GRPO: ``(r_i − mean_g) / (std_g + ε)`` (std division follows
+  ``algorithm.norm_adv_by_std_in_grpo``),
+* ``corrpo_rloo`` — RLOO: ``r_i − mean of the other responses of the group``.
+
+``r_outcome_i`` is the response's summed ``token_level_rewards`` (the verifier score, plus the KL
+penalty when ``algorithm.use_kl_in_reward``); ``w = 0`` is the verifier-free mode, where the
+regularizer alone is the reward. The advantage is broadcast over the response tokens.
+
+These estimators need per-token entropy and ``logit_grad_norm`` that veRL's stock trainer does not
+pass: they run under ``trainer.v1.trainer_mode=repro_sync`` (docs/dev/estimator_contract.md).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+from verl_repro.algorithms.advantages import group_normalize_process_rewards, rloo_process_rewards
+from verl_repro.algorithms.correlation import CorrelationResult, response_correlation
+from verl_repro.config import CorrConfig, ReproConfig
+from verl_repro.verl_ext.estimator_inputs import declare, missing_inputs_error, requires_inputs
+
+ESTIMATOR_NAMES: tuple[str, ...] = ("corrpo", "corrpo_rloo")
+CORRPO_INPUTS: tuple[str, ...] = ("repro_config", "responses", "entropy", "logit_grad_norm", "think_end_id", "metrics")
+
+
+def group_ids_from_index(index: Any, batch: int, device: torch.device) -> torch.Tensor:
+    """veRL's ``uid`` array (any hashable values, ``[B]``) → ``[B] long`` group ids."""
+    if index is None:
+        raise ValueError("CorR-PO estimators need index=uid (the prompt group of each response)")
+    values = np.asarray(index, dtype=object).reshape(-1)
+    if values.shape[0] != batch:
+        raise ValueError(f"index has {values.shape[0]} entries for a batch of {batch} responses")
+    _, inverse = np.unique(values.astype(str), return_inverse=True)
+    return torch.as_tensor(inverse.reshape(-1), dtype=torch.long, device=device)
+
+
+def corrpo_metrics(
+    correlation: CorrelationResult,
+    outcome_scores: torch.Tensor,
+    regularizer: torch.Tensor,
+    response_mask: torch.Tensor,
+) -> dict[str, float]:
+    """The ``corr/*`` scalars of one batch; every value is finite.
+
+    Rows without any response token (veRL's batch-balancing padding rows) take no part. A response
+    is *correct* when its outcome score is > 0 (math verifiers give 1 for right, 0 or −1 for wrong).
+    ``corr/rho_mean`` / ``_correct_mean`` / ``_incorrect_mean`` average ρ over responses whose ρ is
+    defined and are left out when that set is empty (a mean of nothing is not 0).
+    """
+    real = response_mask.bool().any(dim=1)
+    defined = correlation.defined & real
+    correct = outcome_scores > 0
+    rho = correlation.rho.double()
+    metrics: dict[str, float] = {
+        "corr/skipped": float((correlation.skipped & real).sum()),
+        "corr/skipped_few_tokens": float((correlation.too_few_tokens & real).sum()),
+        "corr/skipped_zero_variance": float((correlation.zero_variance & real).sum()),
+        "corr/nonfinite_tokens": float(correlation.nonfinite_tokens[real].sum()),
+        "corr/scope_tokens_mean": float(correlation.num_tokens[real].double().mean()) if bool(real.any()) else 0.0,
+        "corr/regularizer_abs_mean": float(regularizer[real].double().abs().mean()) if bool(real.any()) else 0.0,
+    }
+    for name, selected in (("rho_mean", defined), ("rho_correct_mean", defined & correct), ("rho_incorrect_mean", defined & ~correct)):
+        if bool(selected.any()):
+            metrics[f"corr/{name}"] = float(rho[selected].mean())
+    return metrics
+
+
+def _config_value(config: Any, key: str, default: Any) -> Any:
+    if config is None:
+        return default
+    getter = getattr(config, "get", None)
+    if callable(getter):
+        value = getter(key, default)
+    else:
+        value = getattr(config, key, default)
+    return default if value is None else value
+
+
+def _corrpo_advantage(
+    normalization: str,
+    token_level_rewards: torch.Tensor,
+    response_mask: torch.Tensor,
+    index: Any,
+    epsilon: float,
+    norm_adv_by_std_in_grpo: Optional[bool],
+    config: Any,
+    repro_config: Optional[ReproConfig],
+    responses: Optional[torch.Tensor],
+    entropy: Optional[torch.Tensor],
+    logit_grad_norm: Optional[torch.Tensor],
+    think_end_id: Optional[int],
+    metrics: Optional[dict],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    name = "corrpo" if normalization == "grpo" else "corrpo_rloo"
+    missing = [key for key, value in (("repro_config", repro_config), ("entropy", entropy), ("logit_grad_norm", logit_grad_norm)) if value is None]
+    corr: CorrConfig = repro_config.corr if repro_config is not None else CorrConfig()
+    if corr.scope == "thinking":
+        missing += [key for key, value in (("responses", responses), ("think_end_id", think_end_id)) if value is None]
+    if missing:
+        raise missing_inputs_error(name, missing)
+    corr.validate()
+    if token_level_rewards.shape != response_mask.shape:
+        raise ValueError(
+            f"token_level_rewards {tuple(token_level_rewards.shape)} and response_mask {tuple(response_mask.shape)} differ"
+        )
+
+    with torch.no_grad():
+        response_mask = response_mask.to(token_level_rewards.device)
+        correlation = response_correlation(
+            entropy.to(token_level_rewards.device),
+            logit_grad_norm.to(token_level_rewards.device),
+            response_mask,
+            kind=corr.kind,
+            scope=corr.scope,
+            min_tokens=corr.min_tokens,
+            responses=None if responses is None else responses.to(token_level_rewards.device),
+            think_end_id=think_end_id,
+        )
+        outcome_scores = token_level_rewards.sum(dim=-1)
+        regularizer = corr.coef * correlation.rho.to(outcome_scores.dtype)
+        rewards = corr.outcome_weight * outcome_scores - regularizer
+
+        group_ids = group_ids_from_index(index, rewards.shape[0], rewards.device)
+        entries = torch.ones_like(rewards, dtype=torch.bool).unsqueeze(1)
+        if normalization == "grpo":
+            if norm_adv_by_std_in_grpo is None:
+                norm_adv_by_std_in_grpo = bool(_config_value(config, "norm_adv_by_std_in_grpo", True))
+            normalized = group_normalize_process_rewards(
+                rewards.unsqueeze(1), entries, group_ids, norm_adv_by_std_in_grpo=norm_adv_by_std_in_grpo, epsilon=epsilon
+            )
+        else:
+            normalized = rloo_process_rewards(rewards.unsqueeze(1), entries, group_ids)
+        advantages = normalized * response_mask.to(normalized.dtype)
+
+    if metrics is not None:
+        metrics.update(corrpo_metrics(correlation, outcome_scores, regularizer, response_mask))
+    return advantages, advantages
+
+
+@requires_inputs(*CORRPO_INPUTS)
+def compute_corrpo_advantage(
+    token_level_rewards: torch.Tensor,
+    response_mask: torch.Tensor,
+    index: Any = None,
+    epsilon: float = 1e-6,
+    norm_adv_by_std_in_grpo: Optional[bool] = None,
+    config: Any = None,
+    *,
+    repro_config: Optional[ReproConfig] = None,
+    responses: Optional[torch.Tensor] = None,
+    entropy: Optional[torch.Tensor] = None,
+    logit_grad_norm: Optional[torch.Tensor] = None,
+    think_end_id: Optional[int] = None,
+    metrics: Optional[dict] = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``corrpo``: GRPO advantage of ``r_i = w·r_outcome_i − λ·ρ_i`` (module docstring).
+
+    Args:
+        token_level_rewards: ``[B, T]`` float — outcome reward on the tokens (summed per response).
+        response_mask: ``[B, T]`` — 1 on real response tokens.
+        index: ``[B]`` veRL ``uid`` — prompt groups.
+        epsilon: added to the group std.
+        norm_adv_by_std_in_grpo: divide by the group std; default ``config.norm_adv_by_std_in_grpo`` (True).
+        config: veRL's ``algorithm`` config.
+        repro_config: validated :class:`ReproConfig`; ``.corr`` holds λ, kind, scope, min_tokens, w.
+        responses: ``[B, T]`` long — response ids (scope ``thinking``).
+        entropy: ``[B, T]`` float — per-token entropy of the old-log-prob pass.
+        logit_grad_norm: ``[B, T]`` float — per-token ``g_t``.
+        think_end_id: id of ``</think>`` (scope ``thinking``).
+        metrics: dict receiving the ``corr/*`` scalars.
+
+    Returns:
+        ``(advantages, returns)``, both ``[B, T]`` float, equal, zero outside ``response_mask``.
+    """
+    return _corrpo_advantage(
+        "grpo", token_level_rewards, response_mask, index, epsilon, norm_adv_by_std_in_grpo, config,
+        repro_config, responses, entropy, logit_grad_norm, think_end_id, metrics,
+    )
+
+
+@requires_inputs(*CORRPO_INPUTS)
+def compute_corrpo_rloo_advantage(
+    token_level_rewards: torch.Tensor,
+    response_mask: torch.Tensor,
+    index: Any = None,
+    epsilon: float = 1e-6,
+    norm_adv_by_std_in_grpo: Optional[bool] = None,
+    config: Any = None,
+    *,
+    repro_config: Optional[ReproConfig] = None,
+    responses: Optional[torch.Tensor] = None,
+    entropy: Optional[torch.Tensor] = None,
+    logit_grad_norm: Optional[torch.Tensor] = None,
+    think_end_id: Optional[int] = None,
+    metrics: Optional[dict] = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``corrpo_rloo``: leave-one-out baseline on ``r_i = w·r_outcome_i − λ·ρ_i``.
+
+    Same arguments as :func:`compute_corrpo_advantage` (``epsilon`` and ``norm_adv_by_std_in_grpo``
+    are unused); a group of one keeps its reward as the advantage, as veRL's RLOO does.
+    """
+    return _corrpo_advantage(
+        "rloo", token_level_rewards, response_mask, index, epsilon, norm_adv_by_std_in_grpo, config,
+        repro_config, responses, entropy, logit_grad_norm, think_end_id, metrics,
+    )
+
+
+_ESTIMATORS = {"corrpo": compute_corrpo_advantage, "corrpo_rloo": compute_corrpo_rloo_advantage}
+
+
+def register() -> list[str]:
+    """Add ``corrpo`` and ``corrpo_rloo`` to veRL's advantage-estimator registry (idempotent)."""
+    from verl.trainer.ppo.core_algos import register_adv_est
+
+    entries = []
+    for name, fn in _ESTIMATORS.items():
+        register_adv_est(name)(fn)
+        declare(name, fn)
+        entries.append(f"adv_estimator:{name}")
+    return entries
