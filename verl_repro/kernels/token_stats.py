@@ -66,9 +66,10 @@ def _expm1(x):
     """e^x - 1 to full relative precision for small x (Kahan's correction of the rounded e^x)."""
     u = tl.exp(x)
     d = u - 1.0
+    # u == 0 only where d == -1, which is answered first.
     log_u = tl.log(tl.where(u > 0.0, u, 1.0))
-    exact = (d == 0.0) | (log_u == 0.0)
-    return tl.where(exact, x, tl.where(d == -1.0, -1.0, d * x / tl.where(exact, 1.0, log_u)))
+    exact = d == 0.0
+    return tl.where(d == -1.0, -1.0, tl.where(exact, x, d * x / tl.where(exact, 1.0, log_u)))
 
 
 @triton.jit
