@@ -12,6 +12,7 @@ the estimators and returns the fallback counts the trainer logs.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 from typing import Optional
 
@@ -138,10 +139,21 @@ def normalize_process_rewards(
 
 
 def _reward_token_positions(cuts: torch.Tensor, cut_mask: torch.Tensor, length: int) -> torch.Tensor:
-    """Token index ``c_j - 1`` of each reward entry; raises on cuts outside ``1..T``."""
+    """Token index ``c_j - 1`` of each reward entry (0 at padding); raises on cuts outside ``1..T``
+    or not strictly ascending."""
     if bool((cut_mask & ((cuts < 1) | (cuts > length))).any()):
         raise ValueError(f"valid cuts must lie in 1..{length} (the response length)")
-    return (cuts - 1).clamp(0, max(length - 1, 0))
+    if cuts.shape[1] > 1 and bool((cut_mask[:, 1:] & (cuts[:, 1:] <= cuts[:, :-1])).any()):
+        raise ValueError("valid cuts must be strictly ascending, as select_cuts returns")
+    return torch.where(cut_mask, cuts - 1, 0)
+
+
+def _keep_mask(response_mask: torch.Tensor, reward_tokens: torch.Tensor, cut_mask: torch.Tensor) -> torch.Tensor:
+    """[B, T] bool: real token at or before the last reward token (the ``</think>`` token)."""
+    last_reward_token = torch.where(cut_mask, reward_tokens, -1).amax(dim=1)
+    keep = torch.arange(response_mask.shape[1], device=response_mask.device) <= last_reward_token.unsqueeze(1)
+    keep &= response_mask.bool()
+    return keep
 
 
 def place_process_rewards(
@@ -150,15 +162,17 @@ def place_process_rewards(
     """Token-level process rewards ``[B, T]``: ``r_j`` on token ``c_j - 1``, 0 elsewhere.
 
     For ``repro_ppo``, where ``α ·`` this is added to veRL's ``token_level_rewards`` before GAE.
-    ``rewards`` / ``cuts`` / ``cut_mask`` are ``[B, K]``, ``response_mask`` ``[B, T]``.
+    ``rewards`` / ``cuts`` / ``cut_mask`` are ``[B, K]``, ``response_mask`` ``[B, T]``; a reward
+    whose token is masked out is dropped with it.
     """
     cut_mask = _check_cut_mask(cut_mask, rewards.shape)
     length = response_mask.shape[1]
     token_rewards = torch.zeros(response_mask.shape, dtype=rewards.dtype, device=rewards.device)
-    if rewards.numel():
-        positions = _reward_token_positions(cuts, cut_mask, length)
-        token_rewards.scatter_add_(1, positions, torch.where(cut_mask, rewards, 0.0))
-    return token_rewards * response_mask.to(rewards.dtype)
+    if rewards.numel() and length:
+        reward_tokens = _reward_token_positions(cuts, cut_mask, length)
+        token_rewards.scatter_add_(1, reward_tokens, torch.where(cut_mask, rewards, 0.0))
+        token_rewards.mul_(response_mask.bool())
+    return token_rewards
 
 
 def token_process_advantage(
@@ -172,49 +186,59 @@ def token_process_advantage(
 
     Args:
         rewards: ``[B, K] float`` — (normalized) process rewards; padding entries ignored.
-        cuts: ``[B, K] long`` — ascending cut positions (prefix lengths), valid ones in ``1..T``.
+        cuts: ``[B, K] long`` — strictly ascending cut positions (prefix lengths) in ``1..T``.
         cut_mask: ``[B, K] bool`` — valid entries, a prefix of each row.
-        response_mask: ``[B, T]`` — multiplies the result.
-        gamma: discount in ``(0, 1]``; the distance counts token positions.
+        response_mask: ``[B, T]`` — tokens outside it get 0.
+        gamma: discount in ``(0, 1]``; the distance counts token positions (masked tokens
+            inside a response, which single-turn responses do not have, still count).
 
     Returns:
         ``[B, T]`` in ``rewards``' dtype — zero after the last cut (``e + 1``: nothing after
         ``</think>`` is credited) and on masked tokens.
 
-    Rewards sit only on ``K`` tokens, so instead of a reverse scan over ``T`` the return at each
-    reward token, ``G_j = Σ_{i >= j} γ^{c_i - c_j} r_i``, is a ``[B, K, K]`` product, and token
-    ``t`` reads ``γ^{c_{j(t)} - 1 - t} · G_{j(t)}`` from the first reward token at or after it.
+    Rewards sit on only ``K`` tokens, so ``Ã`` is piecewise: token ``t`` in segment ``j``
+    (``c_{j-1} <= t <= c_j - 1``) has ``Ã_t = γ^{c_j - 1 - t} · G_j`` with the return at the
+    reward token ``G_j = Σ_{i >= j} γ^{c_i - c_j} r'_i`` (a ``[B, K, K]`` product). The ``[B, T]``
+    work is one scatter of the jumps ``G_j - G_{j-1}`` at segment starts and one in-place cumsum
+    (plus one more for the distances when ``γ < 1``) — no reverse scan over ``T``.
     """
     if not 0.0 < gamma <= 1.0:
         raise ValueError(f"repro.gamma must be in (0, 1], got {gamma!r}")
     cut_mask = _check_cut_mask(cut_mask, rewards.shape)
     batch, length = response_mask.shape
     dtype = rewards.dtype
-    zero = torch.zeros((), dtype=dtype, device=rewards.device)
+    advantage = torch.zeros((batch, length), dtype=dtype, device=rewards.device)
     if rewards.numel() == 0 or length == 0:
-        return torch.zeros((batch, length), dtype=dtype, device=rewards.device)
+        return advantage
     reward_tokens = _reward_token_positions(cuts, cut_mask, length)
-    rewards = torch.where(cut_mask, rewards, zero)
-    later = reward_tokens.unsqueeze(1) - reward_tokens.unsqueeze(2)  # [b, j, i] = pos_i - pos_j
-    take = cut_mask.unsqueeze(1) & (torch.arange(rewards.shape[1], device=rewards.device).unsqueeze(1)
-                                    <= torch.arange(rewards.shape[1], device=rewards.device).unsqueeze(0))
+    rewards = torch.where(cut_mask, rewards, 0.0)
+    num_entries = rewards.shape[1]
+    entry = torch.arange(num_entries, device=rewards.device)
+    take = cut_mask.unsqueeze(1) & (entry.unsqueeze(1) <= entry.unsqueeze(0))  # [b, j, i]: i >= j, valid
     if gamma == 1.0:
         weights = take.to(dtype)
     else:
-        weights = torch.where(take, torch.pow(gamma, later.clamp_min(0).to(dtype)), zero)
+        distance = (reward_tokens.unsqueeze(1) - reward_tokens.unsqueeze(2)).clamp_min(0).to(dtype)
+        weights = torch.where(take, torch.pow(gamma, distance), 0.0)
     returns = (weights @ rewards.unsqueeze(2)).squeeze(2)  # G_j, [B, K]
 
-    # Padding entries get a position past the end so the sorted search never lands on them.
-    sorted_tokens = torch.where(cut_mask, reward_tokens, length).contiguous()
-    tokens = torch.arange(length, device=rewards.device).expand(batch, length).contiguous()
-    next_reward = torch.searchsorted(sorted_tokens, tokens)  # first j with c_j - 1 >= t
-    inside = next_reward < cut_mask.sum(dim=1, keepdim=True)
-    next_reward = next_reward.clamp(max=rewards.shape[1] - 1)
-    advantage = returns.gather(1, next_reward)
+    # Segment j starts right after the previous reward token (segment 1 at token 0).
+    segment_start = torch.nn.functional.pad(reward_tokens[:, :-1] + 1, (1, 0))
+    segment_start = torch.where(cut_mask, segment_start, 0)
+    jumps = torch.where(cut_mask, returns - torch.nn.functional.pad(returns[:, :-1], (1, 0)), 0.0)
+    advantage.scatter_add_(1, segment_start, jumps)
+    advantage.cumsum_(dim=1)
     if gamma != 1.0:
-        distance = (sorted_tokens.gather(1, next_reward) - tokens).clamp_min(0).to(dtype)
-        advantage = advantage * torch.pow(gamma, distance)
-    return torch.where(inside, advantage, zero) * response_mask.to(dtype)
+        segment_end = torch.zeros_like(advantage)
+        end_jumps = torch.where(cut_mask, reward_tokens - torch.nn.functional.pad(reward_tokens[:, :-1], (1, 0)), 0)
+        segment_end.scatter_add_(1, segment_start, end_jumps.to(dtype))
+        segment_end.cumsum_(dim=1)
+        # γ^(end - t) in place; distances past the last reward token are clamped (masked below).
+        segment_end.sub_(torch.arange(length, device=rewards.device, dtype=dtype)).clamp_min_(0)
+        advantage.mul_(segment_end.mul_(math.log(gamma)).exp_())
+    # The cumsum leaves rounding residue after the last reward token: zero it exactly.
+    advantage.mul_(_keep_mask(response_mask, reward_tokens, cut_mask))
+    return advantage
 
 
 def combine_advantages(
@@ -223,8 +247,8 @@ def combine_advantages(
     """Final advantage ``Â = (A + α·Ã) · response_mask`` — all ``[B, T]``; ``α = repro.alpha >= 0``."""
     if alpha < 0:
         raise ValueError(f"repro.alpha must be >= 0, got {alpha!r}")
-    dtype = outcome_advantages.dtype
-    return (outcome_advantages + alpha * process_advantages.to(dtype)) * response_mask.to(dtype)
+    combined = outcome_advantages.add(process_advantages.to(outcome_advantages.dtype), alpha=alpha)
+    return combined.mul_(response_mask.bool())
 
 
 @dataclass

@@ -78,18 +78,20 @@ def think_end_token_id(tokenizer, token: str = "</think>") -> int:
 
 
 def _boundary_lookup(boundary_ids: torch.Tensor, response_ids: torch.Tensor) -> torch.Tensor:
-    """[B, T] bool: token is a boundary. A [V] lookup table beats ``isin`` on large batches."""
+    """[B, T] bool: token is a boundary, read from a [V] lookup table."""
     boundary_ids = boundary_ids.to(device=response_ids.device, dtype=torch.long).reshape(-1)
-    if boundary_ids.numel() == 0 or response_ids.numel() == 0:
+    if boundary_ids.numel() == 0:
         return torch.zeros(response_ids.shape, dtype=torch.bool, device=response_ids.device)
     if int(boundary_ids.min()) < 0:
         raise ValueError("boundary_ids must be non-negative token ids")
-    # Ids outside the table (negative padding ids, ids beyond every boundary) are never boundaries.
-    table_size = int(boundary_ids.max()) + 1
-    table = torch.zeros(table_size + 1, dtype=torch.bool, device=response_ids.device)
+    lowest_id, highest_id = (int(v) for v in response_ids.aminmax())
+    table = torch.zeros(max(highest_id, int(boundary_ids.max())) + 1, dtype=torch.bool, device=response_ids.device)
     table[boundary_ids] = True
-    clamped = torch.where((response_ids >= 0) & (response_ids < table_size), response_ids, table_size)
-    return table[clamped]
+    # index_select on the flat ids is several times faster than advanced indexing or isin.
+    if lowest_id < 0:  # negative padding ids are never boundaries
+        flat = table.index_select(0, response_ids.clamp_min(0).reshape(-1)).view(response_ids.shape)
+        return flat & (response_ids >= 0)
+    return table.index_select(0, response_ids.reshape(-1)).view(response_ids.shape)
 
 
 def select_cuts(
@@ -149,52 +151,53 @@ def select_cuts(
     real = response_mask.bool()
     positions = torch.arange(length, device=device)
 
-    is_think_end = (response_ids == think_end_id) & real
-    has_think_end = is_think_end.any(dim=1)
-    # argmax returns the first maximal index, i.e. the first </think>.
-    think_end = is_think_end.to(torch.uint8).argmax(dim=1)
-    has_tokens = real.any(dim=1)
+    # Large [B, T] temporaries cost more in page faults than in arithmetic: update in place.
+    is_think_end = response_ids == think_end_id
+    is_think_end &= real
+    # argmax returns the first maximal index, i.e. the first </think> (0 when there is none).
+    think_end = is_think_end.view(torch.uint8).argmax(dim=1)
+    has_think_end = is_think_end.gather(1, think_end.unsqueeze(1)).squeeze(1)
     if no_think_end == "use_end":
         last_real = torch.where(real, positions, -1).amax(dim=1)
         think_end = torch.where(has_think_end, think_end, last_real)
-        has_end = has_tokens
+        has_end = last_real >= 0
     else:
         has_end = has_think_end
 
-    candidate = _boundary_lookup(boundary_ids, response_ids) & real
-    candidate &= positions < think_end.unsqueeze(1)
-    candidate &= has_end.unsqueeze(1)
+    # A candidate is a real boundary token at t < e; rows without an end have e = 0 (argmax of an
+    # all-False row, or -1 from use_end on an empty row), hence none.
+    candidate = _boundary_lookup(boundary_ids, response_ids)
+    candidate &= real
+    candidate &= positions < torch.where(has_end, think_end, 0).unsqueeze(1)
 
-    # Entropy of the token at cut c = t + 1, aligned to the boundary position t. t < e <= T-1,
-    # so t + 1 is always inside the row for a candidate.
-    entropy_at_cut = torch.empty_like(entropy)
-    entropy_at_cut[:, :-1] = entropy[:, 1:]
-    entropy_at_cut[:, -1] = 0
-    finite_min = torch.finfo(entropy.dtype).min
-    entropy_at_cut = torch.nan_to_num(entropy_at_cut, nan=finite_min, posinf=torch.finfo(entropy.dtype).max, neginf=finite_min)
-    ranking_key = entropy_at_cut.masked_fill(~candidate, float("-inf"))
-
-    k = min(num_segments, length)
-    threshold = ranking_key.topk(k, dim=1, sorted=True).values[:, k - 1 : k]
-    above = ranking_key > threshold
-    # Ties at the k-th value: keep the earliest ones until k are chosen. (A row with fewer than
-    # k candidates has threshold -inf, so all its candidates are above it.)
-    at_threshold = candidate & (ranking_key == threshold)
-    room = k - above.sum(dim=1, keepdim=True)
-    selected = above | (at_threshold & (at_threshold.cumsum(dim=1) <= room))
-    num_selected = selected.sum(dim=1)
+    # Candidates are sparse (one per step, not per token): rank them in a compact [B, C] table
+    # instead of sorting whole rows.
+    rows, boundary_positions = candidate.nonzero(as_tuple=True)
+    candidates_per_row = torch.bincount(rows, minlength=batch)
+    first_of_row = torch.cumsum(candidates_per_row, dim=0) - candidates_per_row
+    slots = torch.arange(rows.numel(), device=device) - first_of_row[rows]
+    table_width = max(int(candidates_per_row.max()), 1)
+    # Entropy of the token at cut c = t + 1 (t < e <= T - 1, so c is inside the row).
+    entropy_at_cut = entropy[rows, boundary_positions + 1].float()
+    lowest = torch.finfo(torch.float32).min
+    entropy_at_cut = torch.where(torch.isfinite(entropy_at_cut), entropy_at_cut, lowest)
+    ranking_key = torch.full((batch, table_width), float("-inf"), device=device)
+    ranking_key[rows, slots] = entropy_at_cut
+    cut_table = torch.full((batch, table_width), length + 1, dtype=torch.long, device=device)
+    cut_table[rows, slots] = boundary_positions + 1
+    # Stable descending sort: equal entropies keep position order, so the earlier cut wins.
+    order = ranking_key.sort(dim=1, descending=True, stable=True).indices[:, :num_segments]
+    chosen = cut_table.gather(1, order).sort(dim=1).values
+    num_selected = candidates_per_row.clamp(max=num_segments)
 
     num_cuts = num_selected + has_end.long()
     width = max(int(num_cuts.max()), 1)
-    cuts = torch.zeros(batch, width, dtype=torch.long, device=device)
-    # nonzero walks rows in order and positions ascending, so a hit's rank within its row is its
-    # flat index minus the number of hits in earlier rows.
-    rows, boundary_positions = selected.nonzero(as_tuple=True)
-    earlier_hits = torch.cumsum(num_selected, dim=0) - num_selected
-    ranks = torch.arange(rows.numel(), device=device) - earlier_hits[rows]
-    cuts[rows, ranks] = boundary_positions + 1
+    cuts = torch.zeros(batch, width + 1, dtype=torch.long, device=device)
+    cuts[:, : chosen.shape[1]] = chosen
     # Rows without an end have no candidates either: their slot 0 receives a harmless 0.
     end_cut = torch.where(has_end, think_end + 1, 0)
     cuts.scatter_(1, num_selected.unsqueeze(1), end_cut.unsqueeze(1))
+    cuts = cuts[:, :width]
     cut_mask = torch.arange(width, device=device) < num_cuts.unsqueeze(1)
+    cuts = cuts.masked_fill(~cut_mask, 0)
     return cuts, cut_mask, has_think_end
