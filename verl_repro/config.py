@@ -154,3 +154,12 @@ def config_table(cls=ReproConfig, prefix: str = "repro") -> list[tuple[str, Any,
         else:
             rows.append((f"{prefix}.{f.name}", value, docs.get(f.name, "")))
     return rows
+
+
+def config_markdown_table() -> str:
+    """The README's configuration table; ``tests/test_readme.py`` checks the README contains it verbatim."""
+    lines = ["| key | default | meaning |", "|---|---|---|"]
+    for key, default, doc in config_table():
+        shown = repr(default).replace("|", "\\|")
+        lines.append(f"| `{key}` | `{shown}` | {doc.replace('|', chr(92) + '|')} |")
+    return "\n".join(lines)
