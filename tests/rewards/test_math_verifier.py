@@ -1,0 +1,199 @@
+"""The math outcome reward on real-looking reasoning-model outputs, hostile inputs and its config."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from verl_repro.rewards import (
+    MathRewardConfig,
+    MathVerifier,
+    RewardConfigError,
+    grade_answer_region,
+    last_boxed_answer,
+    split_at_think_end,
+)
+
+THINKING = (
+    "<think>\nOkay, so I need to find the probability of heads. A fair coin has two faces.\n\n"
+    "Wait, let me double-check: one favourable outcome out of two.\n</think>\n\n"
+)
+
+
+@pytest.fixture(scope="module")
+def verifier():
+    with_strip = MathVerifier(MathRewardConfig(timeout_s=5.0), strip_texts=("<|im_end|>", "<|endoftext|>", "</think>"))
+    with_strip.start()
+    yield with_strip
+    with_strip.close()
+
+
+# (response, ground truth, expected acc, expected answer_found, expected has_think_end)
+CASES = {
+    "fraction_vs_decimal": (THINKING + "The probability is $\\boxed{\\frac{1}{2}}$.", "0.5", 1, 1, 1),
+    "dfrac_vs_frac": (THINKING + "So the answer is $\\boxed{\\dfrac{1}{2}}$.<|im_end|>", "\\frac12", 1, 1, 1),
+    "decimal_vs_fraction_gt": (THINKING + "Final answer: \\boxed{0.5}", "\\frac{1}{2}", 1, 1, 1),
+    "units": (THINKING + "The side is $\\boxed{5\\text{ cm}}$.", "5", 1, 1, 1),
+    "degrees": (THINKING + "The angle is $\\boxed{30^\\circ}$.", "30", 1, 1, 1),
+    "algebraic_form": (THINKING + "$\\boxed{(x+1)^2}$", "x^2+2x+1", 1, 1, 1),
+    "set_order": (THINKING + "$\\boxed{\\{3, 1, 2\\}}$", "\\{1,2,3\\}", 1, 1, 1),
+    "matrix": (THINKING + "$\\boxed{\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}}$", "\\begin{pmatrix}1\\\\2\\end{pmatrix}", 1, 1, 1),
+    "thousands_separator": (THINKING + "\\boxed{1,000}", "1000", 1, 1, 1),
+    "gt_already_boxed": (THINKING + "\\boxed{204}", "\\boxed{204}", 1, 1, 1),
+    "wrong_answer": (THINKING + "The probability is $\\boxed{\\frac{1}{3}}$.", "0.5", 0, 1, 1),
+    "wrong_integer": (THINKING + "\\boxed{71}", "70", 0, 1, 1),
+    "missing_boxed": (THINKING + "The probability is 1/2.", "0.5", 0, 0, 1),
+    "answer_only_in_thinking": ("<think>\nIt is \\boxed{\\frac12}.\n</think>\n\nI am not sure.", "0.5", 0, 0, 1),
+    "last_boxed_wins": (THINKING + "First \\boxed{3}, but correcting: \\boxed{\\frac{1}{2}}", "0.5", 1, 1, 1),
+    "earlier_boxed_ignored": (THINKING + "First \\boxed{\\frac{1}{2}}, but correcting: \\boxed{3}", "0.5", 0, 1, 1),
+    "second_think_end_is_text": (THINKING + "\\boxed{7}</think>\\boxed{\\frac12}", "0.5", 1, 1, 1),
+    "unbalanced_box": (THINKING + "\\boxed{\\frac{1}{2}", "0.5", 0, 0, 1),
+    "empty_ground_truth": (THINKING + "\\boxed{5}", "", 0, 1, 1),
+    "fbox": (THINKING + "\\fbox{42}", "42", 1, 1, 1),
+    "no_think_end_truncated": ("<think>\nLet me compute... \\boxed{\\frac12} and then", "0.5", 0, 0, 0),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_real_looking_outputs(verifier, name):
+    response, ground_truth, acc, answer_found, has_think_end = CASES[name]
+    result = verifier.score(response, ground_truth)
+    assert (result.acc, result.answer_found, result.has_think_end, result.timed_out) == (acc, answer_found, has_think_end, 0)
+    assert result.score == float(acc)
+    assert result.extra_info() == {"acc": acc, "has_think_end": has_think_end, "answer_found": answer_found, "timed_out": 0.0}
+
+
+def test_truncated_response_scores_as_configured():
+    truncated = "<think>\nThe answer is \\boxed{4}"
+    penalized = MathVerifier(MathRewardConfig(no_think_end_reward=-1.0, num_processes=1))
+    whole = MathVerifier(MathRewardConfig(require_think_end=False, num_processes=1))
+    try:
+        assert penalized.score(truncated, "4").score == -1.0
+        graded = whole.score(truncated, "4")
+        assert (graded.score, graded.acc, graded.has_think_end) == (1.0, 1.0, 0.0)
+        custom = MathVerifier(MathRewardConfig(correct_reward=2.0, incorrect_reward=-0.5, num_processes=1))
+        assert custom.score(THINKING + "\\boxed{4}", "4").score == 2.0
+        assert custom.score(THINKING + "\\boxed{5}", "4").score == -0.5
+        custom.close()
+    finally:
+        penalized.close()
+        whole.close()
+
+
+def test_last_boxed_answer_extraction():
+    assert last_boxed_answer("a \\boxed{1} b \\boxed{\\frac{1}{2}} c") == "\\frac{1}{2}"
+    assert last_boxed_answer("\\boxed{\\{1,2\\}}") == "\\{1,2\\}"  # escaped braces do not nest
+    assert last_boxed_answer("\\boxed{ {a}{b} }") == "{a}{b}"
+    assert last_boxed_answer("\\boxed 5 apples") == "5"
+    assert last_boxed_answer("\\boxed 5.") == "5"
+    assert last_boxed_answer("\\boxed{1} then \\fbox{2}") == "2"
+    assert last_boxed_answer("\\boxed{12") is None
+    assert last_boxed_answer("no answer here") is None
+    assert last_boxed_answer("\\boxed{" + "1" * 50 + "}", max_chars=10) is None
+    assert last_boxed_answer("\\boxed{" + "1" * 10 + "}", max_chars=10) == "1" * 10
+    assert split_at_think_end("a</think>b</think>c") == (True, "b</think>c")
+    assert split_at_think_end("no end") == (False, "no end")
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    prefix=st.text(alphabet=st.characters(blacklist_characters="\\{}"), max_size=40),
+    content=st.recursive(
+        st.text(alphabet="abc123+-=^_ ", max_size=6),
+        lambda inner: st.builds(lambda a, b: a + "{" + b + "}", inner, inner),
+        max_leaves=6,
+    ),
+    suffix=st.text(alphabet=st.characters(blacklist_characters="\\"), max_size=40),
+)
+def test_last_boxed_answer_returns_the_balanced_content(prefix, content, suffix):
+    assert last_boxed_answer(prefix + "\\boxed{" + content + "}" + suffix, max_chars=10_000) == content.strip()
+
+
+@settings(max_examples=25, deadline=None)
+@given(numerator=st.integers(-999, 999), denominator=st.integers(1, 999), other=st.integers(1, 10**6))
+def test_rational_answers_in_any_form(verifier, numerator, denominator, other):
+    gt = f"\\frac{{{numerator}}}{{{denominator}}}"
+    value = numerator / denominator
+    assert verifier.score(THINKING + f"\\boxed{{\\dfrac{{{numerator}}}{{{denominator}}}}}", gt).acc == 1.0
+    if value == round(value, 6):  # an exactly representable decimal
+        assert verifier.score(THINKING + f"\\boxed{{{value:.6f}}}", gt).acc == 1.0
+    wrong = f"\\frac{{{numerator * other + 1}}}{{{denominator * other}}}"  # differs by 1/(d·other)
+    assert verifier.score(THINKING + f"\\boxed{{{wrong}}}", gt).acc == 0.0
+    # the pure grader is the oracle of the guarded path
+    assert grade_answer_region(f"\\boxed{{{wrong}}}", gt) == (True, False)
+
+
+def test_hostile_outputs_are_bounded():
+    config = MathRewardConfig(timeout_s=1.0, num_processes=1, max_answer_chars=2_000_000)
+    verifier = MathVerifier(config).start()
+    try:
+        # SymPy tries to evaluate a power tower with ~10^8 digits: only the deadline stops it.
+        started = time.monotonic()
+        tower = verifier.score(THINKING + "\\boxed{9^{9^{9^{9^{9}}}}}", "5")
+        assert time.monotonic() - started < 4.0
+        assert (tower.timed_out, tower.acc, tower.score) == (1.0, 0.0, 0.0)
+
+        one_megabyte = "\\frac{" * 105_000 + "1" + "}{2}" * 105_000
+        assert len(one_megabyte) > 1_000_000
+        for response in (
+            THINKING + "\\boxed{" + one_megabyte + "}",  # 1 MB of nested LaTeX inside the answer
+            THINKING + one_megabyte,  # 1 MB of LaTeX with no boxed answer
+            "<think>" + one_megabyte,  # 1 MB, truncated thinking
+            THINKING + "\\boxed{" * 150_000,  # 1 MB of unclosed boxes
+        ):
+            started = time.monotonic()
+            result = verifier.score(response, "5")
+            assert time.monotonic() - started < 4.0
+            assert result.acc == 0.0
+
+        assert verifier.score(THINKING + "\\boxed{5}", "5").acc == 1.0  # the pool recovered
+        assert verifier.pool.num_timeouts >= 1
+    finally:
+        verifier.close()
+
+    # With the default length guard a megabyte answer never reaches the parser.
+    guarded = MathVerifier(MathRewardConfig(num_processes=1))
+    try:
+        started = time.monotonic()
+        result = guarded.score(THINKING + "\\boxed{" + "1+" * 500_000 + "1}", "5")
+        assert time.monotonic() - started < 1.0
+        assert (result.answer_found, result.timed_out) == (0.0, 0.0)
+    finally:
+        guarded.close()
+
+
+def test_event_loop_grading_is_not_stalled_by_a_hostile_sample():
+    verifier = MathVerifier(MathRewardConfig(timeout_s=1.5, num_processes=2)).start()
+
+    async def timed(response: str, gt: str):
+        started = time.monotonic()
+        result = await verifier.ascore(response, gt)
+        return result, time.monotonic() - started
+
+    async def run():
+        hostile = timed(THINKING + "\\boxed{9^{9^{9^{9^{9}}}}}", "1")
+        normal = [timed(THINKING + f"\\boxed{{{v}}}", str(v)) for v in range(12)]
+        return await asyncio.gather(hostile, *normal)
+
+    try:
+        (hostile, hostile_s), *normal = asyncio.run(run())
+        assert hostile.timed_out == 1.0 and hostile_s < 5.0
+        assert all(result.acc == 1.0 and seconds < 1.5 for result, seconds in normal)
+    finally:
+        verifier.close()
+
+
+def test_config_errors_name_the_key():
+    with pytest.raises(RewardConfigError, match=r"reward\.reward_kwargs\.timeout_s"):
+        MathRewardConfig.from_mapping({"timeout_s": 0})
+    with pytest.raises(RewardConfigError, match=r"reward\.reward_kwargs\.timeout is not a known key"):
+        MathRewardConfig.from_mapping({"timeout": 3})
+    with pytest.raises(RewardConfigError, match=r"reward\.reward_kwargs\.num_processes"):
+        MathRewardConfig.from_mapping({"num_processes": 0})
+    with pytest.raises(RewardConfigError, match=r"reward\.reward_kwargs\.require_think_end"):
+        MathRewardConfig.from_mapping({"require_think_end": "yes"})
+    assert MathRewardConfig.from_mapping({"timeout_s": 10, "correct_reward": 1}).timeout_s == 10

@@ -1,0 +1,33 @@
+"""Pure scoring of reasoning-model outputs (no veRL imports): math answers graded by math-verify.
+
+:class:`MathVerifier` grades decoded responses (text after the first ``</think>``, last ``\\boxed{}``)
+with a hard per-sample deadline enforced by :class:`GuardedPool` child processes; veRL's reward
+manager (``verl_repro.verl_ext.reward_managers``) and ``scripts/evaluate.py`` both use it.
+"""
+
+from .guarded import GuardedPool, ScoringCrash, ScoringError, ScoringTimeout
+from .math_verifier import (
+    MathRewardConfig,
+    MathScore,
+    MathVerifier,
+    RewardConfigError,
+    grade_answer_region,
+    grade_boxed_answer,
+    last_boxed_answer,
+    split_at_think_end,
+)
+
+__all__ = [
+    "GuardedPool",
+    "MathRewardConfig",
+    "MathScore",
+    "MathVerifier",
+    "RewardConfigError",
+    "ScoringCrash",
+    "ScoringError",
+    "ScoringTimeout",
+    "grade_answer_region",
+    "grade_boxed_answer",
+    "last_boxed_answer",
+    "split_at_think_end",
+]

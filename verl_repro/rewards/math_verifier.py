@@ -1,0 +1,247 @@
+"""Outcome reward for reasoning models on math: is the final ``\\boxed{}`` answer equal to the ground truth?
+
+A reasoning model writes its chain of thought, closes it with ``</think>``, then answers. Only the
+text after the *first* ``</think>`` is graded, so an answer that appears only inside the thinking
+earns nothing; a response without ``</think>`` was cut off by the length limit and scores
+``no_think_end_reward`` (unless ``require_think_end`` is off). In the graded text the *last*
+``\\boxed{...}`` (or ``\\fbox{...}``) is the answer. Equivalence is decided by math-verify: both sides
+are parsed from LaTeX into SymPy and compared symbolically and numerically (``\\frac{1}{2}`` = ``0.5``,
+``\\dfrac``, trailing units, set / interval / matrix forms). Nothing is ever ``eval``-ed: only
+math-verify's LaTeX parser runs, never its plain-expression extractor (which goes through SymPy's
+``parse_expr``).
+
+Hostile output (a 1 MB answer, ``9^{9^{9^{9^{9}}}}``, deeply nested LaTeX) cannot stall training:
+answers longer than ``max_answer_chars`` are rejected before parsing, and parsing + verification
+run in a :class:`~verl_repro.rewards.guarded.GuardedPool` child with a hard ``timeout_s`` deadline
+(the child is killed and the sample scores ``incorrect_reward``; counted as ``timed_out``).
+
+:func:`grade_answer_region` is the pure grading function (no deadline; the oracle of the tests and
+what the children run). :class:`MathVerifier` adds the deadline and the reasoning-model rules.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from .guarded import GuardedPool, ScoringCrash, ScoringError, ScoringTimeout
+
+BOXED_COMMANDS = ("\\boxed", "\\fbox")
+
+
+class RewardConfigError(ValueError):
+    """A reward option is invalid; the message names the full key, e.g. ``reward.reward_kwargs.timeout_s``."""
+
+
+@dataclass
+class MathRewardConfig:
+    """Options of the ``repro_math`` reward manager (``+reward.reward_kwargs.<key>=...`` in veRL)."""
+
+    correct_reward: float = 1.0
+    """Score of a response whose final boxed answer matches the ground truth."""
+    incorrect_reward: float = 0.0
+    """Score of a wrong, missing, unparseable or timed-out answer."""
+    no_think_end_reward: float = 0.0
+    """Score of a response without ``</think>`` (truncated) when ``require_think_end`` is on."""
+    require_think_end: bool = True
+    """Grade only text after the first ``</think>``; off grades the whole response when it has none."""
+    think_end_token: str = "</think>"
+    """End-of-thinking marker, matched in the decoded text."""
+    timeout_s: float = 5.0
+    """Hard per-sample deadline for parsing + verification (the child process is killed past it)."""
+    num_processes: int = 2
+    """Grading child processes per reward-loop worker (veRL runs ``reward.num_workers`` of those)."""
+    max_answer_chars: int = 1000
+    """Boxed answers longer than this are not parsed (score ``incorrect_reward``, ``answer_found`` 0)."""
+    memory_limit_mb: int = 4096
+    """Address-space limit of each grading process; 0 disables it."""
+
+    def validate(self, prefix: str = "reward.reward_kwargs") -> "MathRewardConfig":
+        def require(condition: bool, key: str, message: str) -> None:
+            if not condition:
+                raise RewardConfigError(f"{prefix}.{key} {message}, got {getattr(self, key)!r}")
+
+        for key in ("correct_reward", "incorrect_reward", "no_think_end_reward"):
+            require(isinstance(getattr(self, key), (int, float)) and not isinstance(getattr(self, key), bool), key, "must be a number")
+        require(isinstance(self.require_think_end, bool), "require_think_end", "must be true or false")
+        require(isinstance(self.think_end_token, str) and bool(self.think_end_token), "think_end_token", "must be a non-empty string")
+        require(self.timeout_s > 0, "timeout_s", "must be > 0")
+        require(isinstance(self.num_processes, int) and self.num_processes >= 1, "num_processes", "must be an int >= 1")
+        require(isinstance(self.max_answer_chars, int) and self.max_answer_chars >= 1, "max_answer_chars", "must be an int >= 1")
+        require(isinstance(self.memory_limit_mb, int) and self.memory_limit_mb >= 0, "memory_limit_mb", "must be an int >= 0")
+        return self
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any] | None, prefix: str = "reward.reward_kwargs") -> "MathRewardConfig":
+        """Build from a dict / OmegaConf node; unknown keys are an error naming the key."""
+        values = {} if values is None else dict(values.items())
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise RewardConfigError(f"{prefix}.{unknown[0]} is not a known key; known keys: {sorted(known)}")
+        return cls(**values).validate(prefix)
+
+
+@dataclass(frozen=True)
+class MathScore:
+    """Grade of one response; the float fields are what veRL logs as ``reward_extra_info``."""
+
+    score: float
+    acc: float
+    """1.0 when the final answer matches the ground truth."""
+    has_think_end: float
+    answer_found: float
+    """1.0 when a complete ``\\boxed{}`` answer (within ``max_answer_chars``) was found in the graded text."""
+    timed_out: float
+    """1.0 when grading hit the deadline (or the grading process died)."""
+
+    def extra_info(self) -> dict[str, float]:
+        return {"acc": self.acc, "has_think_end": self.has_think_end, "answer_found": self.answer_found, "timed_out": self.timed_out}
+
+
+def split_at_think_end(response: str, think_end_token: str = "</think>") -> tuple[bool, str]:
+    """``(has_think_end, text after the first think_end_token)``; ``(False, response)`` when absent."""
+    position = response.find(think_end_token)
+    if position < 0:
+        return False, response
+    return True, response[position + len(think_end_token):]
+
+
+def last_boxed_answer(text: str, max_chars: int = 1000) -> str | None:
+    """Content of the last ``\\boxed{...}`` / ``\\fbox{...}`` in ``text``, or None.
+
+    None when there is no such command, its braces are not closed (a truncated answer), or the
+    content is longer than ``max_chars``; the scan stops after ``max_chars`` characters, so the
+    cost is bounded whatever the input. ``\\{`` and ``\\}`` are literal braces and do not nest.
+    ``\\boxed 5`` (no braces) yields the following token.
+    """
+    start = max(text.rfind(command) for command in BOXED_COMMANDS)
+    if start < 0:
+        return None
+    command = next(c for c in BOXED_COMMANDS if text.startswith(c, start))
+    position = start + len(command)
+    if text.startswith("{", position):
+        depth = 0
+        index = position
+        limit = min(len(text), position + max_chars + 2)
+        while index < limit:
+            char = text[index]
+            if char == "\\":
+                index += 2
+                continue
+            if char == "{":
+                depth += 1
+            elif char == "}":
+                depth -= 1
+                if depth == 0:
+                    return text[position + 1:index].strip()
+            index += 1
+        return None
+    if text.startswith(" ", position):
+        token = text[position:position + max_chars + 1].split(None, 1)
+        if token and len(token[0]) <= max_chars:
+            return token[0].rstrip("$.")
+    return None
+
+
+def grade_boxed_answer(answer: str, ground_truth: str) -> bool:
+    """Is the boxed ``answer`` (its content, without ``\\boxed``) equal to ``ground_truth``? Pure, no deadline.
+
+    Both sides are parsed as LaTeX by math-verify and compared with ``math_verify.verify(gold,
+    prediction)``. Can run for unbounded time on hostile input: call it through
+    :class:`MathVerifier` (or a :class:`GuardedPool`) in training and evaluation.
+    """
+    from math_verify import LatexExtractionConfig, parse, verify
+
+    extraction = [LatexExtractionConfig(boxed_match_priority=0)]
+    gold_text = ground_truth if "\\boxed" in ground_truth else "\\boxed{" + ground_truth + "}"
+    # parsing_timeout / timeout_seconds None: math-verify's signal-based timeout is replaced by
+    # the caller's process deadline (signals do not work off the main thread).
+    gold = parse(gold_text, extraction_config=extraction, parsing_timeout=None)
+    prediction = parse("\\boxed{" + answer + "}", extraction_config=extraction, parsing_timeout=None)
+    if not gold or not prediction:
+        return False
+    return bool(verify(gold, prediction, timeout_seconds=None))
+
+
+def grade_answer_region(answer_region: str, ground_truth: str, max_answer_chars: int = 1000) -> tuple[bool, bool]:
+    """``(answer_found, correct)`` for the text after ``</think>``; pure, no deadline (see :func:`grade_boxed_answer`)."""
+    answer = last_boxed_answer(answer_region, max_answer_chars)
+    if not answer:
+        return False, False
+    return True, grade_boxed_answer(answer, ground_truth)
+
+
+class MathVerifier:
+    """Grades decoded responses with the reasoning-model rules and a hard per-sample deadline.
+
+    One instance owns a :class:`GuardedPool` of ``config.num_processes`` children; use it from
+    threads (:meth:`score`) or an event loop (:meth:`ascore`). ``strip_texts`` (e.g. the tokenizer's
+    special tokens such as ``<|im_end|>``) are removed from the graded text before grading.
+    """
+
+    def __init__(self, config: MathRewardConfig | None = None, strip_texts: tuple[str, ...] = ()):
+        self.config = (config or MathRewardConfig()).validate()
+        self.strip_texts = tuple(t for t in strip_texts if t and t != self.config.think_end_token)
+        self.pool = GuardedPool(
+            "verl_repro.rewards._grading:grade",
+            num_workers=self.config.num_processes,
+            timeout_s=self.config.timeout_s,
+            memory_limit_mb=self.config.memory_limit_mb or None,
+        )
+
+    def start(self) -> "MathVerifier":
+        """Start the grading processes now (so a broken environment fails at start-up)."""
+        self.pool.start()
+        return self
+
+    def close(self) -> None:
+        self.pool.close()
+
+    def _prepare(self, response: str) -> tuple[bool, str | None]:
+        """``(has_think_end, boxed answer to send to a grading process, or None)``; cheap and bounded.
+
+        Done in the caller, so a response without ``</think>`` or without a complete boxed answer
+        never costs a process round trip and a megabyte of hostile text never crosses the pipe.
+        """
+        has_think_end, region = split_at_think_end(response, self.config.think_end_token)
+        if not has_think_end and self.config.require_think_end:
+            return False, None
+        for text in self.strip_texts:
+            region = region.replace(text, "")
+        return has_think_end, last_boxed_answer(region, self.config.max_answer_chars) or None
+
+    def _result(self, has_think_end: bool, answer: str | None, correct: bool, timed_out: bool = False) -> MathScore:
+        cfg = self.config
+        if not has_think_end and cfg.require_think_end:
+            reward = cfg.no_think_end_reward
+        else:
+            reward = cfg.correct_reward if correct else cfg.incorrect_reward
+        return MathScore(reward, float(correct), float(has_think_end), float(answer is not None), float(timed_out))
+
+    def score(self, response: str, ground_truth: str) -> MathScore:
+        """Grade one decoded response (blocking; bounded by ``timeout_s`` plus waiting for a free process)."""
+        has_think_end, answer = self._prepare(response)
+        if answer is None or not str(ground_truth).strip():  # nothing to grade (empty ground truth: counted as wrong)
+            return self._result(has_think_end, answer, False)
+        try:
+            correct = self.pool.call(answer, str(ground_truth))
+        except (ScoringTimeout, ScoringCrash):
+            return self._result(has_think_end, answer, False, timed_out=True)
+        except ScoringError:  # the grader raised on this input: a found but unusable answer
+            correct = False
+        return self._result(has_think_end, answer, correct)
+
+    async def ascore(self, response: str, ground_truth: str) -> MathScore:
+        """Awaitable :meth:`score`; the wait for the grading process runs on the pool's threads."""
+        has_think_end, answer = self._prepare(response)
+        if answer is None or not str(ground_truth).strip():  # nothing to grade (empty ground truth: counted as wrong)
+            return self._result(has_think_end, answer, False)
+        try:
+            correct = await self.pool.acall(answer, str(ground_truth))
+        except (ScoringTimeout, ScoringCrash):
+            return self._result(has_think_end, answer, False, timed_out=True)
+        except ScoringError:
+            correct = False
+        return self._result(has_think_end, answer, correct)
