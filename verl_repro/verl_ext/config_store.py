@@ -1,0 +1,41 @@
+"""The ``repro`` Hydra config group, so ``+repro=default repro.alpha=0.2`` works on veRL's ``main_ppo``.
+
+veRL composes its config in Hydra struct mode: ``repro.alpha=0.2`` alone fails (no such key) and
+``+repro.alpha=0.2`` adds one loose key without defaults or types. Registering a config group in
+Hydra's ``ConfigStore`` when the plugin loads (``import verl`` runs before ``hydra.main`` composes)
+lets ``+repro=default`` add the whole group with the defaults and types of
+:class:`verl_repro.config.ReproConfig` — Hydra then rejects unknown keys and wrongly typed values,
+naming them. The option also selects the ``repro_sync`` trainer, which the RePro and CorR-PO
+estimators need (``docs/dev/estimator_contract.md``); an explicit ``trainer.v1.trainer_mode=...``
+on the command line still wins.
+
+Value ranges (``alpha >= 0`` ...) are checked by ``ReproConfig.validate`` when the trainer starts.
+"""
+
+from __future__ import annotations
+
+from verl_repro.config import ReproConfig
+
+GROUP = "repro"
+OPTION = "default"
+TRAINER_MODE = "repro_sync"
+
+
+def default_node():
+    """The ``+repro=default`` node, merged at the config root (Hydra package ``_global_``)."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.create(
+        {
+            GROUP: OmegaConf.structured(ReproConfig),
+            "trainer": {"v1": {"trainer_mode": TRAINER_MODE}},
+        }
+    )
+
+
+def register() -> list[str]:
+    from hydra.core.config_store import ConfigStore
+
+    # _global_: the option sets keys outside its own group (trainer.v1.trainer_mode) as well.
+    ConfigStore.instance().store(group=GROUP, name=OPTION, node=default_node(), package="_global_")
+    return [f"config_group:{GROUP}"]

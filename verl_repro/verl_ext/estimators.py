@@ -1,0 +1,309 @@
+"""RePro advantage estimators in veRL's registry: ``repro_grpo``, ``repro_rloo``,
+``repro_reinforce_plus_plus``, ``repro_ppo`` (select with ``algorithm.adv_estimator=...``).
+
+Each computes its family's outcome advantage with veRL's own built-in estimator — so with
+``repro.alpha=0`` the result *is* veRL's, bit for bit — and adds RePro's token process advantage:
+``Â = A + α·Ã`` (DESIGN §2). ``repro_ppo`` instead adds ``α ·`` the raw process rewards to the
+token rewards and runs veRL's GAE (needs the critic's ``values``).
+
+The process advantage comes from ground-truth scoring, which veRL's stock trainer does not run:
+these estimators need the ``repro_sync`` trainer (``trainer.v1.trainer_mode=repro_sync``, set by
+``+repro=default``), which passes the extra inputs of ``docs/dev/estimator_contract.md``. Called
+without them they raise an error that names that trainer.
+
+The maths lives in ``verl_repro.algorithms``; this module only maps veRL's arguments onto it and
+reports ``repro/*`` metrics.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+
+from verl_repro.algorithms import (
+    ReproProcessAdvantage,
+    combine_advantages,
+    compute_repro_process_advantage,
+    magnitude_scores,
+    stability_scores,
+)
+from verl_repro.config import ReproConfig
+from verl_repro.verl_ext.estimator_inputs import declare, missing_inputs_error, requires_inputs
+
+# estimator -> how its process rewards are normalized (verl_repro.algorithms.normalize_process_rewards)
+PROCESS_REWARD_NORMALIZATION: dict[str, str] = {
+    "repro_grpo": "grpo",
+    "repro_rloo": "rloo",
+    "repro_reinforce_plus_plus": "reinforce_plus_plus",
+    "repro_ppo": "none",
+}
+# estimator -> the veRL built-in whose outcome advantage it extends
+BASE_ESTIMATOR: dict[str, str] = {
+    "repro_grpo": "grpo",
+    "repro_rloo": "rloo",
+    "repro_reinforce_plus_plus": "reinforce_plus_plus",
+    "repro_ppo": "gae",
+}
+GRPO_EPSILON = 1e-6  # veRL's default in compute_grpo_outcome_advantage
+
+
+def _algo_get(config: Any, key: str, default: Any) -> Any:
+    if config is None:
+        return default
+    getter = getattr(config, "get", None)
+    return getter(key, default) if callable(getter) else getattr(config, key, default)
+
+
+def group_ids_from_index(index: Any, batch: int) -> torch.Tensor:
+    """veRL's ``index`` (``[B]`` array of uid strings) as ``[B] long`` group ids."""
+    if index is None:
+        raise ValueError("RePro group normalization needs veRL's uid index (index=None)")
+    values = np.asarray(index, dtype=object).reshape(-1)
+    if values.shape[0] != batch:
+        raise ValueError(f"index has {values.shape[0]} entries for {batch} responses")
+    _, inverse = np.unique(values.astype(str), return_inverse=True)
+    return torch.as_tensor(inverse.reshape(-1), dtype=torch.long)
+
+
+def _require_inputs(name: str, **inputs: Any) -> None:
+    missing = [key for key, value in inputs.items() if value is None]
+    if missing:
+        raise missing_inputs_error(name, missing)
+
+
+def _process_advantage(
+    name: str,
+    response_mask: torch.Tensor,
+    index: Any,
+    config: Any,
+    repro_scoring,
+    repro_config: ReproConfig,
+    return_token_rewards: bool = False,
+) -> ReproProcessAdvantage:
+    normalization = PROCESS_REWARD_NORMALIZATION[name]
+    batch = response_mask.shape[0]
+    if repro_scoring.cuts.shape[0] != batch:
+        raise ValueError(f"{name}: repro_scoring has {repro_scoring.cuts.shape[0]} rows for {batch} responses")
+    device = response_mask.device
+    return compute_repro_process_advantage(
+        repro_scoring.j_cuts.to(device),
+        repro_scoring.j_base.to(device),
+        repro_scoring.cuts.to(device),
+        repro_scoring.cut_mask.to(device),
+        repro_scoring.has_think_end.to(device),
+        response_mask,
+        group_ids=group_ids_from_index(index, batch).to(device) if normalization in ("grpo", "rloo") else None,
+        valid=repro_scoring.valid.to(device),
+        padding=repro_scoring.padding.to(device),
+        normalization=normalization,
+        stability_weight=repro_config.stability_weight,
+        stability_ema=repro_config.stability_ema,
+        j_base_eps=repro_config.j_base_eps,
+        norm_adv_by_std_in_grpo=bool(_algo_get(config, "norm_adv_by_std_in_grpo", True)),
+        epsilon=GRPO_EPSILON,
+        gamma=repro_config.gamma,
+        return_token_rewards=return_token_rewards,
+    )
+
+
+def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> float:
+    mask = mask.bool()
+    return float(values[mask].double().mean()) if bool(mask.any()) else 0.0
+
+
+def repro_metrics(repro_scoring, result: ReproProcessAdvantage, response_mask: torch.Tensor, repro_config: ReproConfig) -> dict[str, float]:
+    """The ``repro/*`` scalars of one batch (means over rows / entries that got a process reward; 0 if none)."""
+    has = result.has_process_reward.cpu()
+    entries = result.reward_mask.cpu()
+    # Rows without process reward may hold NaN J: keep them out of every statistic.
+    j_cuts = torch.where(entries, repro_scoring.j_cuts.float(), 0.0)
+    j_base = torch.where(has, repro_scoring.j_base.float(), -1.0)
+    num_cuts = entries.sum(dim=1)
+    j_final = j_cuts.gather(1, (num_cuts - 1).clamp_min(0).unsqueeze(1)).squeeze(1)
+    magnitude = magnitude_scores(j_cuts, j_base, repro_config.j_base_eps)
+    stability = stability_scores(j_cuts, j_base, entries, repro_config.stability_ema)
+    token_rows = response_mask.bool().cpu() & has.unsqueeze(1)
+    counts = result.counts
+    return {
+        "repro/num_cuts_mean": _masked_mean(num_cuts.float(), has),
+        "repro/j_base_mean": _masked_mean(j_base, has),
+        "repro/j_final_mean": _masked_mean(j_final, has),
+        "repro/magnitude_mean": _masked_mean(magnitude, entries),
+        "repro/stability_mean": _masked_mean(stability, entries),
+        "repro/process_adv_abs_mean": _masked_mean(result.process_advantages.abs().cpu(), token_rows),
+        "repro/with_process_reward": float(counts.with_process_reward),
+        "repro/skipped_no_think_end": float(counts.no_think_end),
+        "repro/skipped_no_ground_truth": float(counts.no_ground_truth),
+        "repro/skipped_nonfinite": float(counts.nonfinite_j + counts.j_base_near_zero),
+        "repro/j_base_near_zero": float(counts.j_base_near_zero),
+        "repro/no_think_end_used_end": float(counts.no_think_end_used_end),
+        "repro/single_cut": float(counts.single_cut),
+        "repro/scored_tokens": float(repro_scoring.stats.get("scored_tokens", 0.0)),
+        "repro/scored_sequences": float(repro_scoring.stats.get("num_sequences", 0.0)),
+        "repro/truncated_answers": float(repro_scoring.stats.get("truncated_answers", 0.0)),
+    }
+
+
+def _finish(name, outcome, result, response_mask, repro_scoring, repro_config, metrics) -> torch.Tensor:
+    advantages = combine_advantages(outcome, result.process_advantages, response_mask, repro_config.alpha)
+    metrics.update(repro_metrics(repro_scoring, result, response_mask, repro_config))
+    return advantages
+
+
+@requires_inputs("repro_scoring", "repro_config", "metrics")
+def compute_repro_grpo_advantage(
+    token_level_rewards: torch.Tensor,
+    response_mask: torch.Tensor,
+    index: Optional[np.ndarray] = None,
+    config: Any = None,
+    *,
+    repro_scoring=None,
+    repro_config: Optional[ReproConfig] = None,
+    metrics: Optional[dict] = None,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """GRPO outcome advantage (veRL's ``grpo``) + ``α ·`` the process advantage of group-normalized rewards.
+
+    Args:
+        token_level_rewards: ``[B, T] float`` — outcome reward on the last token, as veRL passes it.
+        response_mask: ``[B, T]``.
+        index: ``[B]`` uid array (prompt groups).
+        config: veRL's ``algorithm`` config (``norm_adv_by_std_in_grpo``).
+        repro_scoring: :class:`verl_repro.verl_ext.scoring.ReproScoring` of this batch.
+        repro_config: the validated ``repro`` group (``alpha``, ``stability_weight``, ...).
+        metrics: ``repro/*`` scalars are added here.
+
+    Returns:
+        ``(advantages, returns)``, both ``[B, T]`` and equal, as veRL's GRPO returns them.
+    """
+    name = "repro_grpo"
+    _require_inputs(name, repro_scoring=repro_scoring, repro_config=repro_config, metrics=metrics)
+    from verl.trainer.ppo import core_algos
+
+    outcome, _ = core_algos.compute_grpo_outcome_advantage(
+        token_level_rewards=token_level_rewards,
+        response_mask=response_mask,
+        index=index,
+        epsilon=GRPO_EPSILON,
+        norm_adv_by_std_in_grpo=bool(_algo_get(config, "norm_adv_by_std_in_grpo", True)),
+        config=config,
+    )
+    result = _process_advantage(name, response_mask, index, config, repro_scoring, repro_config)
+    advantages = _finish(name, outcome, result, response_mask, repro_scoring, repro_config, metrics)
+    return advantages, advantages
+
+
+@requires_inputs("repro_scoring", "repro_config", "metrics")
+def compute_repro_rloo_advantage(
+    token_level_rewards: torch.Tensor,
+    response_mask: torch.Tensor,
+    index: Optional[np.ndarray] = None,
+    config: Any = None,
+    *,
+    repro_scoring=None,
+    repro_config: Optional[ReproConfig] = None,
+    metrics: Optional[dict] = None,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """RLOO outcome advantage (veRL's ``rloo``) + ``α ·`` the process advantage of leave-one-out rewards.
+
+    Shapes and extra inputs as :func:`compute_repro_grpo_advantage`; returns ``(advantages, advantages)``.
+    """
+    name = "repro_rloo"
+    _require_inputs(name, repro_scoring=repro_scoring, repro_config=repro_config, metrics=metrics)
+    from verl.trainer.ppo import core_algos
+
+    outcome, _ = core_algos.compute_rloo_outcome_advantage(
+        token_level_rewards=token_level_rewards, response_mask=response_mask, index=index, config=config
+    )
+    result = _process_advantage(name, response_mask, index, config, repro_scoring, repro_config)
+    advantages = _finish(name, outcome, result, response_mask, repro_scoring, repro_config, metrics)
+    return advantages, advantages
+
+
+@requires_inputs("repro_scoring", "repro_config", "metrics")
+def compute_repro_reinforce_plus_plus_advantage(
+    token_level_rewards: torch.Tensor,
+    response_mask: torch.Tensor,
+    index: Optional[np.ndarray] = None,
+    config: Any = None,
+    *,
+    repro_scoring=None,
+    repro_config: Optional[ReproConfig] = None,
+    metrics: Optional[dict] = None,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """REINFORCE++ advantage (veRL's ``reinforce_plus_plus``: whitened discounted returns, ``config.gamma``)
+    + ``α ·`` the process advantage of batch-whitened process rewards.
+
+    Returns ``(advantages, returns)`` — ``returns`` are veRL's outcome returns, unchanged.
+    """
+    name = "repro_reinforce_plus_plus"
+    _require_inputs(name, repro_scoring=repro_scoring, repro_config=repro_config, metrics=metrics)
+    from verl.trainer.ppo import core_algos
+
+    outcome, returns = core_algos.compute_reinforce_plus_plus_outcome_advantage(
+        token_level_rewards=token_level_rewards, response_mask=response_mask, config=config
+    )
+    result = _process_advantage(name, response_mask, index, config, repro_scoring, repro_config)
+    advantages = _finish(name, outcome, result, response_mask, repro_scoring, repro_config, metrics)
+    return advantages, returns
+
+
+@requires_inputs("repro_scoring", "repro_config", "metrics", "values")
+def compute_repro_ppo_advantage(
+    token_level_rewards: torch.Tensor,
+    response_mask: torch.Tensor,
+    index: Optional[np.ndarray] = None,
+    config: Any = None,
+    *,
+    values: Optional[torch.Tensor] = None,
+    repro_scoring=None,
+    repro_config: Optional[ReproConfig] = None,
+    metrics: Optional[dict] = None,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """PPO/GAE with RePro: ``r'_t = r_t + α·(process reward on token c_j − 1)``, then veRL's GAE.
+
+    Args:
+        values: ``[B, T] float`` — the critic's values (``critic.enable=True``).
+        config: veRL's ``algorithm`` config — ``gamma`` and ``lam`` of GAE.
+        Others as :func:`compute_repro_grpo_advantage`; process rewards are not normalized.
+
+    Returns:
+        ``(advantages, returns)`` from veRL's ``compute_gae_advantage_return`` on the shaped rewards.
+    """
+    name = "repro_ppo"
+    _require_inputs(name, repro_scoring=repro_scoring, repro_config=repro_config, metrics=metrics, values=values)
+    from verl.trainer.ppo import core_algos
+
+    result = _process_advantage(name, response_mask, index, config, repro_scoring, repro_config, return_token_rewards=True)
+    shaped_rewards = token_level_rewards + repro_config.alpha * result.token_rewards.to(token_level_rewards.dtype)
+    advantages, returns = core_algos.compute_gae_advantage_return(
+        token_level_rewards=shaped_rewards,
+        values=values,
+        response_mask=response_mask,
+        gamma=_algo_get(config, "gamma", 1.0),
+        lam=_algo_get(config, "lam", 1.0),
+    )
+    metrics.update(repro_metrics(repro_scoring, result, response_mask, repro_config))
+    return advantages, returns
+
+
+ESTIMATORS: dict[str, Callable] = {
+    "repro_grpo": compute_repro_grpo_advantage,
+    "repro_rloo": compute_repro_rloo_advantage,
+    "repro_reinforce_plus_plus": compute_repro_reinforce_plus_plus_advantage,
+    "repro_ppo": compute_repro_ppo_advantage,
+}
+
+
+def register() -> list[str]:
+    from verl.trainer.ppo.core_algos import register_adv_est
+
+    for name, fn in ESTIMATORS.items():
+        register_adv_est(name)(fn)
+        declare(name, fn)
+    return [f"adv_estimator:{name}" for name in ESTIMATORS]

@@ -1,0 +1,466 @@
+"""The ``repro_sync`` trainer: veRL's synchronous v1 trainer plus the inputs our estimators need.
+
+veRL 0.9.1 calls an advantage estimator with ``token_level_rewards``, ``response_mask``, the
+``algorithm`` config and the uid index only, and its step has no hook between the reference pass
+and the advantage step (DESIGN §5, "integration route"). So the plugin registers
+``ReproSyncTrainer`` (a ``PPOTrainerSync`` subclass) with veRL's ``register_trainer`` under
+``repro_sync``; the stock entry point selects it:
+
+    python -m verl.trainer.main_ppo +repro=default algorithm.adv_estimator=repro_grpo ...
+
+(``+repro=default`` adds the ``repro`` group and sets ``trainer.v1.trainer_mode=repro_sync``.)
+What it changes, and only for estimators declared in ``estimator_inputs`` (others run veRL's code
+unchanged):
+
+* ``__init__`` validates the ``repro`` group and the estimator's needs (reference model for
+  ``scorer=ref``, critic for ``repro_ppo``, a source of ``logit_grad_norm`` for CorR-PO) before
+  any worker starts, and resets ``trainer.v1.trainer_mode`` to ``"sync"``: veRL switches on async
+  behaviour (async replay buffer, ``gen_batch_size=1``, TransferQueue checkpoints) for every mode
+  string other than ``"sync"``, and this trainer must behave exactly like the sync one.
+* ``_init_tokenizer`` resolves the ``</think>`` id and the step-boundary ids once.
+* ``_compute_old_log_prob`` asks the actor for ``Σp²`` when CorR-PO derives ``logit_grad_norm`` from it.
+* ``_compute_advantage`` fetches the extra fields from the TransferQueue, runs RePro's
+  ground-truth scoring (timed as ``timing_s/repro_scoring``) and calls the estimator with the
+  extra keyword arguments of ``docs/dev/estimator_contract.md``; KL-in-reward, rollout correction
+  and the write-back are veRL's own steps, in veRL's order.
+
+Checkpointing, resume, validation and the rest of the loop are inherited unchanged.
+
+Importing veRL's v1 trainer costs seconds and ~100 MB in every process that runs ``import verl``
+(every Ray worker), so :func:`register` defers the class definition until veRL itself imports
+``verl.trainer.ppo.v1.trainer_sync`` (``main_ppo``'s task runner does, right before looking the
+trainer up).
+"""
+
+from __future__ import annotations
+
+import importlib.abc
+import importlib.machinery
+import logging
+import os
+import sys
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+
+from verl_repro.config import ConfigError, ReproConfig
+from verl_repro.verl_ext import estimator_inputs
+
+logger = logging.getLogger("verl_repro")
+
+TRAINER_MODE = "repro_sync"
+SYNC_TRAINER_MODULE = "verl.trainer.ppo.v1.trainer_sync"
+ENGINE_VENDOR = "repro"
+
+# What veRL's own _compute_advantage fetches (verl/trainer/ppo/v1/trainer_base.py).
+BASE_ADVANTAGE_FIELDS = ["uid", "response_mask", "rm_scores", "rollout_log_probs", "old_log_probs", "ref_log_prob", "values"]
+# Extra TransferQueue fields per estimator input. Fields a batch lacks are simply not returned.
+INPUT_FIELDS: dict[str, list[str]] = {
+    "responses": ["responses"],
+    "entropy": ["entropy"],
+    "logit_grad_norm": ["logit_grad_norm", "sum_pi_squared"],
+    "repro_scoring": ["responses", "entropy", "input_ids", "reward_model"],
+}
+
+
+# ----------------------------------------------------------------------------- start-up checks
+
+
+def _select(config: Any, key: str, default: Any = None) -> Any:
+    from omegaconf import OmegaConf
+
+    value = OmegaConf.select(config, key, default=default)
+    return default if value is None else value
+
+
+def engine_vendor_requested(config: Any) -> bool:
+    """True when the workers will run the ``repro`` engine vendor (per-token ``logit_grad_norm``)."""
+    vendor = _select(config, "ray_kwargs.ray_init.runtime_env.env_vars.VERL_ENGINE_VENDOR")
+    return vendor == ENGINE_VENDOR or os.environ.get("VERL_ENGINE_VENDOR") == ENGINE_VENDOR
+
+
+def estimator_needs(config: Any) -> tuple[str, ...]:
+    """Extra inputs the configured ``algorithm.adv_estimator`` declares (empty for veRL's own)."""
+    return estimator_inputs.ESTIMATOR_INPUTS.get(str(config.algorithm.adv_estimator), ())
+
+
+def validate_repro_setup(config: Any) -> ReproConfig:
+    """Check the ``repro`` group and what the configured estimator needs; raise :class:`ConfigError`
+    naming the key to change. Runs before any worker or GPU work. Returns the validated group."""
+    from verl.trainer.ppo.utils import need_critic, need_reference_policy
+
+    repro = ReproConfig.from_mapping(config.get("repro"))
+    estimator = str(config.algorithm.adv_estimator)
+    needs = set(estimator_needs(config))
+    if not needs:
+        return repro
+
+    if "repro_scoring" in needs:
+        from verl_repro.verl_ext.scoring import SCORING_MODES
+
+        if repro.scorer == "ref" and not need_reference_policy(config):
+            raise ConfigError(
+                f"repro.scorer=ref ({estimator}) scores the ground truth with veRL's reference model, which veRL "
+                "creates only with actor_rollout_ref.actor.use_kl_loss=True (actor_rollout_ref.actor.kl_loss_coef "
+                "may be 0) or algorithm.use_kl_in_reward=True; enable one of them, or set repro.scorer=actor"
+            )
+        if repro.scoring_mode not in SCORING_MODES:
+            raise ConfigError(
+                f"repro.scoring_mode={repro.scoring_mode!r} is not available in this build; "
+                f"available: {sorted(SCORING_MODES)}"
+            )
+    if needs & {"repro_scoring", "entropy"} and _select(config, "algorithm.rollout_correction.bypass_mode", False):
+        raise ConfigError(
+            f"{estimator} needs the per-token entropy of veRL's old-log-prob pass, which "
+            "algorithm.rollout_correction.bypass_mode=True skips; set it to False"
+        )
+    if "values" in needs:
+        if not need_critic(config):
+            raise ConfigError(f"{estimator} runs GAE on the critic's values: set critic.enable=True")
+        if _select(config, "algorithm.use_pf_ppo", False):
+            raise ConfigError(f"{estimator} does not support algorithm.use_pf_ppo=True (it resamples the batch)")
+    if "logit_grad_norm" in needs and not engine_vendor_requested(config):
+        if not _select(config, "actor_rollout_ref.actor.calculate_sum_pi_squared", False):
+            raise ConfigError(
+                f"{estimator} needs per-token logit-gradient norms: run the repro engine vendor "
+                "(+ray_kwargs.ray_init.runtime_env.env_vars.VERL_ENGINE_VENDOR=repro) or set "
+                "actor_rollout_ref.actor.calculate_sum_pi_squared=True"
+            )
+        if _select(config, "actor_rollout_ref.model.use_fused_kernels", False):
+            raise ConfigError(
+                "actor_rollout_ref.actor.calculate_sum_pi_squared=True does not work with "
+                "actor_rollout_ref.model.use_fused_kernels=True in veRL; use the repro engine vendor "
+                "(+ray_kwargs.ray_init.runtime_env.env_vars.VERL_ENGINE_VENDOR=repro) instead"
+            )
+    return repro
+
+
+# ----------------------------------------------------------------------------- batch helpers
+
+
+def non_tensor_list(value: Any, batch: int) -> list:
+    """A per-sample non-tensor field from the TransferQueue (NonTensorStack / list / array) as a list."""
+    if value is None:
+        return [None] * batch
+    items = value.tolist() if hasattr(value, "tolist") else list(value)
+    if len(items) != batch:
+        raise ValueError(f"non-tensor field has {len(items)} entries for {batch} samples")
+    return list(items)
+
+
+def response_aligned(field: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
+    """A nested per-token field as response-aligned nested ``[B, R_b]``: fields stored by a worker pass
+    cover prompt + response (shifted by one, as veRL's ``log_probs``); response-aligned ones pass through."""
+    from verl.workers.utils.padding import response_from_nested
+
+    if torch.equal(field.offsets().diff(), response_mask.offsets().diff()):
+        return field
+    return response_from_nested(field, response_mask)
+
+
+def logit_grad_norm_from_sum_pi_squared(log_probs: torch.Tensor, sum_pi_squared: torch.Tensor) -> torch.Tensor:
+    """``g_t = ||p − onehot(y)||₂ = sqrt(Σp² − 2·p_y + 1)`` (DESIGN §3) from veRL's unfused outputs."""
+    p_y = log_probs.float().exp()
+    return torch.sqrt((sum_pi_squared.float() - 2.0 * p_y + 1.0).clamp_min(0.0))
+
+
+def mesh_dp_size(worker_group: Any, mesh: str) -> int:
+    """Data-parallel size of ``mesh`` in a veRL worker group (as ``_balance_batch`` reads it)."""
+    if mesh not in worker_group._dispatch_info:
+        worker_group._dispatch_info[mesh] = worker_group._query_dispatch_info(mesh)
+    return max(worker_group._dispatch_info[mesh]) + 1
+
+
+# ----------------------------------------------------------------------------- the trainer
+
+
+class _ReproSyncMixin:
+    """The ``repro_sync`` behaviour, mixed into veRL's ``PPOTrainerSync`` (see the module docstring)."""
+
+    def __init__(self, config):
+        from omegaconf import open_dict
+
+        from verl_repro.verl_ext.patches import check_verl_version
+
+        check_verl_version(f"trainer.v1.trainer_mode={TRAINER_MODE}")
+        self.repro_config = validate_repro_setup(config)
+        self.requested_trainer_mode = config.trainer.v1.trainer_mode
+        with open_dict(config):
+            config.trainer.v1.trainer_mode = "sync"
+        self.think_end_id: Optional[int] = None
+        self.boundary_ids: Optional[torch.Tensor] = None
+        super().__init__(config)
+
+    # -- start-up -----------------------------------------------------------------------
+
+    def _init_tokenizer(self):
+        super()._init_tokenizer()
+        if estimator_needs(self.config):
+            self._init_repro_tokens()
+
+    def _init_repro_tokens(self) -> None:
+        from verl_repro.algorithms import boundary_token_ids, think_end_token_id
+
+        try:
+            self.think_end_id = think_end_token_id(self.tokenizer, self.repro_config.think_end_token)
+        except ValueError as error:
+            raise ConfigError(str(error)) from error
+        self.boundary_ids = boundary_token_ids(self.tokenizer, tuple(self.repro_config.boundary_patterns))
+        if self.boundary_ids.numel() == 0:
+            logger.warning(
+                "verl-repro: no token of this tokenizer ends with repro.boundary_patterns=%r; every response "
+                "gets only the end-of-thinking cut", self.repro_config.boundary_patterns,
+            )
+
+    # -- old log-prob pass ------------------------------------------------------------------
+
+    def _wants_sum_pi_squared(self) -> bool:
+        return (
+            "logit_grad_norm" in estimator_needs(self.config)
+            and not engine_vendor_requested(self.config)
+            and bool(_select(self.config, "actor_rollout_ref.actor.calculate_sum_pi_squared", False))
+        )
+
+    def _compute_old_log_prob(self, batch, metrics):
+        if not self._wants_sum_pi_squared():
+            return super()._compute_old_log_prob(batch, metrics)
+        batch.extra_info["calculate_sum_pi_squared"] = True
+        try:
+            output = super()._compute_old_log_prob(batch, metrics)
+        finally:
+            # Only this pass: later passes on the same batch (ref, actor update) must not pay for Σp².
+            batch.extra_info.pop("calculate_sum_pi_squared", None)
+        getattr(output, "extra_info", {}).pop("calculate_sum_pi_squared", None)
+        return output
+
+    # -- advantage step -----------------------------------------------------------------
+
+    def _compute_advantage(self, batch, metrics):
+        needs = estimator_needs(self.config)
+        if not needs:
+            return super()._compute_advantage(batch, metrics)
+        return self._compute_advantage_with_inputs(batch, metrics, needs)
+
+    def _scoring_backend(self):
+        from verl_repro.verl_ext.scoring import LogProbBackend
+
+        extra = {}
+        if self.repro_config.scorer == "ref":
+            if self.ref_in_actor:  # LoRA: the reference is the actor without its adapter
+                worker_group, method, mesh, extra = self.actor_rollout_wg, "compute_log_prob", "actor", {"no_lora_adapter": True}
+            else:
+                worker_group, method, mesh = self.ref_policy_wg, "compute_ref_log_prob", "ref"
+        else:
+            worker_group, method, mesh = self.actor_rollout_wg, "compute_log_prob", "actor"
+        return LogProbBackend(
+            getattr(worker_group, method),
+            dp_size=mesh_dp_size(worker_group, mesh),
+            temperature=self.config.actor_rollout_ref.rollout.temperature,
+            extra_non_tensor=extra,
+        )
+
+    def _compute_advantage_with_inputs(self, batch, metrics, needs: tuple[str, ...]):
+        import transfer_queue as tq
+
+        from verl.protocol import DataProto
+        from verl.trainer.ppo import core_algos
+        from verl.trainer.ppo.ray_trainer import apply_kl_penalty
+        from verl.trainer.ppo.rollout_corr_helper import compute_rollout_correction_and_add_to_batch
+        from verl.workers.utils.padding import response_to_nested
+
+        estimator = str(self.config.algorithm.adv_estimator)
+        fields = list(BASE_ADVANTAGE_FIELDS)
+        for need in needs:
+            fields += [name for name in INPUT_FIELDS.get(need, []) if name not in fields]
+        data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=fields)
+        size = len(batch)
+        response_mask = data["response_mask"]
+        padding = torch.tensor([bool(tag.get("is_padding", False)) for tag in batch.tags], dtype=torch.bool)
+
+        # Fields that are not response-aligned leave before padding to [B, T].
+        reward_models = non_tensor_list(data.pop("reward_model"), size) if "reward_model" in data.keys() else [None] * size
+        input_ids = data.pop("input_ids") if "input_ids" in data.keys() else None
+        prompt_lengths = None
+        if input_ids is not None and "responses" in data.keys():
+            prompt_lengths = input_ids.offsets().diff() - data["responses"].offsets().diff()
+        for name in ("logit_grad_norm", "sum_pi_squared"):
+            if name in data.keys():
+                data[name] = response_aligned(data[name], response_mask)
+
+        data = DataProto(batch=data.to_padded_tensor())
+        data.batch["token_level_scores"] = data.batch["rm_scores"]
+        data.non_tensor_batch["uid"] = np.array(data.batch.pop("uid").tolist(), dtype=object)
+
+        # 1-2. veRL's own steps, in its order: KL penalty in the reward, rollout correction.
+        if self.config.algorithm.use_kl_in_reward:
+            data, kl_metrics = apply_kl_penalty(data, kl_ctrl=self.kl_ctrl_in_reward, kl_penalty=self.config.algorithm.kl_penalty)
+            metrics.update(kl_metrics)
+        else:
+            data.batch["token_level_rewards"] = data.batch["token_level_scores"]
+        rollout_corr_config = self.config.algorithm.get("rollout_correction", None)
+        bypass = rollout_corr_config and rollout_corr_config.get("bypass_mode", False)
+        rollout_correction = rollout_corr_config is not None and "rollout_log_probs" in data.batch and not bypass
+        if rollout_correction:
+            data, is_metrics = compute_rollout_correction_and_add_to_batch(data, rollout_corr_config)
+            metrics.update(is_metrics)
+
+        # 3. the estimator, with its extra inputs.
+        estimator_metrics: dict[str, float] = {}
+        inputs = self._estimator_inputs(needs, data, estimator_metrics, input_ids, prompt_lengths, reward_models, padding)
+        kwargs = {
+            "token_level_rewards": data.batch["token_level_rewards"],
+            "response_mask": data.batch["response_mask"],
+            "config": self.config.algorithm,
+            "index": data.non_tensor_batch["uid"],
+            **inputs,
+        }
+        if "reward_baselines" in data.batch:
+            kwargs["reward_baselines"] = data.batch["reward_baselines"]
+        advantages, returns = core_algos.get_adv_estimator_fn(estimator)(**kwargs)
+        data.batch["advantages"] = advantages
+        data.batch["returns"] = returns
+        metrics.update(estimator_metrics)
+
+        # 4. write back, as veRL does.
+        out_fields = ["advantages", "returns"]
+        if self.config.algorithm.use_kl_in_reward:
+            out_fields.append("token_level_rewards")
+        if rollout_correction:
+            out_fields.append("response_mask")
+            if "rollout_is_weights" in data.batch:
+                out_fields.append("rollout_is_weights")
+        from tensordict import TensorDict
+
+        output = TensorDict({name: response_to_nested(data.batch[name], response_mask) for name in out_fields}, batch_size=size)
+        return tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=output)
+
+    def _estimator_inputs(self, needs, data, estimator_metrics, input_ids, prompt_lengths, reward_models, padding) -> dict:
+        inputs: dict[str, Any] = {}
+        tensors = data.batch
+        for need in needs:
+            if need == "repro_config":
+                inputs[need] = self.repro_config
+            elif need == "metrics":
+                inputs[need] = estimator_metrics
+            elif need == "think_end_id":
+                inputs[need] = self.think_end_id
+            elif need == "responses":
+                inputs[need] = tensors["responses"] if "responses" in tensors else None
+            elif need == "entropy":
+                inputs[need] = tensors["entropy"] if "entropy" in tensors else None
+            elif need == "values":
+                inputs[need] = tensors["values"] if "values" in tensors else None
+            elif need == "logit_grad_norm":
+                inputs[need] = self._logit_grad_norm(tensors)
+            elif need == "repro_scoring":
+                inputs[need] = self._repro_scoring(tensors, input_ids, prompt_lengths, reward_models, padding)
+            else:
+                raise ValueError(f"repro_sync trainer cannot provide estimator input {need!r}")
+        return inputs
+
+    @staticmethod
+    def _logit_grad_norm(tensors) -> Optional[torch.Tensor]:
+        if "logit_grad_norm" in tensors:
+            return tensors["logit_grad_norm"].float()
+        if "sum_pi_squared" in tensors and "old_log_probs" in tensors:
+            return logit_grad_norm_from_sum_pi_squared(tensors["old_log_probs"], tensors["sum_pi_squared"])
+        return None
+
+    def _repro_scoring(self, tensors, input_ids, prompt_lengths, reward_models, padding):
+        from verl.utils.debug import marked_timer
+
+        from verl_repro.verl_ext.scoring import score_ground_truth
+
+        missing = [name for name in ("responses", "entropy") if name not in tensors]
+        if input_ids is None:
+            missing.append("input_ids")
+        if missing:
+            raise RuntimeError(f"RePro scoring: the TransferQueue batch has no {missing} (needed to cut and score responses)")
+        with marked_timer("repro_scoring", self.timing_raw, color="purple"):
+            return score_ground_truth(
+                input_ids=input_ids,
+                prompt_lengths=prompt_lengths,
+                responses=tensors["responses"],
+                response_mask=tensors["response_mask"],
+                entropy=tensors["entropy"],
+                reward_models=reward_models,
+                padding=padding,
+                tokenizer=self.tokenizer,
+                config=self.repro_config,
+                boundary_ids=self.boundary_ids,
+                think_end_id=self.think_end_id,
+                backend=self._scoring_backend(),
+            )
+
+
+# ----------------------------------------------------------------------------- registration
+
+_trainer_class: Optional[type] = None
+
+
+def build_trainer_class() -> type:
+    """Define ``ReproSyncTrainer`` on top of veRL's ``PPOTrainerSync`` and register it as ``repro_sync``."""
+    global _trainer_class
+    if _trainer_class is None:
+        from verl.trainer.ppo.v1.trainer_base import register_trainer
+        from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
+
+        class ReproSyncTrainer(_ReproSyncMixin, PPOTrainerSync):
+            """veRL's synchronous PPO trainer with RePro scoring and the extra estimator inputs."""
+
+        ReproSyncTrainer.__module__ = __name__
+        ReproSyncTrainer.__qualname__ = "ReproSyncTrainer"
+        _trainer_class = register_trainer(TRAINER_MODE)(ReproSyncTrainer)
+    return _trainer_class
+
+
+def __getattr__(name: str):
+    if name == "ReproSyncTrainer":
+        return build_trainer_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+class _AfterImport(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Run ``callback`` right after module ``target`` has been executed by its real loader."""
+
+    def __init__(self, target: str, callback: Callable[[], Any]):
+        self.target = target
+        self.callback = callback
+        self._spec: Optional[importlib.machinery.ModuleSpec] = None
+
+    def find_spec(self, fullname, path, target=None):
+        if fullname != self.target:
+            return None
+        sys.meta_path.remove(self)
+        for finder in sys.meta_path:
+            spec = finder.find_spec(fullname, path, target) if hasattr(finder, "find_spec") else None
+            if spec is not None:
+                break
+        else:
+            return None
+        self._spec = spec
+        return importlib.machinery.ModuleSpec(fullname, self, origin=spec.origin, is_package=spec.submodule_search_locations is not None)
+
+    def create_module(self, spec):
+        return self._spec.loader.create_module(self._spec)
+
+    def exec_module(self, module):
+        # Present the real spec (file, cached bytecode) to the module and to importlib.
+        module.__spec__ = self._spec
+        module.__loader__ = self._spec.loader
+        if self._spec.origin:
+            module.__file__ = self._spec.origin
+        self._spec.loader.exec_module(module)
+        try:
+            self.callback()
+        except Exception as error:  # never break veRL's own import
+            logger.warning("verl-repro: registering the %s trainer failed: %s", TRAINER_MODE, error, exc_info=True)
+
+
+def register() -> list[str]:
+    if SYNC_TRAINER_MODULE in sys.modules:
+        build_trainer_class()
+    elif not any(isinstance(finder, _AfterImport) for finder in sys.meta_path):
+        sys.meta_path.insert(0, _AfterImport(SYNC_TRAINER_MODULE, build_trainer_class))
+    return [f"trainer:{TRAINER_MODE}"]
