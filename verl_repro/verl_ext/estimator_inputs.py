@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Callable
 
 KNOWN_INPUTS = frozenset(
-    {"repro_config", "responses", "entropy", "logit_grad_norm", "think_end_id", "repro_scoring", "metrics"}
+    {"repro_config", "responses", "entropy", "logit_grad_norm", "think_end_id", "repro_scoring", "values", "metrics"}
 )
 
 # estimator name -> the extra kwargs the repro_sync trainer must pass
