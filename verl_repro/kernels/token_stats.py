@@ -41,7 +41,7 @@ from verl_repro.kernels.reference import TokenStats
 
 # A finite stand-in for -inf as the running max and for columns past the vocabulary:
 # `exp(m_old - m_new)` and `s * (m_old - m_new)` stay well defined (0 and 0) before the first block.
-_NEG_BIG = -3.0e38
+_NEG_BIG = tl.constexpr(-3.0e38)
 
 
 def is_interpreted() -> bool:
@@ -66,9 +66,9 @@ def _expm1(x):
     """e^x - 1 to full relative precision for small x (Kahan's correction of the rounded e^x)."""
     u = tl.exp(x)
     d = u - 1.0
-    # u == 0 only where d == -1, which is answered first.
-    log_u = tl.log(tl.where(u > 0.0, u, 1.0))
     exact = d == 0.0
+    # u == 0 only where d == -1, which is answered first; the guards keep unused lanes finite.
+    log_u = tl.log(tl.where(u > 0.0, u, 0.5))
     return tl.where(d == -1.0, -1.0, tl.where(exact, x, d * x / tl.where(exact, 1.0, log_u)))
 
 
@@ -87,10 +87,16 @@ def _online_update(m, r, t, q, z, at_label, AXIS: tl.constexpr):
     e = tl.exp(shifted)
     t = rescale * (t + (r + 1.0) * (m - m_new)) + tl.sum(tl.where(e > 0, e * shifted, 0.0), axis=AXIS)
     q = rescale * rescale * q + tl.sum(tl.where(at_label, 0.0, e * e), axis=AXIS)
-    # If this block holds the new max, its e^0 = 1 becomes the implicit "1" of s = 1 + r, and
-    # the old implicit 1 is rescaled into r; its other max-ties are counted explicitly.
-    block_rest = tl.sum(tl.where(at_max, 0.0, e), axis=AXIS) + (tl.sum(at_max.to(tl.float32), axis=AXIS) - 1.0)
-    r = tl.where(block_max >= m, rescale * (r + 1.0) + block_rest, r + tl.sum(e, axis=AXIS))
+    # Elements equal to the block max each carry e_max = e^{block_max - m_new}; the rest are summed.
+    # If this block holds the new max, one e_max = 1 becomes the implicit "1" of s = 1 + r and the
+    # old implicit 1 is rescaled into r; otherwise the block only adds to r.
+    below_max = tl.sum(tl.where(at_max, 0.0, e), axis=AXIS)
+    num_at_max = tl.sum(at_max.to(tl.float32), axis=AXIS)
+    r = tl.where(
+        block_max >= m,
+        rescale * (r + 1.0) + below_max + (num_at_max - 1.0),
+        r + below_max + num_at_max * tl.exp(tl.minimum(block_max - m, 0.0)),
+    )
     return m_new, r, t, q
 
 
