@@ -1,0 +1,113 @@
+"""``verl-repro cpu-run``: veRL's stock ``python -m verl.trainer.main_ppo`` on a CPU.
+
+Sets ``VERL_PLATFORM=cpu`` (which makes this package register the CPU platform, engines and the
+``hf`` rollout in every process) and prepends the overrides a CPU run needs; any main_ppo
+override given on the command line is passed through and wins over the CPU defaults for the
+same key. ``--smoke DIR`` adds a tiny checkpoint, dataset and reward (see
+:mod:`verl_repro.cpu.smoke`) for a 2-step run; explicit overrides win over those too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+
+from verl_repro.cpu.registration import PLATFORM_ENV
+
+# Ray places each veRL worker as a {CPU: 3, GPU: 1} bundle (plus Ray's own actors): declare enough
+# logical CPUs and one logical GPU per worker, or placement waits forever.
+RAY_LOGICAL_CPUS = 16
+
+
+def cpu_overrides(num_workers: int = 1) -> list[str]:
+    """The main_ppo overrides a CPU run needs (``num_workers`` = trainer ranks, one logical GPU each)."""
+    return [
+        "trainer.device=cpu",
+        "trainer.nnodes=1",
+        f"trainer.n_gpus_per_node={num_workers}",
+        f"ray_kwargs.ray_init.num_cpus={RAY_LOGICAL_CPUS}",
+        f"+ray_kwargs.ray_init.num_gpus={num_workers}",
+        f"+ray_kwargs.ray_init.runtime_env.env_vars.{PLATFORM_ENV}=cpu",
+        # More storage units than cores stalls TransferQueue on a small machine.
+        "transfer_queue.backend.SimpleStorage.num_data_storage_units=1",
+        # No flash-attention on a CPU, hence no padding-free (remove-padding) path either.
+        "+actor_rollout_ref.model.override_config.attn_implementation=sdpa",
+        "actor_rollout_ref.model.use_remove_padding=False",
+        # FSDP1 fails on CPU (sync_module_states); FSDP2 runs over gloo.
+        "actor_rollout_ref.actor.strategy=fsdp2",
+        "actor_rollout_ref.ref.strategy=fsdp2",
+        "critic.strategy=fsdp2",
+        "actor_rollout_ref.rollout.name=hf",
+        "actor_rollout_ref.rollout.tensor_model_parallel_size=1",
+        "actor_rollout_ref.rollout.agent.num_workers=1",
+        "reward.num_workers=1",
+        "data.dataloader_num_workers=0",
+    ]
+
+
+def override_key(override: str) -> str:
+    """The config key an override sets: ``+a.b=1`` / ``++a.b=1`` / ``~a.b`` / ``a.b=1`` → ``a.b``."""
+    key = override.split("=", 1)[0]
+    return key.lstrip("+~")
+
+
+def merge_overrides(*layers: list[str]) -> list[str]:
+    """Later layers win per key; a key keeps the position of its first appearance."""
+    merged: dict[str, str] = {}
+    for layer in layers:
+        for override in layer:
+            key = override_key(override)
+            if key in merged and merged[key].startswith("+") and not override.startswith(("+", "~")):
+                # The key is new to veRL's config: a plain override would fail, keep the "+".
+                override = "+" + override
+            merged[key] = override
+    return list(merged.values())
+
+
+def _requested_workers(overrides: list[str]) -> int:
+    for override in overrides:
+        if override_key(override) == "trainer.n_gpus_per_node":
+            return int(override.split("=", 1)[1])
+    return 1
+
+
+def build_command(user_overrides: list[str], smoke_dir: str | None = None) -> list[str]:
+    """The full ``python -m verl.trainer.main_ppo ...`` command line."""
+    smoke = []
+    if smoke_dir is not None:
+        from verl_repro.cpu.smoke import prepare_smoke_workspace, smoke_overrides
+
+        smoke = smoke_overrides(prepare_smoke_workspace(smoke_dir))
+    workers = _requested_workers(user_overrides)
+    overrides = merge_overrides(cpu_overrides(workers), smoke, user_overrides)
+    return [sys.executable, "-m", "verl.trainer.main_ppo", *overrides]
+
+
+def cpu_environment(base: dict[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ if base is None else base)
+    env[PLATFORM_ENV] = "cpu"
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--smoke",
+        metavar="DIR",
+        help="build a tiny model, dataset and reward under DIR and run 2 GRPO steps on them",
+    )
+    parser.add_argument("--print-command", action="store_true", help="print the main_ppo command and exit")
+    parser.epilog = "Any other argument is a Hydra override for verl.trainer.main_ppo, e.g. trainer.total_training_steps=5"
+    parser.set_defaults(accepts_extra_args=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    command = build_command(list(getattr(args, "extra_args", []) or []), smoke_dir=args.smoke)
+    if args.print_command:
+        print(f"{PLATFORM_ENV}=cpu " + " ".join(command))
+        return 0
+    print(f"verl-repro cpu-run: {PLATFORM_ENV}=cpu {' '.join(command)}", flush=True)
+    return subprocess.call(command, env=cpu_environment())

@@ -1,0 +1,150 @@
+"""Every change the CPU backend makes to a private name of veRL, in one list.
+
+Each :class:`Patch` names the veRL file and attribute it replaces and why. Patches are applied
+only in CPU mode (``VERL_PLATFORM=cpu``), each when its veRL module is first imported (see
+:mod:`verl_repro.cpu.deferred`), and only against the pinned veRL release: another version, or
+a target that has disappeared, stops with an error saying which patch to revisit.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Callable
+
+PINNED_VERL_VERSION = "0.9.1"
+
+
+class VerlVersionError(RuntimeError):
+    """veRL is not the release these patches were written against."""
+
+
+@dataclass(frozen=True)
+class Patch:
+    verl_file: str  # path inside the veRL package, for readers
+    module: str  # module holding the target
+    target: str  # attribute replaced or edited
+    reason: str
+    apply: Callable[[ModuleType], None]
+
+
+# --- patch bodies ---------------------------------------------------------------------------------
+
+
+def _gloo_process_group(module: ModuleType) -> None:
+    # veRL builds the backend string "cpu:gloo,<device>:<backend>", which on the CPU platform is
+    # "cpu:gloo,cpu:gloo"; torch rejects the duplicated device. The worker group needs plain gloo.
+    original = getattr(module, "initialize_global_process_group_ray")
+    if getattr(original, "_verl_repro_cpu", False):
+        return
+
+    @functools.wraps(original)
+    def initialize_with_gloo(timeout_second=None, backend=None):
+        return original(timeout_second=timeout_second, backend=backend or "gloo")
+
+    initialize_with_gloo._verl_repro_cpu = True
+    module.initialize_global_process_group_ray = initialize_with_gloo
+
+
+def _engine_workers_gloo(module: ModuleType) -> None:
+    # engine_workers binds the function by name at import; point it at the patched one.
+    from verl.utils import distributed
+
+    _gloo_process_group(distributed)
+    module.initialize_global_process_group_ray = distributed.initialize_global_process_group_ray
+
+
+def _unpinned_offload_policy(module: ModuleType) -> None:
+    # The FSDP2 engine gives the reference model CPUOffloadPolicy(pin_memory=True); pinning host
+    # memory needs an accelerator runtime and fails on a CPU-only torch. Same policy, unpinned.
+    policy_cls = getattr(module, "CPUOffloadPolicy")
+    if getattr(policy_cls, "_verl_repro_cpu", False):
+        return
+
+    class UnpinnedCPUOffloadPolicy(policy_cls):
+        _verl_repro_cpu = True
+
+        def __init__(self, pin_memory: bool = False, **kwargs):
+            super().__init__(pin_memory=False, **kwargs)
+
+    module.CPUOffloadPolicy = UnpinnedCPUOffloadPolicy
+
+
+def _register_hf_rollout_class(module: ModuleType) -> None:
+    # get_rollout_class() resolves (name, mode) only through this private table; there is no
+    # public registration for worker-side rollout classes in 0.9.1.
+    module._ROLLOUT_REGISTRY[("hf", "async")] = "verl_repro.cpu.rollout.HFRolloutAdapter"
+
+
+PATCHES: tuple[Patch, ...] = (
+    Patch(
+        verl_file="verl/utils/distributed.py",
+        module="verl.utils.distributed",
+        target="initialize_global_process_group_ray",
+        reason="default backend string 'cpu:gloo,cpu:gloo' is rejected by torch; use 'gloo'",
+        apply=_gloo_process_group,
+    ),
+    Patch(
+        verl_file="verl/workers/engine_workers.py",
+        module="verl.workers.engine_workers",
+        target="initialize_global_process_group_ray",
+        reason="imported by name at module load; must see the gloo version above",
+        apply=_engine_workers_gloo,
+    ),
+    Patch(
+        verl_file="verl/workers/engine/fsdp/transformer_impl.py",
+        module="verl.workers.engine.fsdp.transformer_impl",
+        target="CPUOffloadPolicy",
+        reason="reference engine hard-codes CPUOffloadPolicy(pin_memory=True); pinning fails without an accelerator",
+        apply=_unpinned_offload_policy,
+    ),
+    Patch(
+        verl_file="verl/workers/rollout/base.py",
+        module="verl.workers.rollout.base",
+        target="_ROLLOUT_REGISTRY",
+        reason="the only way to make get_rollout_class('hf') return the worker-side hf adapter",
+        apply=_register_hf_rollout_class,
+    ),
+)
+
+
+# --- checks and installation -------------------------------------------------------------------
+
+
+def check_verl_version() -> None:
+    """Raise :class:`VerlVersionError` unless the installed veRL is the pinned release."""
+    import verl
+
+    installed = getattr(verl, "__version__", "unknown")
+    if installed != PINNED_VERL_VERSION:
+        listing = "; ".join(f"{patch.verl_file}:{patch.target}" for patch in PATCHES)
+        raise VerlVersionError(
+            f"verl-repro's CPU backend patches veRL {PINNED_VERL_VERSION} private names ({listing}), "
+            f"but veRL {installed} is installed. Install verl=={PINNED_VERL_VERSION} or revisit "
+            "verl_repro/cpu/patches.py."
+        )
+
+
+def apply_patch(patch: Patch, module: ModuleType) -> None:
+    """Apply one patch to its (imported) module, failing loudly if the target is gone."""
+    if not hasattr(module, patch.target):
+        raise VerlVersionError(
+            f"verl-repro CPU patch target {patch.verl_file}:{patch.target} no longer exists "
+            f"(patch reason: {patch.reason}); veRL changed since {PINNED_VERL_VERSION}, revisit "
+            "verl_repro/cpu/patches.py."
+        )
+    patch.apply(module)
+
+
+def install_patches() -> list[str]:
+    """Check the veRL version, then apply each patch when its module is imported.
+
+    Returns ``"patch:<file>:<target>"`` entries for the registration report.
+    """
+    from verl_repro.cpu.deferred import when_imported
+
+    check_verl_version()
+    for patch in PATCHES:
+        when_imported(patch.module, functools.partial(apply_patch, patch))
+    return [f"patch:{patch.verl_file}:{patch.target}" for patch in PATCHES]
