@@ -70,7 +70,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fingerprint-norm", choices=FINGERPRINT_NORMS, default="fro", help="matrix norm of each parameter's gradient")
     parser.add_argument("--fingerprint-tokens", type=int, default=64, help="most frequent unique tokens fingerprinted; 0 disables")
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
-    parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
+    parser.add_argument("--dtype", choices=("float32", "float64", "bfloat16", "float16"), default="float32",
+                        help="model dtype; float64 (CPU, small models) makes the statistics exact to float32 rounding")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
 
