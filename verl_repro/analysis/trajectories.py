@@ -1,0 +1,869 @@
+"""``verl-repro analyze``: RePro's view of reasoning trajectories — J̃ curves, backtracking, tokens.
+
+For every trajectory (prompt + response + ground truth) the tool computes, with a Hugging Face
+checkpoint as the policy:
+
+* ``J̃`` — the mean log-prob of the rendered ground-truth answer appended after the response
+  prefix — at *every* step boundary before ``</think>`` and at ``e + 1`` (DESIGN §2), plus
+  ``J_b = J̃(0)``;
+* the cuts RePro's top-k entropy selection would pick (``repro.num_segments``) and, at those cuts,
+  the magnitude, stability and combined scores that training would turn into process rewards;
+* correctness (the math-verify grader of :mod:`verl_repro.rewards`), response length, the number
+  of backtracking phrases (:mod:`verl_repro.analysis.backtracking`) and whether ``</think>`` is
+  present.
+
+It writes ``trajectories.jsonl`` (one record per trajectory), ``summary.json`` (per-group means;
+the J̃ curve of each group on a grid of normalized step positions) and PNG plots. ``--compare A B``
+does this for two checkpoints (or reads two earlier outputs) and adds one table and one figure.
+
+Inputs: veRL rollout dumps (``trainer.rollout_data_dir``: ``<step>.jsonl`` files with ``input``,
+``output``, ``gts``, ``score``, ``step``), plain jsonl / parquet with ``prompt`` / ``response`` /
+``ground_truth`` (``prompt`` may be a chat message list, ``reward_model.ground_truth`` is read
+too), or prompts to sample responses from (``--prompts``; veRL's dataset parquet works).
+
+Normalized step position: the curve ``[J_b, J̃(c_1), .., J̃(c_m)]`` of a trajectory sits at
+``j / m`` for ``j = 0..m`` (``c_m = e + 1``), is linearly interpolated onto ``--grid-points``
+equally spaced points of ``[0, 1]``, and averaged per group (mean ± one standard deviation).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+
+GROUPS = ("correct", "incorrect")
+PROMPT_KEYS = ("prompt", "input", "question", "problem")
+RESPONSE_KEYS = ("response", "output")
+GROUND_TRUTH_KEYS = ("ground_truth", "gts", "answer")
+META_KEYS = ("id", "uid", "step", "score", "data_source")
+PROMPT_FORMATS = ("auto", "raw", "chat")
+SCORING_MODES = ("auto", "naive", "prefix_shared")
+FALLBACK_REASONS = ("empty_response", "no_ground_truth", "no_think_end", "nonfinite_j", "j_base_near_zero")
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+@dataclass
+class Trajectory:
+    """One input row: ``prompt`` is rendered text or a chat message list; ``response`` may be None
+    (a prompt to sample from)."""
+
+    id: str
+    prompt: Any
+    response: str | None
+    ground_truth: str | None
+    meta: dict = field(default_factory=dict)
+
+
+def _plain(value: Any) -> Any:
+    """numpy containers from parquet → lists / dicts / Python scalars."""
+    if isinstance(value, np.ndarray):
+        return [_plain(v) for v in value.tolist()]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def ground_truth_text(value: Any) -> str | None:
+    """A ground truth as text, or None when missing / empty / unusable (DESIGN §6: counted, not fatal).
+
+    Strings are stripped; finite numbers print with ``str``; a non-empty list (several accepted
+    answers) gives its first entry; a ``{"ground_truth": ...}`` mapping is unwrapped.
+    """
+    if isinstance(value, dict):
+        value = value.get("ground_truth")
+    if isinstance(value, (list, tuple)):
+        value = value[0] if value else None
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return str(value) if math.isfinite(float(value)) else None
+    if isinstance(value, str):
+        return value.strip() or None
+    return None
+
+
+def _step_of(path: Path) -> tuple[int, str]:
+    return (int(path.stem), path.name) if path.stem.isdigit() else (-1, path.name)
+
+
+def read_rows(path: str | Path) -> list[tuple[str, dict]]:
+    """``(source, row)`` pairs from a ``.jsonl`` / ``.json`` / ``.parquet`` file, or from every such
+    file of a directory (veRL's ``rollout_data_dir``: ``<step>.jsonl``, read in step order)."""
+    path = Path(path)
+    if path.is_dir():
+        files = sorted((p for p in path.iterdir() if p.suffix in (".jsonl", ".json", ".parquet")), key=_step_of)
+        if not files:
+            raise FileNotFoundError(f"{path} holds no .jsonl / .json / .parquet files")
+        return [row for file in files for row in read_rows(file)]
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist")
+    if path.suffix == ".parquet":
+        import pandas as pd
+
+        frame = pd.read_parquet(path)
+        return [(f"{path}:{i}", _plain(row)) for i, row in enumerate(frame.to_dict("records"))]
+    text = path.read_text()
+    if path.suffix == ".json" and text.lstrip().startswith("["):
+        return [(f"{path}:{i}", row) for i, row in enumerate(json.loads(text))]
+    rows = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if line.strip():
+            try:
+                rows.append((f"{path}:{number}", json.loads(line)))
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}:{number} is not valid JSON: {exc}") from exc
+    return rows
+
+
+def _first(row: dict, keys: Sequence[str]) -> Any:
+    return next((row[k] for k in keys if k in row and row[k] is not None), None)
+
+
+def to_trajectory(source: str, row: dict, need_response: bool = True) -> Trajectory:
+    """One row of any supported schema → :class:`Trajectory` (errors name the row and the keys)."""
+    if not isinstance(row, dict):
+        raise ValueError(f"{source}: expected a JSON object, got {type(row).__name__}")
+    prompt = _first(row, PROMPT_KEYS)
+    if prompt is None:
+        raise ValueError(f"{source}: no prompt (looked for {', '.join(PROMPT_KEYS)})")
+    response = _first(row, RESPONSE_KEYS)
+    if need_response and not isinstance(response, str):
+        raise ValueError(f"{source}: no response text (looked for {', '.join(RESPONSE_KEYS)})")
+    ground_truth = _first(row, GROUND_TRUTH_KEYS)
+    if ground_truth is None and isinstance(row.get("reward_model"), dict):
+        ground_truth = row["reward_model"].get("ground_truth")
+    meta = {k: row[k] for k in META_KEYS if k in row}
+    return Trajectory(
+        id=str(row.get("id", row.get("uid", source))), prompt=prompt, response=response,
+        ground_truth=ground_truth_text(ground_truth), meta=meta,
+    )
+
+
+def load_trajectories(path: str | Path, *, need_response: bool = True, step: str | None = None, limit: int | None = None) -> list[Trajectory]:
+    """Trajectories (or prompts, ``need_response=False``) from ``path``; ``step`` keeps one training
+    step of a veRL dump (an int, or ``"last"``)."""
+    trajectories = [to_trajectory(source, row, need_response) for source, row in read_rows(path)]
+    if step is not None:
+        steps = [t.meta.get("step") for t in trajectories]
+        if all(s is None for s in steps):
+            raise ValueError(f"--step {step}: the rows of {path} have no 'step' field")
+        wanted = max(s for s in steps if s is not None) if step == "last" else int(step)
+        trajectories = [t for t in trajectories if t.meta.get("step") == wanted]
+        if not trajectories:
+            raise ValueError(f"--step {step}: no rows of step {wanted} in {path}")
+    return trajectories[:limit] if limit else trajectories
+
+
+def render_prompt(tokenizer, prompt: Any, prompt_format: str, system_prompt: str | None = None, suffix: str = "") -> str:
+    """The text the policy sees before its response.
+
+    A message list always goes through the tokenizer's chat template; a string is used as is
+    (``raw``: e.g. a veRL dump's decoded prompt) or wrapped as the user message (``chat``).
+    """
+    if isinstance(prompt, list):
+        messages = [dict(m) for m in prompt]
+    elif prompt_format == "chat":
+        messages = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + [
+            {"role": "user", "content": str(prompt) + suffix}
+        ]
+    else:
+        return str(prompt)
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+
+# ----------------------------------------------------------------------------- scoring and grading
+
+
+def score_j(model, prompt_ids, response_ids, cuts, cut_mask, answer_ids, *, mode: str = "auto", micro_batch_size: int = 8, pad_id: int = 0):
+    """``J_b [B]`` and ``J̃`` at every cut ``[B, K]`` (float32, NaN where not scored) through the
+    library's HF scoring path. The one switch between scoring implementations: ``naive`` is
+    :func:`verl_repro.analysis.hf_scoring.score_cuts`; ``prefix_shared`` is used when the library
+    provides ``hf_scoring.score_cuts_prefix_shared`` (same signature), and ``auto`` prefers it."""
+    from verl_repro.analysis import hf_scoring
+
+    if mode not in SCORING_MODES:
+        raise ValueError(f"--scoring-mode must be one of {SCORING_MODES}, got {mode!r}")
+    prefix_shared = getattr(hf_scoring, "score_cuts_prefix_shared", None)
+    if mode == "prefix_shared" and prefix_shared is None:
+        raise ValueError("--scoring-mode prefix_shared: this version has no prefix-shared HF scorer; use naive or auto")
+    scorer = prefix_shared if mode != "naive" and prefix_shared is not None else hf_scoring.score_cuts
+    return scorer(model, prompt_ids, response_ids, cuts, cut_mask, answer_ids, micro_batch_size=micro_batch_size, pad_id=pad_id)
+
+
+def scoring_mode_used(mode: str) -> str:
+    from verl_repro.analysis import hf_scoring
+
+    return "prefix_shared" if mode != "naive" and hasattr(hf_scoring, "score_cuts_prefix_shared") else "naive"
+
+
+def grade_responses(
+    responses: Sequence[str],
+    ground_truths: Sequence[str | None],
+    *,
+    require_think_end: bool,
+    think_end_token: str = "</think>",
+    strip_texts: Sequence[str] = (),
+    num_processes: int = 2,
+) -> list[bool | None]:
+    """Correctness by the math reward manager's grader (last ``\\boxed{}`` after ``</think>`` vs the
+    ground truth, math-verify, per-sample deadline); None where there is no ground truth."""
+    try:
+        from verl_repro.rewards import MathRewardConfig, MathVerifier
+    except ImportError as exc:  # pragma: no cover - the grader ships with the package
+        raise RuntimeError(f"correctness needs the math-verify grader verl_repro.rewards, which failed to import: {exc}") from exc
+    from concurrent.futures import ThreadPoolExecutor
+
+    todo = [i for i, gt in enumerate(ground_truths) if gt is not None]
+    correct: list[bool | None] = [None] * len(responses)
+    if not todo:
+        return correct
+    config = MathRewardConfig(require_think_end=require_think_end, think_end_token=think_end_token, num_processes=num_processes)
+    verifier = MathVerifier(config, strip_texts=tuple(strip_texts))
+    try:
+        with ThreadPoolExecutor(num_processes) as pool:
+            scores = list(pool.map(lambda i: verifier.score(responses[i], ground_truths[i]), todo))
+    finally:
+        verifier.close()
+    for i, score in zip(todo, scores):
+        correct[i] = bool(score.acc > 0)
+    return correct
+
+
+# ----------------------------------------------------------------------------- the analysis
+
+
+def _finite(value: float) -> float | None:
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _pad(rows: Sequence[Sequence[int]], pad_id: int):
+    import torch
+
+    length = max([len(r) for r in rows] + [1])
+    ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), length), dtype=torch.bool)
+    for b, row in enumerate(rows):
+        ids[b, : len(row)] = torch.as_tensor(list(row), dtype=torch.long)
+        mask[b, : len(row)] = True
+    return ids, mask
+
+
+def lookup_cut_values(all_cuts, all_mask, all_values, cuts, cut_mask):
+    """Values at ``cuts [B, K]`` (a subset of each row's ``all_cuts [B, A]``) read from
+    ``all_values [B, A]``; NaN where ``cut_mask`` is False. Raises if a cut is not in ``all_cuts``."""
+    import torch
+
+    sentinel = torch.iinfo(torch.long).max
+    sorted_cuts = all_cuts.masked_fill(~all_mask, sentinel).contiguous()
+    index = torch.searchsorted(sorted_cuts, cuts.contiguous()).clamp(max=all_cuts.shape[1] - 1)
+    if bool((cut_mask & (sorted_cuts.gather(1, index) != cuts)).any()):
+        raise AssertionError("a top-k cut is not among the step boundaries")
+    return torch.where(cut_mask, all_values.gather(1, index), torch.tensor(float("nan"), dtype=all_values.dtype))
+
+
+@dataclass
+class TokenizedBatch:
+    """``B`` trajectories as the policy's tokens; ``response_texts`` are what the grader and the
+    backtracking counter read."""
+
+    ids: list[str]
+    prompt_ids: list[list[int]]
+    response_ids: list[list[int]]
+    response_texts: list[str]
+    ground_truths: list[str | None]
+    meta: list[dict]
+
+
+def analyze_batch(model, tokenizer, batch: TokenizedBatch, correct: Sequence[bool | None], *, config, backtracking,
+                  temperature: float = 1.0, scoring_mode: str = "auto", micro_batch_size: int = 8) -> list[dict]:
+    """Per-trajectory records for one batch (see the module docstring; every list in a record is
+    over cuts, ascending). ``config`` is a :class:`~verl_repro.config.ReproConfig`."""
+    import torch
+
+    from verl_repro import algorithms as alg
+    from verl_repro.analysis.hf_scoring import response_token_stats
+
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    response_ids, response_mask = _pad(batch.response_ids, pad_id)
+    think_end_id = _think_end_id(tokenizer, config.think_end_token)
+    boundary_ids = alg.boundary_token_ids(tokenizer, config.boundary_patterns)
+    entropy = response_token_stats(model, batch.prompt_ids, response_ids, response_mask, temperature=temperature, pad_id=pad_id).entropy
+
+    # Every boundary is a top-k selection with k = T (all candidates kept); training's cuts are a subset.
+    select = lambda k: alg.select_cuts(response_ids, response_mask, entropy, boundary_ids, think_end_id, k, no_think_end=config.no_think_end)
+    all_cuts, all_mask, has_think_end = select(max(response_ids.shape[1], 1))
+    topk_cuts, topk_mask, _ = select(config.num_segments)
+    full_answers = [
+        tokenizer(config.render_answer(gt), add_special_tokens=False)["input_ids"] if gt is not None else []
+        for gt in batch.ground_truths
+    ]
+    answers = [ids[: config.max_answer_tokens] for ids in full_answers]
+    j_base, j_all = score_j(model, batch.prompt_ids, response_ids, all_cuts, all_mask, answers,
+                            mode=scoring_mode, micro_batch_size=micro_batch_size, pad_id=pad_id)
+    j_base, j_all = j_base.double(), j_all.double()
+    j_topk = lookup_cut_values(all_cuts, all_mask, j_all, topk_cuts, topk_mask)
+
+    nonfinite, near_zero = alg.invalid_j_rows(j_all, j_base, all_mask, config.j_base_eps)
+    usable_row = topk_mask.any(dim=1) & ~nonfinite & ~near_zero
+    usable = topk_mask & usable_row.unsqueeze(1)
+    safe_j = torch.where(usable, j_topk, 0.0)
+    safe_base = torch.where(usable_row, j_base, -1.0)
+    magnitude = alg.magnitude_scores(safe_j, safe_base, config.j_base_eps)
+    stability = alg.stability_scores(safe_j, safe_base, usable, config.stability_ema or None)
+    combined = alg.repro_scores(j_topk, j_base, topk_mask, config.stability_weight, config.j_base_eps, stability_ema=config.stability_ema or None)
+
+    records = []
+    for b in range(len(batch.ids)):
+        num_tokens = int(response_mask[b].sum())
+        if num_tokens == 0:
+            fallback = "empty_response"
+        elif batch.ground_truths[b] is None or not answers[b]:
+            fallback = "no_ground_truth"
+        elif not bool(all_mask[b].any()):
+            fallback = "no_think_end"
+        elif bool(nonfinite[b]):
+            fallback = "nonfinite_j"
+        elif bool(near_zero[b]):
+            fallback = "j_base_near_zero"
+        else:
+            fallback = None
+        scored = fallback is None
+        boundaries = all_cuts[b][all_mask[b]].tolist()
+        chosen = topk_mask[b]
+        counts = backtracking.count(batch.response_texts[b])
+        records.append({
+            "id": batch.ids[b],
+            "correct": correct[b],
+            "ground_truth": batch.ground_truths[b],
+            "response_tokens": num_tokens,
+            "has_think_end": bool(has_think_end[b]),
+            "thinking_tokens": int(all_cuts[b][all_mask[b]][-1]) if bool(all_mask[b].any()) else None,
+            "backtracking": sum(counts.values()),
+            "backtracking_by_phrase": {p: n for p, n in counts.items() if n},
+            "boundaries": boundaries,
+            "j_base": _finite(j_base[b]) if scored else None,
+            "j_curve": [_finite(j_base[b])] + [_finite(v) for v in j_all[b][all_mask[b]]] if scored else None,
+            "topk_cuts": topk_cuts[b][chosen].tolist(),
+            "j_topk": [_finite(v) for v in j_topk[b][chosen]] if scored else None,
+            "magnitude": magnitude[b][chosen].tolist() if scored else None,
+            "stability": stability[b][chosen].tolist() if scored else None,
+            "score": combined[b][chosen].tolist() if scored else None,
+            "final_magnitude": float(magnitude[b][chosen][-1]) if scored else None,
+            "final_stability": float(stability[b][chosen][-1]) if scored else None,
+            "final_score": float(combined[b][chosen][-1]) if scored else None,
+            "fallback": fallback,
+            "answer_truncated": len(full_answers[b]) > config.max_answer_tokens,
+            "meta": batch.meta[b],
+            "response": batch.response_texts[b],
+        })
+    return records
+
+
+def _think_end_id(tokenizer, token: str) -> int:
+    """``</think>``'s id, or -1 when the tokenizer has none (a non-thinking model: the response end
+    acts as ``e`` under ``no_think_end=use_end``)."""
+    from verl_repro.algorithms import think_end_token_id
+
+    try:
+        return think_end_token_id(tokenizer, token)
+    except ValueError:
+        return -1
+
+
+def analyze(model, tokenizer, batch: TokenizedBatch, *, config, backtracking, temperature: float = 1.0,
+            scoring_mode: str = "auto", micro_batch_size: int = 8, batch_size: int = 16,
+            require_think_end: bool | None = None, progress: bool = False) -> list[dict]:
+    """Grade every trajectory, then :func:`analyze_batch` in chunks of ``batch_size`` (progress bar)."""
+    from tqdm.auto import tqdm
+
+    if require_think_end is None:
+        require_think_end = _think_end_id(tokenizer, config.think_end_token) >= 0
+    correct = grade_responses(
+        batch.response_texts, batch.ground_truths, require_think_end=require_think_end,
+        think_end_token=config.think_end_token, strip_texts=[t for t in tokenizer.all_special_tokens if t != config.think_end_token],
+    )
+    records = []
+    with tqdm(total=len(batch.ids), desc="scoring J̃", unit="traj", disable=not progress) as bar:
+        for start in range(0, len(batch.ids), batch_size):
+            chunk = slice(start, start + batch_size)
+            part = TokenizedBatch(*(getattr(batch, name)[chunk] for name in TokenizedBatch.__dataclass_fields__))
+            records += analyze_batch(model, tokenizer, part, correct[chunk], config=config, backtracking=backtracking,
+                                     temperature=temperature, scoring_mode=scoring_mode, micro_batch_size=micro_batch_size)
+            bar.update(len(part.ids))
+    return records
+
+
+# ----------------------------------------------------------------------------- summary
+
+
+def _mean(values: Iterable[float | None]) -> float | None:
+    values = [float(v) for v in values if v is not None]
+    return float(np.mean(values)) if values else None
+
+
+def curve_on_grid(curve: Sequence[float], grid: np.ndarray) -> np.ndarray:
+    """``[J_b, J̃_1, .., J̃_m]`` placed at ``j / m`` and linearly interpolated at ``grid``."""
+    values = np.asarray(curve, dtype=np.float64)
+    positions = np.linspace(0.0, 1.0, values.size) if values.size > 1 else np.zeros(1)
+    return np.interp(grid, positions, values)
+
+
+def group_records(records: Sequence[dict]) -> dict[str, list[dict]]:
+    """``all`` plus ``correct`` / ``incorrect`` (ungraded records only in ``all``)."""
+    return {
+        "all": list(records),
+        "correct": [r for r in records if r["correct"] is True],
+        "incorrect": [r for r in records if r["correct"] is False],
+    }
+
+
+def summarize_group(records: Sequence[dict], grid: np.ndarray) -> dict:
+    """Means over one group of records, and its J̃ curve on ``grid`` (mean, std, count)."""
+    curves = np.array([curve_on_grid(r["j_curve"], grid) for r in records if r["j_curve"] is not None]).reshape(-1, grid.size)
+    tokens = sum(r["response_tokens"] for r in records)
+    return {
+        "count": len(records),
+        "response_tokens_mean": _mean(r["response_tokens"] for r in records),
+        "thinking_tokens_mean": _mean(r["thinking_tokens"] for r in records if r["has_think_end"]),
+        "think_end_rate": _mean(float(r["has_think_end"]) for r in records),
+        "backtracking_mean": _mean(r["backtracking"] for r in records),
+        "backtracking_per_1k_tokens": 1000.0 * sum(r["backtracking"] for r in records) / tokens if tokens else None,
+        "responses_with_backtracking": _mean(float(r["backtracking"] > 0) for r in records),
+        "boundaries_mean": _mean(len(r["boundaries"]) for r in records if r["j_curve"] is not None),
+        "j_base_mean": _mean(r["j_base"] for r in records),
+        "j_end_mean": _mean(r["j_curve"][-1] for r in records if r["j_curve"] is not None),
+        "final_magnitude_mean": _mean(r["final_magnitude"] for r in records),
+        "final_stability_mean": _mean(r["final_stability"] for r in records),
+        "final_score_mean": _mean(r["final_score"] for r in records),
+        "j_curve": {
+            "count": int(curves.shape[0]),
+            "mean": curves.mean(axis=0).tolist() if curves.shape[0] else None,
+            "std": curves.std(axis=0).tolist() if curves.shape[0] else None,
+        },
+    }
+
+
+def summarize(records: Sequence[dict], grid_points: int = 11) -> dict:
+    """The run's statistics: per group (``all`` / ``correct`` / ``incorrect``), accuracy, fallbacks."""
+    grid = np.linspace(0.0, 1.0, grid_points)
+    graded = [r for r in records if r["correct"] is not None]
+    phrases: dict[str, int] = {}
+    for r in records:
+        for phrase, n in r["backtracking_by_phrase"].items():
+            phrases[phrase] = phrases.get(phrase, 0) + n
+    return {
+        "num_trajectories": len(records),
+        "num_graded": len(graded),
+        "accuracy": _mean(float(r["correct"]) for r in graded),
+        "grid": grid.tolist(),
+        "groups": {name: summarize_group(group, grid) for name, group in group_records(records).items()},
+        "backtracking_by_phrase": dict(sorted(phrases.items(), key=lambda kv: -kv[1])),
+        "fallbacks": {reason: sum(r["fallback"] == reason for r in records) for reason in FALLBACK_REASONS},
+        "answers_truncated": sum(bool(r["answer_truncated"]) for r in records),
+    }
+
+
+COMPARE_METRICS: tuple[tuple[str, str, str], ...] = (
+    ("accuracy", "", "accuracy"),
+    ("response tokens", "all", "response_tokens_mean"),
+    ("response tokens (correct)", "correct", "response_tokens_mean"),
+    ("response tokens (incorrect)", "incorrect", "response_tokens_mean"),
+    ("</think> rate", "all", "think_end_rate"),
+    ("backtracking / response", "all", "backtracking_mean"),
+    ("backtracking / response (correct)", "correct", "backtracking_mean"),
+    ("backtracking / response (incorrect)", "incorrect", "backtracking_mean"),
+    ("backtracking / 1k tokens", "all", "backtracking_per_1k_tokens"),
+    ("step boundaries / response", "all", "boundaries_mean"),
+    ("J_b", "all", "j_base_mean"),
+    ("J̃ at e+1 (correct)", "correct", "j_end_mean"),
+    ("J̃ at e+1 (incorrect)", "incorrect", "j_end_mean"),
+    ("final magnitude (correct)", "correct", "final_magnitude_mean"),
+    ("final magnitude (incorrect)", "incorrect", "final_magnitude_mean"),
+    ("final stability (correct)", "correct", "final_stability_mean"),
+    ("final stability (incorrect)", "incorrect", "final_stability_mean"),
+)
+
+
+def compare_table(summaries: Sequence[dict]) -> list[dict]:
+    """Rows ``{"metric", "values": [one per run], "delta": last - first}`` (None where undefined)."""
+    rows = []
+    for name, group, key in COMPARE_METRICS:
+        values = [s.get(key) if not group else s["groups"][group].get(key) for s in summaries]
+        delta = values[-1] - values[0] if values[0] is not None and values[-1] is not None else None
+        rows.append({"metric": name, "values": values, "delta": delta})
+    return rows
+
+
+def markdown_table(rows: Sequence[dict], labels: Sequence[str]) -> str:
+    fmt = lambda v: "–" if v is None else f"{v:.3f}" if abs(v) < 100 else f"{v:.1f}"
+    lines = ["| metric | " + " | ".join(labels) + " | Δ |", "|---|" + "---:|" * (len(labels) + 1)]
+    for row in rows:
+        lines.append(f"| {row['metric']} | " + " | ".join(fmt(v) for v in row["values"]) + f" | {fmt(row['delta'])} |")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- plots
+
+
+def _subplots(nrows: int, ncols: int, width: float, height: float):
+    from verl_repro.analysis.plots import new_figure
+
+    figure, _ = new_figure(width, height)
+    figure.clf()
+    return figure, figure.subplots(nrows, ncols, squeeze=False)
+
+
+def _draw_j_curves(ax, summary: dict, records: Sequence[dict] | None = None, *, label: str = "", linestyle="-", color=None) -> None:
+    from verl_repro.analysis.plots import GROUP_COLORS
+
+    grid = np.asarray(summary["grid"])
+    groups = GROUPS if summary["num_graded"] else ("all",)
+    for name in groups:
+        curve = summary["groups"][name]["j_curve"]
+        if not curve["count"]:
+            continue
+        tint = color or GROUP_COLORS.get(name, GROUP_COLORS["unknown"])
+        style = linestyle if color is None else ("-" if name != "incorrect" else "--")
+        if records is not None and len(records) <= 100:
+            for r in group_records(records)[name]:
+                if r["j_curve"] is not None:
+                    ax.plot(grid, curve_on_grid(r["j_curve"], grid), color=tint, alpha=0.15, linewidth=0.8)
+        mean, std = np.asarray(curve["mean"]), np.asarray(curve["std"])
+        ax.plot(grid, mean, color=tint, linestyle=style, linewidth=2, label=f"{label}{name} (n={curve['count']})")
+        ax.fill_between(grid, mean - std, mean + std, color=tint, alpha=0.18, linewidth=0)
+    ax.set_xlabel("normalized step position (0: no reasoning, 1: after </think>)")
+    ax.set_ylabel("J̃: mean log-prob of the ground-truth answer")
+    ax.legend(loc="best", fontsize=8)
+
+
+def _values(records: Sequence[dict], key: str) -> dict[str, list[float]]:
+    groups = group_records(records)
+    names = GROUPS if any(r["correct"] is not None for r in records) else ("all",)
+    return {name if name != "all" else "unknown": [r[key] for r in groups[name] if r[key] is not None] for name in names}
+
+
+def plot_run(records: Sequence[dict], summary: dict, output_dir: Path, title: str = "") -> list[Path]:
+    """``j_curves.png``, ``scores.png`` (final magnitude / stability by correctness) and
+    ``backtracking.png`` (per response, and against length) in ``output_dir``."""
+    from verl_repro.analysis.plots import GROUP_COLORS, histogram_by_group, new_figure, save_figure
+
+    paths = []
+    figure, ax = new_figure(7.0, 4.5)
+    _draw_j_curves(ax, summary, records)
+    ax.set_title(f"{title}J̃ along the reasoning (mean ± 1 s.d.)")
+    paths.append(save_figure(figure, output_dir / "j_curves.png"))
+
+    figure, axes = _subplots(1, 2, 10.0, 4.0)
+    for ax, key, name in ((axes[0, 0], "final_magnitude", "magnitude S_magn"), (axes[0, 1], "final_stability", "stability S_stab")):
+        histogram_by_group(ax, _values(records, key), bins=20, value_range=(0.0, 1.0))
+        ax.set_xlabel(f"final {name} (at e+1, top-k cuts)")
+        ax.set_ylabel("responses")
+    figure.suptitle(f"{title}RePro scores by correctness")
+    paths.append(save_figure(figure, output_dir / "scores.png"))
+
+    figure, axes = _subplots(1, 2, 10.0, 4.0)
+    counts = _values(records, "backtracking")
+    highest = max([max(v) for v in counts.values() if v] + [1])
+    histogram_by_group(axes[0, 0], counts, bins=np.arange(highest + 2) - 0.5, value_range=None)
+    axes[0, 0].set_xlabel("backtracking phrases per response")
+    axes[0, 0].set_ylabel("responses")
+    lengths = _values(records, "response_tokens")
+    for name, values in counts.items():
+        axes[0, 1].scatter(lengths[name], values, s=14, alpha=0.6, color=GROUP_COLORS.get(name), label=name)
+    axes[0, 1].set_xlabel("response tokens")
+    axes[0, 1].set_ylabel("backtracking phrases")
+    axes[0, 1].legend(loc="best", fontsize=8)
+    figure.suptitle(f"{title}backtracking per response")
+    paths.append(save_figure(figure, output_dir / "backtracking.png"))
+    return paths
+
+
+def plot_compare(runs: Sequence[tuple[str, dict, list[dict]]], path: Path) -> Path:
+    """One figure: J̃ curves of both runs, final magnitude / stability, backtracking, length, accuracy."""
+    from verl_repro.analysis.plots import save_figure
+
+    colors = ["tab:blue", "tab:orange", "tab:purple", "tab:brown"]
+    figure, axes = _subplots(2, 3, 16.0, 8.5)
+    for (label, summary, _), color in zip(runs, colors):
+        _draw_j_curves(axes[0, 0], summary, None, label=f"{label} ", color=color)
+    axes[0, 0].set_title("J̃ vs normalized step (solid: correct, dashed: incorrect)")
+
+    def grouped_boxes(ax, key, ylabel):
+        data, ticks = [], []
+        for label, _, records in runs:
+            for name, values in _values(records, key).items():
+                data.append(values or [np.nan])
+                ticks.append(f"{label}\n{name}")
+        ax.boxplot(data, tick_labels=ticks)
+        ax.set_ylabel(ylabel)
+
+    grouped_boxes(axes[0, 1], "final_magnitude", "final magnitude S_magn")
+    grouped_boxes(axes[0, 2], "final_stability", "final stability S_stab")
+
+    def grouped_bars(ax, key, ylabel):
+        width = 0.8 / len(runs)
+        for i, ((label, summary, _), color) in enumerate(zip(runs, colors)):
+            names = GROUPS if summary["num_graded"] else ("all",)
+            means = [summary["groups"][n][key] or 0.0 for n in names]
+            ax.bar(np.arange(len(names)) + i * width, means, width, color=color, label=label)
+            ax.set_xticks(np.arange(len(names)) + width * (len(runs) - 1) / 2, names)
+        ax.set_ylabel(ylabel)
+        ax.legend(fontsize=8)
+
+    grouped_bars(axes[1, 0], "backtracking_mean", "backtracking phrases / response")
+    grouped_bars(axes[1, 1], "response_tokens_mean", "response tokens")
+    labels = [label for label, _, _ in runs]
+    axes[1, 2].bar(labels, [s["accuracy"] or 0.0 for _, s, _ in runs], color=colors[: len(runs)])
+    axes[1, 2].set_ylim(0, 1)
+    axes[1, 2].set_ylabel("accuracy")
+    return save_figure(figure, path)
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    source = parser.add_argument_group("what to analyze")
+    source.add_argument("--model", default=None, help="HF checkpoint path (default: embedded SmolLM2-135M-Instruct)")
+    source.add_argument("--trajectories", nargs="+", default=None, metavar="PATH",
+                        help="jsonl / parquet / veRL rollout_data_dir with prompt+response+ground_truth; with --compare, one shared or one per run")
+    source.add_argument("--prompts", default=None, help="jsonl / parquet of prompts (+ ground truth) to sample responses from (default: bundled demo problems)")
+    source.add_argument("--compare", nargs=2, default=None, metavar=("RUN_A", "RUN_B"),
+                        help="two checkpoints (or two earlier analyze output directories) side by side")
+    source.add_argument("--labels", nargs=2, default=None, metavar=("LABEL_A", "LABEL_B"), help="names of the compared runs")
+    source.add_argument("--step", default=None, help="veRL dumps: analyze one training step (an int, or 'last')")
+    source.add_argument("--limit", type=int, default=None, help="at most this many trajectories / prompts")
+    source.add_argument("--prompt-format", choices=PROMPT_FORMATS, default="auto",
+                        help="string prompts: raw text (default for trajectories) or wrapped in the chat template (default for --prompts)")
+    source.add_argument("--system-prompt", default=None, help="system message for --prompt-format chat")
+    source.add_argument("--prompt-suffix", default=None, help="appended to string prompts for --prompt-format chat")
+    sampling = parser.add_argument_group("sampling (--prompts)")
+    sampling.add_argument("--samples-per-prompt", type=int, default=3)
+    sampling.add_argument("--max-new-tokens", type=int, default=256)
+    sampling.add_argument("--temperature", type=float, default=0.8, help="sampling temperature, also the entropy's temperature for top-k")
+    sampling.add_argument("--seed", type=int, default=0)
+    repro = parser.add_argument_group("RePro (repro.* keys)")
+    repro.add_argument("--num-segments", type=int, default=10, help="repro.num_segments (k)")
+    repro.add_argument("--stability-weight", type=float, default=0.5, help="repro.stability_weight (w)")
+    repro.add_argument("--stability-ema", type=float, default=0.0, help="repro.stability_ema")
+    repro.add_argument("--answer-template", default=None, help="repro.answer_template (default \\boxed{{ground_truth}})")
+    repro.add_argument("--max-answer-tokens", type=int, default=64, help="repro.max_answer_tokens")
+    repro.add_argument("--no-think-end", choices=("skip", "use_end"), default="use_end",
+                       help="response without </think>: use its end as e (default, so every trajectory has a curve) or skip it")
+    repro.add_argument("--scoring-mode", choices=SCORING_MODES, default="auto", help="J̃ scorer (auto: prefix-shared when available)")
+    other = parser.add_argument_group("other")
+    other.add_argument("--backtracking-phrases", default=None, help="comma-separated phrases, or @file (one per line)")
+    other.add_argument("--backtracking-scope", choices=("thinking", "all"), default="thinking")
+    other.add_argument("--require-think-end", choices=("auto", "yes", "no"), default="auto",
+                       help="grading: only text after </think> counts (auto: when the tokenizer has </think>)")
+    other.add_argument("--grid-points", type=int, default=11, help="points of the normalized step grid")
+    other.add_argument("--batch-size", type=int, default=16, help="trajectories per scoring chunk")
+    other.add_argument("--micro-batch-size", type=int, default=8, help="sequences per forward pass")
+    other.add_argument("--device", default="auto", help="auto | cpu | cuda[:i]")
+    other.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto")
+    other.add_argument("--no-progress", action="store_true")
+    other.add_argument("--output-dir", default="outputs/analyze")
+
+
+def _settings(args):
+    from verl_repro.analysis.backtracking import BacktrackingCounter, parse_phrases
+    from verl_repro.config import ReproConfig
+
+    config = ReproConfig(
+        num_segments=args.num_segments, stability_weight=args.stability_weight, stability_ema=args.stability_ema,
+        max_answer_tokens=args.max_answer_tokens, no_think_end=args.no_think_end,
+        **({"answer_template": args.answer_template} if args.answer_template else {}),
+    ).validate()
+    counter = BacktrackingCounter(parse_phrases(args.backtracking_phrases), args.backtracking_scope, config.think_end_token)
+    if args.grid_points < 2:
+        raise ValueError(f"--grid-points must be >= 2, got {args.grid_points}")
+    return config, counter
+
+
+def _load_model(path, device: str, dtype: str):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    if dtype == "auto":
+        dtype = "bfloat16" if device.startswith("cuda") else "float32"
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)).to(device).eval()
+    return model, tokenizer
+
+
+def _bundled_problems() -> list[Trajectory]:
+    from importlib.resources import files
+
+    rows = [json.loads(line) for line in files("verl_repro").joinpath("data/demo_problems.jsonl").read_text().splitlines() if line.strip()]
+    return [to_trajectory(f"demo_problems.jsonl:{i}", row, need_response=False) for i, row in enumerate(rows, start=1)]
+
+
+def _tokenize_trajectories(tokenizer, trajectories: Sequence[Trajectory], prompt_format: str, system_prompt, suffix) -> TokenizedBatch:
+    prompts = [render_prompt(tokenizer, t.prompt, prompt_format, system_prompt, suffix) for t in trajectories]
+    responses = [t.response for t in trajectories]
+    encode = lambda texts: tokenizer(list(texts), add_special_tokens=False)["input_ids"] if texts else []
+    return TokenizedBatch(
+        ids=[t.id for t in trajectories], prompt_ids=encode(prompts), response_ids=encode(responses), response_texts=responses,
+        ground_truths=[t.ground_truth for t in trajectories], meta=[dict(t.meta) for t in trajectories],
+    )
+
+
+def _sample(model, tokenizer, problems: Sequence[Trajectory], args, prompt_format, system_prompt, suffix, progress: bool) -> TokenizedBatch:
+    import torch
+    from tqdm.auto import tqdm
+
+    from verl_repro.analysis.hf_scoring import sample_responses
+
+    torch.manual_seed(args.seed)
+    n = args.samples_per_prompt
+    prompt_ids = tokenizer([render_prompt(tokenizer, p.prompt, prompt_format, system_prompt, suffix) for p in problems],
+                           add_special_tokens=False)["input_ids"]
+    rows = [ids for ids in prompt_ids for _ in range(n)]
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    with tqdm(total=len(rows), desc="sampling", unit="resp", disable=not progress) as bar:
+        response_ids, response_mask = sample_responses(
+            model, rows, max_new_tokens=args.max_new_tokens, temperature=args.temperature, eos_token_id=tokenizer.eos_token_id,
+            pad_id=pad_id, micro_batch_size=args.batch_size, progress=bar.update,
+        )
+    lengths = response_mask.sum(1).tolist()
+    responses = [response_ids[b, :n_b].tolist() for b, n_b in enumerate(lengths)]
+    # Keep special tokens: </think> may be one, and the grader strips the others itself.
+    texts = tokenizer.batch_decode(responses, skip_special_tokens=False)
+    return TokenizedBatch(
+        ids=[f"{p.id}#{s}" for p in problems for s in range(n)], prompt_ids=rows, response_ids=responses, response_texts=texts,
+        ground_truths=[p.ground_truth for p in problems for _ in range(n)],
+        meta=[{**p.meta, "prompt_id": p.id, "sample": s} for p in problems for s in range(n)],
+    )
+
+
+def analyze_run(model_path, args, trajectories_path: str | None, output_dir: Path, title: str = "") -> tuple[dict, list[dict]]:
+    """Analyze one checkpoint on trajectories (or responses it samples) and write its outputs."""
+    started = time.time()
+    config, counter = _settings(args)
+    progress = not args.no_progress
+    model, tokenizer = _load_model(model_path, args.device, args.dtype)
+    if trajectories_path is not None:
+        trajectories = load_trajectories(trajectories_path, step=args.step, limit=args.limit)
+        prompt_format = "raw" if args.prompt_format == "auto" else args.prompt_format
+        batch = _tokenize_trajectories(tokenizer, trajectories, prompt_format, args.system_prompt, args.prompt_suffix or "")
+        source = {"trajectories": str(trajectories_path)}
+    else:
+        system_prompt, suffix = args.system_prompt, args.prompt_suffix
+        if args.prompts is None:
+            from verl_repro.demo import SYSTEM_PROMPT, USER_SUFFIX
+
+            problems = _bundled_problems()[: args.limit] if args.limit else _bundled_problems()
+            system_prompt = SYSTEM_PROMPT if system_prompt is None else system_prompt
+            suffix = USER_SUFFIX if suffix is None else suffix
+        else:
+            problems = load_trajectories(args.prompts, need_response=False, limit=args.limit)
+        prompt_format = "chat" if args.prompt_format == "auto" else args.prompt_format
+        batch = _sample(model, tokenizer, problems, args, prompt_format, system_prompt, suffix or "", progress)
+        source = {"prompts": args.prompts or "bundled demo problems", "samples_per_prompt": args.samples_per_prompt,
+                  "max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "seed": args.seed}
+    require = {"auto": None, "yes": True, "no": False}[args.require_think_end]
+    records = analyze(model, tokenizer, batch, config=config, backtracking=counter, temperature=args.temperature,
+                      scoring_mode=args.scoring_mode, micro_batch_size=args.micro_batch_size, batch_size=args.batch_size,
+                      require_think_end=require, progress=progress)
+    summary = summarize(records, args.grid_points)
+    summary.update({
+        "model": str(model_path),
+        "source": source,
+        "config": {"num_segments": config.num_segments, "stability_weight": config.stability_weight,
+                   "stability_ema": config.stability_ema, "answer_template": config.answer_template,
+                   "no_think_end": config.no_think_end, "scoring_mode": scoring_mode_used(args.scoring_mode),
+                   "backtracking_phrases": list(counter.phrases), "backtracking_scope": counter.scope},
+        "seconds": round(time.time() - started, 1),
+    })
+    write_run(output_dir, summary, records, title)
+    return summary, records
+
+
+def write_run(output_dir: Path, summary: dict, records: Sequence[dict], title: str = "") -> list[Path]:
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=False))
+    with open(output_dir / "trajectories.jsonl", "w") as f:
+        for record in records:
+            f.write(json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n")
+    return plot_run(records, summary, output_dir, title)
+
+
+def load_run(directory: str | Path) -> tuple[dict, list[dict]]:
+    """An earlier ``analyze`` output: ``(summary, records)``."""
+    directory = Path(directory)
+    summary = json.loads((directory / "summary.json").read_text())
+    records = [json.loads(line) for line in (directory / "trajectories.jsonl").read_text().splitlines() if line.strip()]
+    return summary, records
+
+
+def _print_summary(summary: dict, label: str = "") -> None:
+    head = f"{label}: " if label else ""
+    accuracy = "n/a" if summary["accuracy"] is None else f"{summary['accuracy']:.2f}"
+    print(f"{head}{summary['num_trajectories']} trajectories, accuracy {accuracy}, fallbacks "
+          f"{ {k: v for k, v in summary['fallbacks'].items() if v} or 'none'}")
+    fmt = lambda v: "   n/a" if v is None else f"{v:6.2f}"
+    print(f"  {'group':<10}{'n':>4} {'tokens':>7} {'backtr':>6} {'J_b':>6} {'J_end':>6} {'S_magn':>6} {'S_stab':>6}")
+    for name, g in summary["groups"].items():
+        print(f"  {name:<10}{g['count']:>4} {fmt(g['response_tokens_mean']):>7} {fmt(g['backtracking_mean'])} "
+              f"{fmt(g['j_base_mean'])} {fmt(g['j_end_mean'])} {fmt(g['final_magnitude_mean'])} {fmt(g['final_stability_mean'])}")
+
+
+def _label_of(spec: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(spec).resolve().name) or "run"
+
+
+def run(args: argparse.Namespace) -> int:
+    started = time.time()
+    output_dir = Path(args.output_dir)
+    if args.trajectories and len(args.trajectories) > (2 if args.compare else 1):
+        raise SystemExit(f"--trajectories takes {'one or two paths with --compare' if args.compare else 'one path'}, got {len(args.trajectories)}")
+    if args.compare is None:
+        model_path = args.model
+        if model_path is None:
+            from verl_repro.demo_model import smollm2_checkpoint
+
+            model_path = smollm2_checkpoint()
+        trajectories = args.trajectories[0] if args.trajectories else None
+        summary, _ = analyze_run(model_path, args, trajectories, output_dir)
+        _print_summary(summary)
+        print(f"wrote {output_dir}/summary.json, trajectories.jsonl, j_curves.png, scores.png, backtracking.png "
+              f"in {time.time() - started:.1f} s")
+        return 0
+
+    labels = list(args.labels) if args.labels else [_label_of(spec) for spec in args.compare]
+    if labels[0] == labels[1]:
+        labels = [f"{labels[0]}_a", f"{labels[1]}_b"]
+    runs = []
+    for i, (spec, label) in enumerate(zip(args.compare, labels)):
+        if (Path(spec) / "summary.json").exists():
+            summary, records = load_run(spec)
+            write_run(output_dir / label, summary, records, f"{label}: ")
+        else:
+            trajectories = args.trajectories[min(i, len(args.trajectories) - 1)] if args.trajectories else None
+            summary, records = analyze_run(spec, args, trajectories, output_dir / label, f"{label}: ")
+        _print_summary(summary, label)
+        runs.append((label, summary, records))
+    rows = compare_table([s for _, s, _ in runs])
+    table = markdown_table(rows, labels)
+    (output_dir / "compare.md").write_text(table + "\n")
+    (output_dir / "compare.json").write_text(json.dumps({"labels": labels, "rows": rows}, indent=2, allow_nan=False))
+    plot_compare(runs, output_dir / "compare.png")
+    print("\n" + table)
+    print(f"\nwrote {output_dir}/compare.md, compare.json, compare.png (+ one folder per run) in {time.time() - started:.1f} s")
+    return 0
