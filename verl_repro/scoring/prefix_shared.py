@@ -1,0 +1,617 @@
+"""Prefix-shared ground-truth scoring: J at every cut of a response from one packed pass.
+
+RePro's surrogate ``J(c) = mean_i log π(a_i | q, y_<=c, a_<i)`` is needed at ``m + 1`` cuts per
+response (DESIGN §2). The naive way feeds one sequence per cut, ``prompt + response[:c] + answer``:
+about ``(m+1)·T/2`` tokens. All cuts share the prompt and the response, so here a response is
+packed once, with one *copy* of the answer per cut attached behind it::
+
+    [ x_0 … x_{L-1} | x_{s_0} a_1 … a_A | x_{s_1} a_1 … a_A | … ]      L = P + max cut
+      shared prefix    copy for cut c_0     copy for cut c_1
+
+``s_j = P + c_j − 1`` is the last context token of cut ``c_j``. It is fed again at the head of its
+copy, so that the next-token log-prob at copy positions ``0 … A−1`` is exactly
+``log π(a_i | q, y_<=c_j, a_<i)`` (veRL's "position p predicts token p + 1" convention holds inside
+each copy). Copy tokens take the position ids ``s_j, s_j + 1, …`` they would have in the naive
+sequence, and attention is a tree:
+
+* prefix token → prefix keys, causally (the ordinary causal kernel, O(L) memory);
+* copy-``j`` token → prefix keys with position ``< s_j``, plus its own copy causally.
+
+The copy part is one dense boolean mask of ``M × (L + M)`` per response, ``M = (m+1)(A+1)``; no
+``L × L`` mask ever exists, so memory stays bounded at L = 32k. Tokens fed: ``L + (m+1)(A+1)``.
+
+The tree attention runs inside any transformers model that dispatches through
+``AttentionInterface``: it is registered as the implementation ``"repro_prefix_shared"`` and
+switched on for the duration of one forward. Models whose attention cannot take it (sliding
+windows, soft-capping, attention sinks, multimodal 3-D positions, custom attention code) are
+detected before the forward, and a first-use probe compares both paths on a tiny input; in either
+case the same scores are computed the naive way and the reason is logged once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import logging
+import weakref
+from dataclasses import dataclass
+from typing import Iterator, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+
+logger = logging.getLogger(__name__)
+
+ATTENTION_NAME = "repro_prefix_shared"
+"""Name under which the tree attention is registered in transformers' ``AttentionInterface``."""
+
+
+class PrefixSharedUnsupported(RuntimeError):
+    """The model's attention cannot take the prefix-shared tree mask; the message says why."""
+
+
+# ----------------------------------------------------------------------------- packed layout
+
+
+def segment_positions(lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """For packed segments of ``lengths`` (``[N] long``): ``(owner [total], position-in-segment [total])``."""
+    owner = torch.repeat_interleave(torch.arange(lengths.numel(), device=lengths.device), lengths)
+    starts = F.pad(lengths.cumsum(0), (1, 0))[:-1]
+    return owner, torch.arange(int(lengths.sum()), device=lengths.device) - starts[owner]
+
+
+@dataclass
+class PrefixSharedBatch:
+    """``S`` responses packed as ``[prefix | copy per cut]`` samples (module docstring), one after another.
+
+    Sample ``s`` is ``input_ids[sample_offsets[s]:sample_offsets[s+1]]``: its first
+    ``prefix_lengths[s]`` tokens are prompt + response up to the last cut, then
+    ``copies_per_sample[s]`` copies of ``copy_lengths[s] = A_s + 1`` tokens each.
+    """
+
+    input_ids: torch.Tensor
+    """``[N] long`` — packed tokens."""
+    position_ids: torch.Tensor
+    """``[N] long`` — prefix: 0 … L−1; copy j: s_j, s_j + 1, …"""
+    sample_lengths: torch.Tensor
+    """``[S] long`` — ``L_s + copies_s · (A_s + 1)``."""
+    prefix_lengths: torch.Tensor
+    """``[S] long`` — ``L_s = P_s + max cut`` (≥ 1)."""
+    copy_lengths: torch.Tensor
+    """``[S] long`` — ``A_s + 1`` (the re-fed context token and the answer)."""
+    copies_per_sample: torch.Tensor
+    """``[S] long`` — scored cuts of the sample (≥ 1; the base cut 0 is one of them)."""
+    copy_starts: torch.Tensor
+    """``[C] long`` — ``s_j = P + c_j − 1`` of every copy, packed in sample order."""
+    copy_row: torch.Tensor
+    """``[C] long`` — batch row of every copy."""
+    copy_slot: torch.Tensor
+    """``[C] long`` — slot of every copy: 0 = base cut ``c = 0``, ``k + 1`` = cut column ``k``."""
+    sample_row: torch.Tensor
+    """``[S] long`` — batch row of every sample."""
+    scored_index: torch.Tensor
+    """``[Q] long`` — packed positions whose next-token log-prob is an answer token."""
+    scored_copy: torch.Tensor
+    """``[Q] long`` — copy of each scored position."""
+    labels: torch.Tensor
+    """``[Q] long`` — the answer token predicted at each scored position (``input_ids[scored_index + 1]``)."""
+
+    @property
+    def sample_offsets(self) -> torch.Tensor:
+        return F.pad(self.sample_lengths.cumsum(0), (1, 0))
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.sample_lengths.sum())
+
+    def __len__(self) -> int:
+        return int(self.sample_lengths.numel())
+
+
+def build_prefix_shared_batch(
+    context_ids: torch.Tensor,
+    context_offsets: torch.Tensor,
+    prompt_lengths: torch.Tensor,
+    cuts: torch.Tensor,
+    slot_valid: torch.Tensor,
+    answer_ids: torch.Tensor,
+    answer_lengths: torch.Tensor,
+) -> PrefixSharedBatch:
+    """Pack the rows with at least one valid slot into the prefix-shared layout (vectorized).
+
+    Args:
+        context_ids: ``[total] long`` — prompt + response of every row, packed without padding.
+        context_offsets: ``[B + 1] long`` — row ``b`` is ``context_ids[offsets[b]:offsets[b+1]]``.
+        prompt_lengths: ``[B] long`` — ``P_b``; must be ≥ 1 for rows that are scored.
+        cuts: ``[B, K] long`` — cut positions (response tokens kept).
+        slot_valid: ``[B, K + 1] bool`` — slot 0 is the base cut ``c = 0``, slot ``k + 1`` is ``cuts[:, k]``.
+            Rows with no valid slot or an empty answer are not packed.
+        answer_ids: ``[sum A_b] long`` — answer tokens of every row, packed.
+        answer_lengths: ``[B] long`` — ``A_b``.
+    """
+    batch = prompt_lengths.numel()
+    if cuts.dim() != 2 or cuts.shape[0] != batch or slot_valid.shape != (batch, cuts.shape[1] + 1):
+        raise ValueError(
+            f"prefix-shared layout: cuts {tuple(cuts.shape)} and slot_valid {tuple(slot_valid.shape)} "
+            f"do not fit {batch} rows ([B, K] and [B, K + 1] expected)"
+        )
+    if context_offsets.numel() != batch + 1 or answer_lengths.numel() != batch:
+        raise ValueError(
+            f"prefix-shared layout: {batch} rows but {context_offsets.numel() - 1} contexts and "
+            f"{answer_lengths.numel()} answers"
+        )
+    cuts = cuts.long()
+    slot_cut = F.pad(cuts, (1, 0))
+    slot_valid = slot_valid.bool() & (answer_lengths > 0).unsqueeze(1)
+    rows = torch.nonzero(slot_valid.any(dim=1)).flatten()
+    context_lengths = context_offsets.diff()
+    if rows.numel():
+        bad_prompt = prompt_lengths[rows] < 1
+        if bool(bad_prompt.any()):
+            raise ValueError(f"prefix-shared layout: row {int(rows[bad_prompt][0])} has no prompt token to score after")
+        over = (slot_cut[rows] > (context_lengths - prompt_lengths)[rows].unsqueeze(1)) & slot_valid[rows]
+        if bool(over.any()):
+            row = int(rows[over.any(dim=1)][0])
+            raise ValueError(f"prefix-shared layout: row {row} has a cut beyond its {int(context_lengths[row] - prompt_lengths[row])} response tokens")
+        if bool((slot_cut[rows] < 0).any()):
+            raise ValueError("prefix-shared layout: negative cut")
+
+    copy_row, copy_slot = torch.nonzero(slot_valid[rows], as_tuple=True)
+    copy_row = rows[copy_row]
+    copy_cut = slot_cut[copy_row, copy_slot]
+    copy_starts = prompt_lengths[copy_row] + copy_cut - 1
+    copies_per_sample = slot_valid[rows].sum(dim=1)
+    max_cut = torch.where(slot_valid[rows], slot_cut[rows], torch.zeros_like(slot_cut[rows])).amax(dim=1) if rows.numel() else rows
+    prefix_lengths = prompt_lengths[rows] + max_cut
+    copy_lengths = answer_lengths[rows] + 1
+    sample_lengths = prefix_lengths + copies_per_sample * copy_lengths
+
+    owner, position = segment_positions(sample_lengths)
+    row = rows[owner]
+    is_prefix = position < prefix_lengths[owner]
+    in_copies = (position - prefix_lengths[owner]).clamp_min(0)
+    copy_offsets = F.pad(copies_per_sample.cumsum(0), (1, 0))
+    copy_id = copy_offsets[owner] + in_copies // copy_lengths[owner]
+    offset_in_copy = in_copies % copy_lengths[owner]
+    copy_id = torch.where(is_prefix, torch.zeros_like(copy_id), copy_id)
+    start = copy_starts[copy_id] if copy_starts.numel() else torch.zeros_like(position)
+
+    answer_offsets = F.pad(answer_lengths.cumsum(0), (1, 0))
+    prefix_token = context_ids[context_offsets[row] + torch.where(is_prefix, position, start)] if position.numel() else position
+    answer_index = (answer_offsets[row] + offset_in_copy - 1).clamp(0, max(answer_ids.numel() - 1, 0))
+    answer_token = answer_ids[answer_index] if answer_ids.numel() else torch.zeros_like(position)
+    from_context = is_prefix | (offset_in_copy == 0)
+    input_ids = torch.where(from_context, prefix_token, answer_token).long()
+    position_ids = torch.where(is_prefix, position, start + offset_in_copy)
+
+    scored = ~is_prefix & (offset_in_copy < copy_lengths[owner] - 1)
+    scored_index = torch.nonzero(scored).flatten()
+    return PrefixSharedBatch(
+        input_ids=input_ids,
+        position_ids=position_ids,
+        sample_lengths=sample_lengths,
+        prefix_lengths=prefix_lengths,
+        copy_lengths=copy_lengths,
+        copies_per_sample=copies_per_sample,
+        copy_starts=copy_starts,
+        copy_row=copy_row,
+        copy_slot=copy_slot,
+        sample_row=rows,
+        scored_index=scored_index,
+        scored_copy=copy_id[scored_index],
+        labels=input_ids[scored_index + 1] if scored_index.numel() else scored_index,
+    )
+
+
+def naive_token_count(prompt_lengths: torch.Tensor, cuts: torch.Tensor, slot_valid: torch.Tensor, answer_lengths: torch.Tensor) -> int:
+    """Tokens the naive way feeds for the same slots: ``Σ (P + c + A)`` over valid slots."""
+    slot_cut = F.pad(cuts.long(), (1, 0))
+    valid = slot_valid.bool() & (answer_lengths > 0).unsqueeze(1)
+    per_slot = prompt_lengths.unsqueeze(1) + slot_cut + answer_lengths.unsqueeze(1)
+    return int(per_slot[valid].sum())
+
+
+# ----------------------------------------------------------------------------- tree attention
+
+
+@dataclass
+class _TreePlan:
+    """What the attention function needs per sample, as Python ints (no device syncs per layer)."""
+
+    sample_offsets: list[int]
+    prefix_lengths: list[int]
+    copy_masks: list[torch.Tensor]
+    """Per sample ``[M, L + M] bool`` — copy queries × (prefix keys, copy keys); True = attend."""
+    longest: int
+
+
+_ACTIVE_PLAN: contextvars.ContextVar[Optional[_TreePlan]] = contextvars.ContextVar("repro_prefix_shared_plan", default=None)
+
+
+def tree_copy_mask(prefix_length: int, copy_length: int, copy_starts: torch.Tensor) -> torch.Tensor:
+    """``[M, L + M] bool`` attention of the copies of one sample, ``M = len(copy_starts) · copy_length``.
+
+    Copy ``j`` sees prefix keys at positions ``< copy_starts[j]`` and its own tokens causally.
+    """
+    device = copy_starts.device
+    copies = copy_starts.numel()
+    span = copies * copy_length
+    query_copy = torch.arange(span, device=device) // copy_length
+    query_offset = torch.arange(span, device=device) % copy_length
+    sees_prefix = torch.arange(prefix_length, device=device).unsqueeze(0) < copy_starts[query_copy].unsqueeze(1)
+    sees_copy = (query_copy.unsqueeze(1) == query_copy.unsqueeze(0)) & (query_offset.unsqueeze(0) <= query_offset.unsqueeze(1))
+    return torch.cat([sees_prefix, sees_copy], dim=1)
+
+
+def _make_plan(batch: PrefixSharedBatch, device: torch.device) -> _TreePlan:
+    offsets = batch.sample_offsets.tolist()
+    prefix_lengths = batch.prefix_lengths.tolist()
+    copy_lengths = batch.copy_lengths.tolist()
+    copy_offsets = F.pad(batch.copies_per_sample.cumsum(0), (1, 0)).tolist()
+    starts = batch.copy_starts.to(device)
+    masks = [
+        tree_copy_mask(prefix_lengths[s], copy_lengths[s], starts[copy_offsets[s] : copy_offsets[s + 1]])
+        for s in range(len(prefix_lengths))
+    ]
+    return _TreePlan(offsets, prefix_lengths, masks, max((b - a for a, b in zip(offsets, offsets[1:])), default=0))
+
+
+def prefix_shared_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, sliding_window=None, softcap=None, **kwargs):
+    """Tree attention for :class:`PrefixSharedBatch` inputs, in transformers' ``AttentionInterface`` form.
+
+    Args:
+        query: ``[1, H, N, d]``; key, value: ``[1, H_kv, N, d]`` (rotary already applied).
+    Returns:
+        ``([1, N, H, d], None)`` like transformers' own attention functions.
+    """
+    plan = _ACTIVE_PLAN.get()
+    if plan is None:
+        raise RuntimeError(f"attention implementation {ATTENTION_NAME!r} runs only inside prefix_shared_log_probs")
+    if query.shape[0] != 1 or attention_mask is not None:
+        raise PrefixSharedUnsupported("the model passed a batch dimension or its own mask to the tree attention")
+    if sliding_window is not None and sliding_window < plan.longest:
+        raise PrefixSharedUnsupported(f"sliding-window attention (window {sliding_window})")
+    if softcap is not None or kwargs.get("s_aux") is not None:
+        raise PrefixSharedUnsupported("attention with soft-capping or sinks")
+    gqa = key.shape[1] != query.shape[1]
+    output = torch.empty_like(query)
+    for sample, prefix_length in enumerate(plan.prefix_lengths):
+        begin, end = plan.sample_offsets[sample], plan.sample_offsets[sample + 1]
+        middle = begin + prefix_length
+        # The shared prefix is plain causal attention: the memory-efficient kernels apply.
+        output[:, :, begin:middle] = F.scaled_dot_product_attention(
+            query[:, :, begin:middle], key[:, :, begin:middle], value[:, :, begin:middle],
+            dropout_p=dropout, is_causal=True, scale=scaling, enable_gqa=gqa,
+        )
+        if end > middle:
+            output[:, :, middle:end] = F.scaled_dot_product_attention(
+                query[:, :, middle:end], key[:, :, begin:end], value[:, :, begin:end],
+                attn_mask=plan.copy_masks[sample], dropout_p=dropout, scale=scaling, enable_gqa=gqa,
+            )
+    return output.transpose(1, 2).contiguous(), None
+
+
+def _register_attention() -> None:
+    from transformers import AttentionInterface
+
+    if AttentionInterface._global_mapping.get(ATTENTION_NAME) is not prefix_shared_attention:
+        AttentionInterface.register(ATTENTION_NAME, prefix_shared_attention)
+
+
+def _configs(model) -> list:
+    from transformers import PretrainedConfig
+
+    seen = {}
+    for module in model.modules():
+        config = getattr(module, "config", None)
+        if isinstance(config, PretrainedConfig):
+            seen[id(config)] = config
+    return list(seen.values())
+
+
+@contextlib.contextmanager
+def _tree_attention(model, plan: _TreePlan) -> Iterator[None]:
+    """Route every attention layer of ``model`` through the tree attention for one forward."""
+    _register_attention()
+    configs = _configs(model)
+    previous = [config._attn_implementation_internal for config in configs]
+    token = _ACTIVE_PLAN.set(plan)
+    try:
+        for config in configs:
+            config._attn_implementation_internal = ATTENTION_NAME
+        yield
+    finally:
+        for config, name in zip(configs, previous):
+            config._attn_implementation_internal = name
+        _ACTIVE_PLAN.reset(token)
+
+
+# ----------------------------------------------------------------------------- support check
+
+
+def _unwrapped(model):
+    # FSDP1 wraps the module; FSDP2 (fully_shard) keeps the model's own class.
+    return getattr(model, "_fsdp_wrapped_module", model)
+
+
+def unsupported_reason(model) -> Optional[str]:
+    """Why ``model``'s attention cannot take the tree mask, or None when it can (static checks)."""
+    from transformers import PreTrainedModel
+
+    model = _unwrapped(model)
+    if not isinstance(model, PreTrainedModel):
+        return f"{type(model).__name__} is not a transformers PreTrainedModel"
+    if not type(model)._can_set_attn_implementation():
+        return f"{type(model).__name__} does not dispatch attention through transformers' AttentionInterface"
+    config = model.config
+    if getattr(config, "is_encoder_decoder", False) or not getattr(config, "is_causal", True):
+        return "not a causal decoder"
+    if any(getattr(config, name, None) is not None for name in config.sub_configs):
+        return f"composite model ({', '.join(config.sub_configs)}): multimodal positions are not supported"
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types is not None and any(kind != "full_attention" for kind in layer_types):
+        return f"layers with non-full attention ({sorted(set(layer_types) - {'full_attention'})})"
+    if layer_types is None and getattr(config, "sliding_window", None) is not None and getattr(config, "use_sliding_window", True):
+        return f"sliding-window attention (window {config.sliding_window})"
+    for name in ("attn_logit_softcapping", "attention_chunk_size"):
+        if getattr(config, name, None) is not None:
+            return f"config.{name} is set"
+    rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
+    if isinstance(rope, dict) and ("mrope_section" in rope or rope.get("rope_type") == "mrope"):
+        return "3-D (mrope) position ids"
+    return None
+
+
+_PROBED: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDictionary()
+
+
+def _probe(model, temperature: float) -> Optional[str]:
+    """Score a tiny batch both ways once per model and dtype; a mismatch or an error is a reason to fall back."""
+    parameter = next(model.parameters())
+    key = (parameter.dtype, parameter.device.type, torch.is_autocast_enabled(parameter.device.type))
+    verdicts = _PROBED.setdefault(model, {})
+    if key in verdicts:
+        return verdicts[key]
+    vocab = int(getattr(_unwrapped(model).config, "vocab_size", 32))
+    generator = torch.Generator().manual_seed(0)
+    context = torch.randint(0, vocab, (2 * 9,), generator=generator)
+    answers = torch.randint(0, vocab, (2 + 3,), generator=generator)
+    probe = build_prefix_shared_batch(
+        context_ids=context,
+        context_offsets=torch.tensor([0, 9, 18]),
+        prompt_lengths=torch.tensor([3, 1]),
+        cuts=torch.tensor([[2, 6], [1, 2]]),
+        slot_valid=torch.ones(2, 3, dtype=torch.bool),
+        answer_ids=answers,
+        answer_lengths=torch.tensor([2, 3]),
+    )
+    try:
+        shared = _tree_log_probs(model, probe, temperature)
+    except Exception as error:  # any failure inside a foreign model means "cannot take the mask"
+        verdicts[key] = f"probe forward failed: {type(error).__name__}: {error}"
+        return verdicts[key]
+    naive = _naive_log_probs(model, probe, temperature)
+    tolerance = 1e-3 if parameter.dtype == torch.float32 and not key[2] else 0.1
+    gap = float((shared - naive).abs().max())
+    verdicts[key] = None if gap <= tolerance else f"probe disagrees with naive scoring (max |Δ log p| = {gap:.3g})"
+    return verdicts[key]
+
+
+# ----------------------------------------------------------------------------- log-probs
+
+
+def _log_probs_of(logits: torch.Tensor, labels: torch.Tensor, temperature: float, chunk: int = 4096) -> torch.Tensor:
+    """``[Q] float32`` log-softmax(logits / temperature)[label], in row chunks to bound the fp32 copy."""
+    out = torch.empty(labels.numel(), dtype=torch.float32, device=logits.device)
+    for begin in range(0, labels.numel(), chunk):
+        rows = logits[begin : begin + chunk].float()
+        if temperature != 1.0:
+            rows = rows / temperature
+        out[begin : begin + chunk] = rows.gather(-1, labels[begin : begin + chunk].unsqueeze(-1)).squeeze(-1) - torch.logsumexp(rows, dim=-1)
+    return out
+
+
+def _tree_log_probs(model, batch: PrefixSharedBatch, temperature: float) -> torch.Tensor:
+    device = next(model.parameters()).device
+    plan = _make_plan(batch, device)
+    with _tree_attention(model, plan):
+        output = model(
+            input_ids=batch.input_ids.to(device).unsqueeze(0),
+            position_ids=batch.position_ids.to(device).unsqueeze(0),
+            use_cache=False,
+            # Only the answer-predicting positions need the lm_head: no [N, V] logits.
+            logits_to_keep=batch.scored_index.to(device),
+        )
+    return _log_probs_of(output.logits[0], batch.labels.to(device), temperature).cpu()
+
+
+def naive_sequences(batch: PrefixSharedBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Expand the layout back to one sequence per copy, ``prefix[:s_j] + copy_j`` (the fallback's input).
+
+    Returns ``(input_ids [total] long, lengths [C] long)``, packed; sequence ``j`` ends with its copy.
+    """
+    copy_lengths = torch.repeat_interleave(batch.copy_lengths, batch.copies_per_sample)
+    lengths = batch.copy_starts + copy_lengths
+    owner, position = segment_positions(lengths)
+    sample = torch.repeat_interleave(torch.arange(len(batch)), batch.copies_per_sample)[owner]
+    copy_offsets = F.pad(batch.copies_per_sample.cumsum(0), (1, 0))
+    local_copy = owner - copy_offsets[sample]
+    in_prefix = position < batch.copy_starts[owner]
+    copy_index = batch.prefix_lengths[sample] + local_copy * batch.copy_lengths[sample] + position - batch.copy_starts[owner]
+    source = batch.sample_offsets[sample] + torch.where(in_prefix, position, copy_index)
+    return batch.input_ids[source], lengths
+
+
+def _naive_log_probs(model, batch: PrefixSharedBatch, temperature: float, max_tokens: Optional[int] = None) -> torch.Tensor:
+    """The values of :func:`prefix_shared_log_probs` computed the naive way: one right-padded
+    sequence per copy through the model's own attention, in groups of about ``max_tokens`` tokens
+    (default: the batch's own packed size, so the fallback needs no more activation memory)."""
+    device = next(model.parameters()).device
+    ids, lengths = naive_sequences(batch)
+    offsets = F.pad(lengths.cumsum(0), (1, 0))
+    answer_lengths = torch.repeat_interleave(batch.copy_lengths - 1, batch.copies_per_sample)
+    answer_offsets = F.pad(answer_lengths.cumsum(0), (1, 0))
+    # Copies are copy-major, token-minor here as in ``scored_index``: same order of values.
+    values = torch.empty(int(answer_lengths.sum()), dtype=torch.float32)
+    budget = max(max_tokens or batch.num_tokens, int(lengths.max()))
+    order = torch.argsort(lengths, descending=True)
+    start = 0
+    while start < order.numel():
+        longest = int(lengths[order[start]])
+        group = order[start : start + max(1, budget // longest)]
+        start += group.numel()
+        owner, position = segment_positions(lengths[group])
+        padded = torch.zeros(group.numel(), longest, dtype=torch.long)
+        padded[owner, position] = ids[offsets[group][owner] + position]
+        mask = torch.arange(longest).unsqueeze(0) < lengths[group].unsqueeze(1)
+        logits = model(input_ids=padded.to(device), attention_mask=mask.long().to(device), use_cache=False).logits
+        # The copy's first A tokens predict the answer; its last token is only a label.
+        a_owner, a_position = segment_positions(answer_lengths[group])
+        at = lengths[group][a_owner] - answer_lengths[group][a_owner] - 1 + a_position
+        chosen = logits[a_owner.to(device), at.to(device)]
+        labels = padded[a_owner, at + 1].to(device)
+        values[answer_offsets[group][a_owner] + a_position] = _log_probs_of(chosen, labels, temperature).cpu()
+    return values
+
+
+@torch.no_grad()
+def prefix_shared_log_probs(model, batch: PrefixSharedBatch, temperature: float = 1.0, fallback_reason: Optional[list] = None) -> torch.Tensor:
+    """``[Q] float32`` — ``log π(labels | …)`` at every scored position of ``batch``, in one packed pass.
+
+    Falls back to the naive expansion (same values) when the model's attention cannot take the
+    tree mask; the reason is logged once per model and appended to ``fallback_reason`` if given.
+    """
+    if batch.scored_index.numel() == 0:
+        return torch.zeros(0, dtype=torch.float32)
+    reason = unsupported_reason(model) or _probe(model, temperature)
+    if reason is None:
+        return _tree_log_probs(model, batch, temperature)
+    _log_fallback(model, reason)
+    if fallback_reason is not None:
+        fallback_reason.append(reason)
+    return _naive_log_probs(model, batch, temperature)
+
+
+_LOGGED: "weakref.WeakKeyDictionary[torch.nn.Module, set]" = weakref.WeakKeyDictionary()
+
+
+def _log_fallback(model, reason: str) -> None:
+    logged = _LOGGED.setdefault(model, set())
+    if reason not in logged:
+        logged.add(reason)
+        logger.warning("RePro prefix-shared scoring falls back to naive scoring for %s: %s", type(_unwrapped(model)).__name__, reason)
+
+
+# ----------------------------------------------------------------------------- J at the cuts
+
+
+def copy_means(batch: PrefixSharedBatch, token_log_probs: torch.Tensor) -> torch.Tensor:
+    """``[C] float32`` — J of every copy: the mean of its answer-token log-probs (float64 sums)."""
+    copies = batch.copy_starts.numel()
+    sums = torch.zeros(copies, dtype=torch.float64).index_add_(0, batch.scored_copy, token_log_probs.double())
+    counts = torch.repeat_interleave(batch.copy_lengths - 1, batch.copies_per_sample)
+    return (sums / counts.clamp_min(1)).to(torch.float32)
+
+
+@dataclass
+class CutScores:
+    """J of a batch of ``B`` responses at ``K`` cut columns."""
+
+    j_base: torch.Tensor
+    """``[B] float32`` — ``J(0)``; NaN where not scored."""
+    j_cuts: torch.Tensor
+    """``[B, K] float32`` — ``J(c_k)``; NaN where not scored."""
+    scored_tokens: int
+    """Tokens fed to the model."""
+    naive_tokens: int
+    """Tokens the naive way would feed for the same cuts."""
+    passes: int
+    """Model forwards."""
+    fallback_reason: Optional[str] = None
+    """Why the naive path was used instead, or None."""
+
+
+def _pack_contexts(prompt_ids, response_ids: torch.Tensor, prompt_mask: Optional[torch.Tensor]):
+    """Packed ``prompt + response`` per row from token lists or a left-padded ``[B, P_max]`` tensor."""
+    batch = response_ids.shape[0]
+    if isinstance(prompt_ids, torch.Tensor):
+        mask = torch.ones_like(prompt_ids, dtype=torch.bool) if prompt_mask is None else prompt_mask.bool()
+        if mask.shape != prompt_ids.shape:
+            raise ValueError(f"prompt_mask {tuple(mask.shape)} does not match prompt_ids {tuple(prompt_ids.shape)}")
+        prompts = [prompt_ids[b][mask[b]] for b in range(batch)]
+    else:
+        prompts = [torch.as_tensor(list(p), dtype=torch.long) for p in prompt_ids]
+    if len(prompts) != batch:
+        raise ValueError(f"{len(prompts)} prompts but {batch} responses")
+    contexts = [torch.cat([prompts[b].long(), response_ids[b].long()]) for b in range(batch)]
+    lengths = torch.tensor([c.numel() for c in contexts], dtype=torch.long)
+    prompt_lengths = torch.tensor([p.numel() for p in prompts], dtype=torch.long)
+    return torch.cat(contexts) if contexts else torch.zeros(0, dtype=torch.long), F.pad(lengths.cumsum(0), (1, 0)), prompt_lengths
+
+
+@torch.no_grad()
+def score_cuts_prefix_shared(
+    model,
+    prompt_ids,
+    response_ids: torch.Tensor,
+    cuts: torch.Tensor,
+    cut_mask: torch.Tensor,
+    answer_ids: Sequence[Sequence[int]],
+    *,
+    prompt_mask: Optional[torch.Tensor] = None,
+    temperature: float = 1.0,
+    max_tokens_per_pass: int = 16384,
+) -> CutScores:
+    """Prefix-shared RePro scoring: J_b (cut 0) and J at every valid cut, all cuts of a response in one pass.
+
+    Same inputs and values as :func:`verl_repro.analysis.hf_scoring.score_cuts` (the naive oracle).
+
+    Args:
+        prompt_ids: B token lists, or a left-padded ``[B, P_max] long`` tensor with ``prompt_mask``.
+        response_ids: ``[B, T] long`` right-padded responses.
+        cuts, cut_mask: ``[B, K]`` from ``select_cuts``; a row with no valid cut or an empty answer is not scored.
+        answer_ids: B rendered-answer token lists.
+        prompt_mask: ``[B, P_max]`` — 1 on real prompt tokens (left padding), for tensor prompts.
+        max_tokens_per_pass: responses are packed into forwards of about this many tokens.
+    """
+    context_ids, context_offsets, prompt_lengths = _pack_contexts(prompt_ids, response_ids, prompt_mask)
+    answers = [torch.as_tensor(list(a), dtype=torch.long) for a in answer_ids]
+    answer_lengths = torch.tensor([a.numel() for a in answers], dtype=torch.long)
+    answer_values = torch.cat(answers) if answers else torch.zeros(0, dtype=torch.long)
+    cut_mask = cut_mask.bool()
+    slot_valid = torch.cat([cut_mask.any(dim=1, keepdim=True), cut_mask], dim=1) & (answer_lengths > 0).unsqueeze(1)
+
+    j_table = torch.full((cuts.shape[0], cuts.shape[1] + 1), float("nan"), dtype=torch.float32)
+    slot_cut = F.pad(cuts.long(), (1, 0))
+    estimate = prompt_lengths + torch.where(slot_valid, slot_cut, torch.zeros_like(slot_cut)).amax(dim=1) + slot_valid.sum(1) * (answer_lengths + 1)
+    scored_tokens, passes, reasons = 0, 0, []
+    for rows in _packs(estimate, slot_valid.any(dim=1), max_tokens_per_pass):
+        in_pack = torch.zeros_like(slot_valid)
+        in_pack[rows] = slot_valid[rows]
+        batch = build_prefix_shared_batch(context_ids, context_offsets, prompt_lengths, cuts, in_pack, answer_values, answer_lengths)
+        log_probs = prefix_shared_log_probs(model, batch, temperature, fallback_reason=reasons)
+        j_table[batch.copy_row, batch.copy_slot] = copy_means(batch, log_probs)
+        scored_tokens += batch.num_tokens
+        passes += 1
+    naive_tokens = naive_token_count(prompt_lengths, cuts, slot_valid, answer_lengths)
+    if reasons:
+        scored_tokens = naive_tokens
+    return CutScores(
+        j_base=j_table[:, 0], j_cuts=j_table[:, 1:], scored_tokens=scored_tokens, naive_tokens=naive_tokens,
+        passes=passes, fallback_reason=reasons[0] if reasons else None,
+    )
+
+
+def _packs(sample_lengths: torch.Tensor, scored: torch.Tensor, max_tokens: int) -> list[torch.Tensor]:
+    """Consecutive groups of scored rows of at most ``max_tokens`` tokens (a longer row goes alone)."""
+    groups, current, total = [], [], 0
+    for row in torch.nonzero(scored).flatten().tolist():
+        length = int(sample_lengths[row])
+        if current and total + length > max_tokens:
+            groups.append(torch.tensor(current))
+            current, total = [], 0
+        current.append(row)
+        total += length
+    if current:
+        groups.append(torch.tensor(current))
+    return groups
