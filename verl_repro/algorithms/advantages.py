@@ -152,7 +152,7 @@ def _keep_mask(response_mask: torch.Tensor, reward_tokens: torch.Tensor, cut_mas
     """[B, T] bool: real token at or before the last reward token (the ``</think>`` token)."""
     last_reward_token = torch.where(cut_mask, reward_tokens, -1).amax(dim=1)
     keep = torch.arange(response_mask.shape[1], device=response_mask.device) <= last_reward_token.unsqueeze(1)
-    keep &= response_mask.bool()
+    keep.logical_and_(response_mask)
     return keep
 
 
@@ -171,7 +171,7 @@ def place_process_rewards(
     if rewards.numel() and length:
         reward_tokens = _reward_token_positions(cuts, cut_mask, length)
         token_rewards.scatter_add_(1, reward_tokens, torch.where(cut_mask, rewards, 0.0))
-        token_rewards.mul_(response_mask.bool())
+        token_rewards.mul_(response_mask)
     return token_rewards
 
 
@@ -248,7 +248,7 @@ def combine_advantages(
     if alpha < 0:
         raise ValueError(f"repro.alpha must be >= 0, got {alpha!r}")
     combined = outcome_advantages.add(process_advantages.to(outcome_advantages.dtype), alpha=alpha)
-    return combined.mul_(response_mask.bool())
+    return combined.mul_(response_mask)
 
 
 @dataclass
@@ -357,7 +357,7 @@ def compute_repro_process_advantage(
     padding = false if padding is None else padding.to(device=device, dtype=torch.bool)
     has_think_end = has_think_end.to(device=device, dtype=torch.bool)
 
-    has_tokens = response_mask.bool().any(dim=1)
+    has_tokens = response_mask.any(dim=1)
     has_cuts = cut_mask.any(dim=1)
     nonfinite, base_near_zero = invalid_j_rows(j_cuts, j_base, cut_mask, j_base_eps)
     # Fallback reasons in the order of ReproFallbackCounts: each row lands in the first that applies.
