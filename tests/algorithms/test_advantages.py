@@ -17,6 +17,7 @@ from verl_repro.algorithms import (
     batch_whiten_process_rewards,
     combine_advantages,
     compute_repro_process_advantage,
+    group_ids_from_uids,
     group_normalize_process_rewards,
     normalize_process_rewards,
     place_process_rewards,
@@ -151,6 +152,7 @@ def test_single_entry_rows_follow_verls_own_estimators():
     scores = torch.from_numpy(rng.normal(size=12))
     groups = torch.tensor([0, 0, 0, 0, 1, 1, 1, 2, 3, 3, 3, 3])
     uid = np.array([f"uid-{g}" for g in groups.tolist()], dtype=object)
+    assert torch.equal(group_ids_from_uids(uid), groups)
     token_rewards = torch.zeros(12, 5, dtype=F64)
     token_rewards[:, 2] = scores
     response_mask = torch.ones(12, 5, dtype=F64)
@@ -165,6 +167,12 @@ def test_single_entry_rows_follow_verls_own_estimators():
     ours = batch_whiten_process_rewards(scores[:, None], mask)[:, 0]
     theirs = verl_functional.masked_whiten(scores, torch.ones(12, dtype=F64))
     torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-6)
+
+
+def test_group_ids_from_veRL_uids():
+    uids = np.array(["b", "a", "b", "c", "a"], dtype=object)
+    assert group_ids_from_uids(uids).tolist() == [0, 1, 0, 2, 1]
+    assert group_ids_from_uids([]).tolist() == []
 
 
 def test_normalization_dispatch_errors():

@@ -14,6 +14,7 @@ from .advantages import (
     batch_whiten_process_rewards,
     combine_advantages,
     compute_repro_process_advantage,
+    group_ids_from_uids,
     group_normalize_process_rewards,
     normalize_process_rewards,
     place_process_rewards,
@@ -50,6 +51,7 @@ __all__ = [
     "process_rewards",
     # normalization and advantages
     "NORMALIZATIONS",
+    "group_ids_from_uids",
     "group_normalize_process_rewards",
     "rloo_process_rewards",
     "batch_whiten_process_rewards",

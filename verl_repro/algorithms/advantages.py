@@ -23,6 +23,13 @@ from .repro import DEFAULT_J_BASE_EPS, _check_cut_mask, invalid_j_rows, process_
 NORMALIZATIONS: tuple[str, ...] = ("grpo", "rloo", "reinforce_plus_plus", "none")
 
 
+def group_ids_from_uids(uids) -> torch.Tensor:
+    """``[B] long`` group index from veRL's ``uid`` column (a numpy object array of strings, or
+    any sequence of hashables): equal uids get equal ids, numbered in order of first appearance."""
+    index: dict = {}
+    return torch.tensor([index.setdefault(uid, len(index)) for uid in list(uids)], dtype=torch.long)
+
+
 def _group_statistics(values: torch.Tensor, entry_mask: torch.Tensor, group_ids: torch.Tensor):
     """Per-row ``(group_sum, group_count, group_index, num_groups)`` over masked entries.
 
