@@ -1,4 +1,4 @@
-"""The Triton kernels compile for real GPUs (sm_80, sm_90), checked on a CPU.
+"""The Triton kernels compile for a real GPU (sm_90, Hopper), checked on a CPU.
 
 The interpreter runs the kernels' Python, not Triton's compiler, so it lets through what only the
 compiler rejects (a non-constexpr global, a type the code generator cannot unify). Triton compiles
@@ -60,7 +60,7 @@ COMPILE_ALL = textwrap.dedent(
 
     cases = [logits_fwd("bf16"), logits_fwd("fp32"), logits_bwd("bf16"), logits_bwd("fp32"),
              hidden_fwd("bf16", "tf32"), hidden_fwd("fp32", "ieee"), merge()]
-    for capability in (80, 90):
+    for capability in (90,):
         for fn, signature, constexprs, num_warps in cases:
             compiled = triton.compile(
                 ASTSource(fn=fn, signature=signature, constexprs=constexprs),
@@ -68,12 +68,12 @@ COMPILE_ALL = textwrap.dedent(
                 options={"num_warps": num_warps, "num_stages": 3},
             )
             assert compiled.asm.get("cubin"), (fn, capability)
-    print("compiled", 2 * len(cases))
+    print("compiled", len(cases))
     """
 )
 
 
-def test_kernels_compile_for_sm80_and_sm90():
+def test_kernels_compile_for_sm90():
     environment = {**os.environ, "TRITON_INTERPRET": "0", "TRITON_DEFAULT_FP_FUSION": "1"}
     try:
         result = subprocess.run(
@@ -84,4 +84,4 @@ def test_kernels_compile_for_sm80_and_sm90():
     if "ptxas" in result.stderr and "not found" in result.stderr.lower():
         pytest.skip("Triton's bundled ptxas is missing on this platform")
     assert result.returncode == 0, result.stderr[-6000:]
-    assert "compiled 14" in result.stdout
+    assert "compiled 7" in result.stdout
