@@ -128,3 +128,55 @@ def response_token_stats(
         for name in TokenStats._fields:
             fields[name][b, :n] = getattr(stats, name).float().cpu()
     return TokenStats(**fields)
+
+
+@torch.no_grad()
+def sample_responses(
+    model,
+    prompt_ids: Sequence[Sequence[int]],
+    *,
+    max_new_tokens: int,
+    temperature: float,
+    eos_token_id: int,
+    pad_id: int,
+    micro_batch_size: int = 16,
+    progress=None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sample one response per prompt with HF ``generate`` (left-padded micro-batches).
+
+    Args:
+        prompt_ids: N token lists (rendered prompts, no padding); repeat a prompt for n samples.
+        temperature: sampling temperature (> 0; top-p off).
+        progress: optional callable ``progress(num_done)`` called after each micro-batch.
+    Returns:
+        response_ids ``[N, T] long`` right-padded with ``pad_id`` and response_mask ``[N, T] bool``:
+        a response ends with its first ``eos_token_id`` (kept, as vLLM returns it) or after
+        ``max_new_tokens`` tokens.
+    """
+    if temperature <= 0:
+        raise ValueError(f"sampling temperature must be > 0, got {temperature!r}")
+    device = next(model.parameters()).device
+    chunks_ids, chunks_mask = [], []
+    for start in range(0, len(prompt_ids), micro_batch_size):
+        rows = [list(ids) for ids in prompt_ids[start : start + micro_batch_size]]
+        width = max(len(ids) for ids in rows)
+        input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+        attention = torch.zeros_like(input_ids)
+        for row, ids in enumerate(rows):
+            input_ids[row, width - len(ids) :] = torch.as_tensor(ids, dtype=torch.long)
+            attention[row, width - len(ids) :] = 1
+        generated = model.generate(
+            input_ids=input_ids.to(device), attention_mask=attention.to(device), do_sample=True,
+            temperature=temperature, top_p=1.0, top_k=0, max_new_tokens=max_new_tokens,
+            pad_token_id=pad_id, eos_token_id=eos_token_id,
+        )[:, width:].cpu()
+        is_eos = generated == eos_token_id
+        after_eos = (is_eos.long().cumsum(1) - is_eos.long()) > 0  # keep the eos itself, drop the padding after it
+        chunks_ids.append(generated.masked_fill(after_eos, pad_id))
+        chunks_mask.append(~after_eos)
+        if progress is not None:
+            progress(len(rows))
+    length = max(ids.shape[1] for ids in chunks_ids)
+    response_ids = torch.cat([torch.nn.functional.pad(ids, (0, length - ids.shape[1]), value=pad_id) for ids in chunks_ids])
+    response_mask = torch.cat([torch.nn.functional.pad(mask, (0, length - mask.shape[1]), value=False) for mask in chunks_mask])
+    return response_ids, response_mask

@@ -188,26 +188,44 @@ def render_prompt(tokenizer, prompt: Any, prompt_format: str, system_prompt: str
 # ----------------------------------------------------------------------------- scoring and grading
 
 
+def _prefix_shared_scorer():
+    try:
+        from verl_repro.scoring import score_cuts_prefix_shared
+    except ImportError:
+        return None
+    return score_cuts_prefix_shared
+
+
 def score_j(model, prompt_ids, response_ids, cuts, cut_mask, answer_ids, *, mode: str = "auto", micro_batch_size: int = 8, pad_id: int = 0):
     """``J_b [B]`` and ``J̃`` at every cut ``[B, K]`` (float32, NaN where not scored) through the
-    library's HF scoring path. The one switch between scoring implementations: ``naive`` is
-    :func:`verl_repro.analysis.hf_scoring.score_cuts`; ``prefix_shared`` is used when the library
-    provides ``hf_scoring.score_cuts_prefix_shared`` (same signature), and ``auto`` prefers it."""
-    from verl_repro.analysis import hf_scoring
+    library's scoring path, and ``{"mode", "scored_tokens", "naive_tokens"}``.
+
+    The one switch between scorers: ``naive`` is :func:`verl_repro.analysis.hf_scoring.score_cuts`
+    (one sequence per cut); ``prefix_shared`` is :func:`verl_repro.scoring.score_cuts_prefix_shared`
+    (all cuts of a response in one pass; it falls back to the naive maths itself on models whose
+    attention cannot take its mask); ``auto`` takes prefix-shared when the package has it.
+    """
+    import torch
+
+    from verl_repro.analysis.hf_scoring import score_cuts
 
     if mode not in SCORING_MODES:
         raise ValueError(f"--scoring-mode must be one of {SCORING_MODES}, got {mode!r}")
-    prefix_shared = getattr(hf_scoring, "score_cuts_prefix_shared", None)
+    prefix_shared = _prefix_shared_scorer() if mode != "naive" else None
     if mode == "prefix_shared" and prefix_shared is None:
-        raise ValueError("--scoring-mode prefix_shared: this version has no prefix-shared HF scorer; use naive or auto")
-    scorer = prefix_shared if mode != "naive" and prefix_shared is not None else hf_scoring.score_cuts
-    return scorer(model, prompt_ids, response_ids, cuts, cut_mask, answer_ids, micro_batch_size=micro_batch_size, pad_id=pad_id)
-
-
-def scoring_mode_used(mode: str) -> str:
-    from verl_repro.analysis import hf_scoring
-
-    return "prefix_shared" if mode != "naive" and hasattr(hf_scoring, "score_cuts_prefix_shared") else "naive"
+        raise ValueError("--scoring-mode prefix_shared: this installation has no verl_repro.scoring; use naive or auto")
+    if prefix_shared is not None:
+        result = prefix_shared(model, prompt_ids, response_ids, cuts, cut_mask, answer_ids)
+        used = "prefix_shared" if result.fallback_reason is None else f"naive (prefix-shared unsupported: {result.fallback_reason})"
+        return result.j_base, result.j_cuts, {"mode": used, "scored_tokens": int(result.scored_tokens), "naive_tokens": int(result.naive_tokens)}
+    j_base, j_cuts = score_cuts(model, prompt_ids, response_ids, cuts, cut_mask, answer_ids, micro_batch_size=micro_batch_size, pad_id=pad_id)
+    # Tokens fed: prompt + c + answer for the base cut and every valid cut of each scored row.
+    answer_lengths = torch.tensor([len(a) for a in answer_ids], dtype=torch.long)
+    scored = cut_mask.any(dim=1) & (answer_lengths > 0)
+    prompt_lengths = torch.tensor([len(p) for p in prompt_ids], dtype=torch.long)
+    per_row = (cut_mask.sum(1) + 1) * (prompt_lengths + answer_lengths) + (cuts * cut_mask).sum(1)
+    tokens = int(per_row[scored].sum())
+    return j_base, j_cuts, {"mode": "naive", "scored_tokens": tokens, "naive_tokens": tokens}
 
 
 def grade_responses(
@@ -290,9 +308,10 @@ class TokenizedBatch:
 
 
 def analyze_batch(model, tokenizer, batch: TokenizedBatch, correct: Sequence[bool | None], *, config, backtracking,
-                  temperature: float = 1.0, scoring_mode: str = "auto", micro_batch_size: int = 8) -> list[dict]:
+                  temperature: float = 1.0, scoring_mode: str = "auto", micro_batch_size: int = 8) -> tuple[list[dict], dict]:
     """Per-trajectory records for one batch (see the module docstring; every list in a record is
-    over cuts, ascending). ``config`` is a :class:`~verl_repro.config.ReproConfig`."""
+    over cuts, ascending) and the scorer's ``{"mode", "scored_tokens", "naive_tokens"}``.
+    ``config`` is a :class:`~verl_repro.config.ReproConfig`."""
     import torch
 
     from verl_repro import algorithms as alg
@@ -313,7 +332,7 @@ def analyze_batch(model, tokenizer, batch: TokenizedBatch, correct: Sequence[boo
         for gt in batch.ground_truths
     ]
     answers = [ids[: config.max_answer_tokens] for ids in full_answers]
-    j_base, j_all = score_j(model, batch.prompt_ids, response_ids, all_cuts, all_mask, answers,
+    j_base, j_all, scoring = score_j(model, batch.prompt_ids, response_ids, all_cuts, all_mask, answers,
                             mode=scoring_mode, micro_batch_size=micro_batch_size, pad_id=pad_id)
     j_base, j_all = j_base.double(), j_all.double()
     j_topk = lookup_cut_values(all_cuts, all_mask, j_all, topk_cuts, topk_mask)
@@ -371,7 +390,7 @@ def analyze_batch(model, tokenizer, batch: TokenizedBatch, correct: Sequence[boo
             "meta": batch.meta[b],
             "response": batch.response_texts[b],
         })
-    return records
+    return records, scoring
 
 
 def _think_end_id(tokenizer, token: str) -> int:
@@ -387,8 +406,11 @@ def _think_end_id(tokenizer, token: str) -> int:
 
 def analyze(model, tokenizer, batch: TokenizedBatch, *, config, backtracking, temperature: float = 1.0,
             scoring_mode: str = "auto", micro_batch_size: int = 8, batch_size: int = 16,
-            require_think_end: bool | None = None, progress: bool = False) -> list[dict]:
-    """Grade every trajectory, then :func:`analyze_batch` in chunks of ``batch_size`` (progress bar)."""
+            require_think_end: bool | None = None, progress: bool = False) -> tuple[list[dict], dict]:
+    """Grade every trajectory, then :func:`analyze_batch` in chunks of ``batch_size`` (progress bar).
+
+    Returns the records and the scoring totals ``{"modes", "scored_tokens", "naive_tokens", "seconds"}``.
+    """
     from tqdm.auto import tqdm
 
     if require_think_end is None:
@@ -397,15 +419,21 @@ def analyze(model, tokenizer, batch: TokenizedBatch, *, config, backtracking, te
         batch.response_texts, batch.ground_truths, require_think_end=require_think_end,
         think_end_token=config.think_end_token, strip_texts=[t for t in tokenizer.all_special_tokens if t != config.think_end_token],
     )
-    records = []
+    records, totals = [], {"modes": [], "scored_tokens": 0, "naive_tokens": 0, "seconds": 0.0}
+    started = time.perf_counter()
     with tqdm(total=len(batch.ids), desc="scoring J̃", unit="traj", disable=not progress) as bar:
         for start in range(0, len(batch.ids), batch_size):
             chunk = slice(start, start + batch_size)
             part = TokenizedBatch(*(getattr(batch, name)[chunk] for name in TokenizedBatch.__dataclass_fields__))
-            records += analyze_batch(model, tokenizer, part, correct[chunk], config=config, backtracking=backtracking,
-                                     temperature=temperature, scoring_mode=scoring_mode, micro_batch_size=micro_batch_size)
+            part_records, scoring = analyze_batch(model, tokenizer, part, correct[chunk], config=config, backtracking=backtracking,
+                                                  temperature=temperature, scoring_mode=scoring_mode, micro_batch_size=micro_batch_size)
+            records += part_records
+            totals["modes"] = sorted(set(totals["modes"]) | {scoring["mode"]})
+            totals["scored_tokens"] += scoring["scored_tokens"]
+            totals["naive_tokens"] += scoring["naive_tokens"]
             bar.update(len(part.ids))
-    return records
+    totals["seconds"] = round(time.perf_counter() - started, 2)
+    return records, totals
 
 
 # ----------------------------------------------------------------------------- summary
@@ -655,7 +683,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sampling = parser.add_argument_group("sampling (--prompts)")
     sampling.add_argument("--samples-per-prompt", type=int, default=3)
     sampling.add_argument("--max-new-tokens", type=int, default=256)
-    sampling.add_argument("--temperature", type=float, default=0.8, help="sampling temperature, also the entropy's temperature for top-k")
+    sampling.add_argument("--temperature", type=float, default=1.0,
+                          help="rollout temperature: samples with it, and top-k ranks the entropy of softmax(logits / T) as veRL's old-log-prob pass does")
     sampling.add_argument("--seed", type=int, default=0)
     repro = parser.add_argument_group("RePro (repro.* keys)")
     repro.add_argument("--num-segments", type=int, default=10, help="repro.num_segments (k)")
@@ -778,7 +807,7 @@ def analyze_run(model_path, args, trajectories_path: str | None, output_dir: Pat
         source = {"prompts": args.prompts or "bundled demo problems", "samples_per_prompt": args.samples_per_prompt,
                   "max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "seed": args.seed}
     require = {"auto": None, "yes": True, "no": False}[args.require_think_end]
-    records = analyze(model, tokenizer, batch, config=config, backtracking=counter, temperature=args.temperature,
+    records, scoring = analyze(model, tokenizer, batch, config=config, backtracking=counter, temperature=args.temperature,
                       scoring_mode=args.scoring_mode, micro_batch_size=args.micro_batch_size, batch_size=args.batch_size,
                       require_think_end=require, progress=progress)
     summary = summarize(records, args.grid_points)
@@ -787,8 +816,9 @@ def analyze_run(model_path, args, trajectories_path: str | None, output_dir: Pat
         "source": source,
         "config": {"num_segments": config.num_segments, "stability_weight": config.stability_weight,
                    "stability_ema": config.stability_ema, "answer_template": config.answer_template,
-                   "no_think_end": config.no_think_end, "scoring_mode": scoring_mode_used(args.scoring_mode),
+                   "no_think_end": config.no_think_end,
                    "backtracking_phrases": list(counter.phrases), "backtracking_scope": counter.scope},
+        "scoring": scoring,
         "seconds": round(time.time() - started, 1),
     })
     write_run(output_dir, summary, records, title)
