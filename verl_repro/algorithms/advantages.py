@@ -31,9 +31,11 @@ def group_ids_from_uids(uids) -> torch.Tensor:
 
 
 def _group_statistics(values: torch.Tensor, entry_mask: torch.Tensor, group_ids: torch.Tensor):
-    """Per-row ``(group_sum, group_count, group_index, num_groups)`` over masked entries.
+    """Sums and counts of the masked entries per group and per row.
 
     ``values`` / ``entry_mask`` are ``[B, K]``; ``group_ids`` is ``[B]`` long (any values).
+    Returns ``group_sum [G]``, ``group_count [G]``, ``group_index [B]`` (0..G-1), ``G``,
+    ``row_sum [B]``, ``row_count [B]``.
     """
     if group_ids.shape != values.shape[:1]:
         raise ValueError(f"group_ids must have shape [{values.shape[0]}], got {tuple(group_ids.shape)}")

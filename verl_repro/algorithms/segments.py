@@ -163,8 +163,8 @@ def select_cuts(
     else:
         has_end = has_think_end
 
-    # A candidate is a real boundary token at t < e; rows without an end have e = 0 (argmax of an
-    # all-False row, or -1 from use_end on an empty row), hence none.
+    # A candidate is a real boundary token at t < e; rows without an end compare against 0, so
+    # they have none.
     candidate = _boundary_lookup(boundary_ids, response_ids)
     candidate.logical_and_(response_mask)
     candidate &= positions < torch.where(has_end, think_end, 0).unsqueeze(1)
@@ -177,10 +177,10 @@ def select_cuts(
     slots = torch.arange(rows.numel(), device=device) - first_of_row[rows]
     table_width = max(int(candidates_per_row.max()), 1)
     # Entropy of the token at cut c = t + 1 (t < e <= T - 1, so c is inside the row).
-    entropy_at_cut = entropy[rows, boundary_positions + 1].float()
-    lowest = torch.finfo(torch.float32).min
-    entropy_at_cut = torch.where(torch.isfinite(entropy_at_cut), entropy_at_cut, lowest)
-    ranking_key = torch.full((batch, table_width), float("-inf"), device=device)
+    rank_dtype = torch.float64 if entropy.dtype == torch.float64 else torch.float32
+    entropy_at_cut = entropy[rows, boundary_positions + 1].to(rank_dtype)
+    entropy_at_cut = torch.where(torch.isfinite(entropy_at_cut), entropy_at_cut, torch.finfo(rank_dtype).min)
+    ranking_key = torch.full((batch, table_width), float("-inf"), dtype=rank_dtype, device=device)
     ranking_key[rows, slots] = entropy_at_cut
     cut_table = torch.full((batch, table_width), length + 1, dtype=torch.long, device=device)
     cut_table[rows, slots] = boundary_positions + 1
@@ -191,12 +191,11 @@ def select_cuts(
 
     num_cuts = num_selected + has_end.long()
     width = max(int(num_cuts.max()), 1)
-    cuts = torch.zeros(batch, width + 1, dtype=torch.long, device=device)
-    cuts[:, : chosen.shape[1]] = chosen
+    cuts = torch.zeros(batch, width, dtype=torch.long, device=device)
+    cuts[:, : chosen.shape[1]] = chosen  # chosen is min(k, most candidates) wide: <= width - 1
     # Rows without an end have no candidates either: their slot 0 receives a harmless 0.
     end_cut = torch.where(has_end, think_end + 1, 0)
     cuts.scatter_(1, num_selected.unsqueeze(1), end_cut.unsqueeze(1))
-    cuts = cuts[:, :width]
     cut_mask = torch.arange(width, device=device) < num_cuts.unsqueeze(1)
     cuts = cuts.masked_fill(~cut_mask, 0)
     return cuts, cut_mask, has_think_end
