@@ -47,10 +47,16 @@ def _load_problems(path: str | None, limit: int) -> list[dict]:
     return problems[:limit]
 
 
-def _grade(response: str, ground_truth: str) -> float:
-    from verl_repro.rewards import score_math_response
+def _grade_all(responses: list[str], ground_truths: list[str]) -> list[float]:
+    """The ``repro_math`` reward manager's verifier; SmolLM2 writes no ``</think>``, so the whole
+    response is graded (``require_think_end=False``)."""
+    from verl_repro.rewards import MathRewardConfig, MathVerifier
 
-    return float(score_math_response(response, ground_truth, require_think_end=False).score)
+    verifier = MathVerifier(MathRewardConfig(require_think_end=False, num_processes=1)).start()
+    try:
+        return [verifier.score(text, gt).score for text, gt in zip(responses, ground_truths)]
+    finally:
+        verifier.close()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -131,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
     )
 
     # 4. outcome: verifier score, GRPO advantage, RePro-merged advantage
-    outcome = torch.tensor([_grade(text, gt) for text, gt in zip(texts, ground_truths)])
+    outcome = torch.tensor(_grade_all(texts, ground_truths), dtype=torch.float32)
     group_mean = torch.zeros(len(problems)).index_add_(0, group_ids, outcome) / n
     group_var = torch.zeros(len(problems)).index_add_(0, group_ids, (outcome - group_mean[group_ids]) ** 2) / max(n - 1, 1)
     outcome_adv = (outcome - group_mean[group_ids]) / (group_var[group_ids].sqrt() + 1e-6)
