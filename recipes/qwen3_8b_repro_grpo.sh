@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# RePro on GRPO, Qwen3-8B in thinking mode (rollout tensor-parallel over 2 GPUs).
+# Config: recipes/qwen3_8b_repro_grpo.yaml (paper hyperparameters: recipes/paper_defaults.yaml).
+#
+#   bash recipes/qwen3_8b_repro_grpo.sh                      # train on 1 node x 8 GPUs
+#   bash recipes/qwen3_8b_repro_grpo.sh --dry-run            # validate the full config on the CPU, start nothing
+#   bash recipes/qwen3_8b_repro_grpo.sh --cpu-smoke          # a few steps on a tiny model on the CPU
+#   NNODES=2 N_GPUS=8 bash recipes/qwen3_8b_repro_grpo.sh data.max_response_length=32768 trainer.logger='[console,wandb]'
+#
+# Environment: NNODES, N_GPUS, DATA_DIR, TRAIN_DATA, VAL_DATA, PYTHON (see recipes/common.sh).
+set -euo pipefail
+RECIPE=qwen3_8b_repro_grpo
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+run_recipe "$@"

@@ -1,0 +1,303 @@
+"""Training and test sets for the math recipes, written as veRL RL parquet.
+
+Every source is loaded with HF ``datasets`` from its hub id or from a local copy (a file or a
+directory, e.g. a ``huggingface-cli download`` snapshot), turned into ``(problem, answer)``
+records, deduplicated by normalized problem text (optionally also against other sets, to keep
+test problems out of training), and written as the rows veRL's ``RLHFDataset`` reads:
+
+    data_source   str                    e.g. "aime_2024" (veRL groups validation metrics by it)
+    prompt        [{"role": "user", "content": problem + R1 instruction}]
+    ability       "math"
+    reward_model  {"style": "rule", "ground_truth": answer}
+    extra_info    {"split", "index", "source_id", "problem", "answer"}
+
+Hub ids and column names were checked against the dataset cards (see ``SOURCES``). DAPO-Math-17k
+ships every problem about 100 times and wraps it in its own "Answer:" instruction; that wrapper
+is removed so all sets share the R1-style prompt the recipes use. MATH (train) has no answer
+column: the answer is the last ``\\boxed{}`` of the reference solution.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import re
+import unicodedata
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+R1_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
+PROBLEM_PLACEHOLDER = "{problem}"
+DEFAULT_PROMPT_TEMPLATE = PROBLEM_PLACEHOLDER + "\n" + R1_INSTRUCTION
+
+# DAPO-Math-17k's own wrapper around each problem (BytedTsinghua-SIA/DAPO-Math-17k, prompt[0].content).
+DAPO_PREFIX = (
+    "Solve the following math problem step by step. The last line of your response should be of the form "
+    "Answer: $Answer (without quotes) where $Answer is the answer to the problem.\n\n"
+)
+DAPO_SUFFIX = '\n\nRemember to put your answer on its own line after "Answer:".'
+
+LOCAL_EXTENSIONS = {".parquet": "parquet", ".json": "json", ".jsonl": "json", ".csv": "csv"}
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One math problem: statement, ground-truth answer and where it came from."""
+
+    problem: str
+    answer: str
+    source_id: str
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """Where a data set lives on the hub and how its rows map to :class:`Problem`."""
+
+    name: str
+    hub_id: str
+    split: str
+    to_problem: Callable[[dict, int], Problem]
+    configs: tuple[str | None, ...] = (None,)
+    role: str = "test"
+    description: str = ""
+
+
+def answer_text(value: Any) -> str:
+    """Ground truth as text: ``None`` → ``""``, integral floats without ``.0`` (AMC answers come as floats)."""
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        if value != value:  # NaN: a missing answer in a float column
+            return ""
+        if value.is_integer():
+            return str(int(value))
+    return str(value).strip()
+
+
+def _column(row: dict, key: str) -> Any:
+    if key not in row:
+        raise KeyError(f"column {key!r} missing; the file has columns {sorted(row)}")
+    return row[key]
+
+
+def _simple(problem_key: str, answer_key: str, id_key: str | None = None, id_prefix: str = "") -> Callable[[dict, int], Problem]:
+    def to_problem(row: dict, index: int) -> Problem:
+        source_id = f"{id_prefix}{row[id_key]}" if id_key and row.get(id_key) is not None else f"{id_prefix}{index}"
+        return Problem(str(_column(row, problem_key) or "").strip(), answer_text(_column(row, answer_key)), source_id)
+
+    return to_problem
+
+
+def _dapo_problem(row: dict, index: int) -> Problem:
+    messages = _column(row, "prompt")
+    content = str(messages[0]["content"]) if len(messages) else ""
+    problem = content.removeprefix(DAPO_PREFIX).removesuffix(DAPO_SUFFIX).strip()
+    reward_model = _column(row, "reward_model") or {}
+    extra = row.get("extra_info") or {}
+    return Problem(problem, answer_text(reward_model.get("ground_truth")), str(extra.get("index", index)))
+
+
+def _math_train_problem(row: dict, index: int) -> Problem:
+    from verl_repro.rewards.math_verifier import last_boxed_answer
+
+    answer = last_boxed_answer(str(_column(row, "solution") or ""), max_chars=10_000) or ""
+    return Problem(str(_column(row, "problem") or "").strip(), answer, f"{row.get('type', '')}/{index}")
+
+
+def _aime_2025_problem(row: dict, index: int) -> Problem:
+    return Problem(str(_column(row, "question") or "").strip(), answer_text(_column(row, "answer")), f"{row.get('_config', '')}/{index}")
+
+
+SOURCES: dict[str, SourceSpec] = {
+    spec.name: spec
+    for spec in (
+        SourceSpec(
+            "dapo_math_17k", "BytedTsinghua-SIA/DAPO-Math-17k", "train", _dapo_problem, role="train",
+            description="DAPO-Math-17k: veRL-format rows (prompt messages, reward_model.ground_truth), each problem ~100x",
+        ),
+        SourceSpec(
+            "deepscaler", "agentica-org/DeepScaleR-Preview-Dataset", "train", _simple("problem", "answer"), role="train",
+            description="DeepScaleR-Preview: ~40k problems, columns problem / answer / solution",
+        ),
+        SourceSpec(
+            "math_train", "DigitalLearningGmbH/MATH-lighteval", "train", _math_train_problem, configs=("default",), role="train",
+            description="MATH train split (7.5k): columns problem / level / solution / type; answer = last \\boxed{} of solution",
+        ),
+        SourceSpec(
+            "aime_2024", "HuggingFaceH4/aime_2024", "train", _simple("problem", "answer", "id", "aime24-"),
+            description="AIME 2024 I+II (30): columns id / problem / solution / answer / url / year (one 'train' split)",
+        ),
+        SourceSpec(
+            "aime_2025", "opencompass/AIME2025", "test", _aime_2025_problem, configs=("AIME2025-I", "AIME2025-II"),
+            description="AIME 2025 I+II (30): configs AIME2025-I / AIME2025-II, columns question / answer",
+        ),
+        SourceSpec(
+            "amc_2023", "math-ai/amc23", "test", _simple("question", "answer", "id", "amc23-"),
+            description="AMC 2023 (40): columns id / question / answer / url",
+        ),
+        SourceSpec(
+            "math_500", "HuggingFaceH4/MATH-500", "test", _simple("problem", "answer", "unique_id"),
+            description="MATH-500: columns problem / solution / answer / subject / level / unique_id",
+        ),
+    )
+}
+TRAIN_SETS = tuple(name for name, spec in SOURCES.items() if spec.role == "train")
+TEST_SETS = tuple(name for name, spec in SOURCES.items() if spec.role == "test")
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def _local_files(directory: Path, split: str) -> list[str]:
+    """Data files under a local directory; when some file names carry the split, only those."""
+    files = sorted(
+        path for path in glob.glob(str(directory / "**" / "*"), recursive=True)
+        if Path(path).suffix in LOCAL_EXTENSIONS and "/." not in path
+    )
+    if not files:
+        raise FileNotFoundError(f"no {sorted(LOCAL_EXTENSIONS)} files under {directory}")
+    with_split = [p for p in files if re.search(rf"(^|[/_.-]){re.escape(split)}([_.-]|$)", os.path.relpath(p, directory))]
+    return with_split or files
+
+
+def _load_local(path: Path, split: str) -> list[dict]:
+    import datasets
+
+    files = [str(path)] if path.is_file() else _local_files(path, split)
+    rows: list[dict] = []
+    for file in files:
+        builder = LOCAL_EXTENSIONS.get(Path(file).suffix)
+        if builder is None:
+            raise ValueError(f"{file}: unsupported file type; use one of {sorted(LOCAL_EXTENSIONS)}")
+        dataset = datasets.load_dataset(builder, data_files=file, split="train")
+        config = Path(file).stem
+        rows.extend(dict(row, _config=config) for row in dataset)
+    return rows
+
+
+def load_rows(spec: SourceSpec, source: str | os.PathLike | None = None) -> list[dict]:
+    """Raw rows of ``spec`` from ``source``: a local file / directory, a hub id, or None (``spec.hub_id``)."""
+    if source is not None and Path(source).expanduser().exists():
+        return _load_local(Path(source).expanduser(), spec.split)
+    import datasets
+
+    hub_id = str(source) if source is not None else spec.hub_id
+    rows: list[dict] = []
+    for config in spec.configs:
+        dataset = datasets.load_dataset(hub_id, config, split=spec.split)
+        rows.extend(dict(row, _config=config or "") for row in dataset)
+    return rows
+
+
+# ----------------------------------------------------------------------------- cleaning
+
+
+def normalize_problem(text: str) -> str:
+    """Key for deduplication: NFKC, case-folded, whitespace collapsed."""
+    return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
+
+
+@dataclass
+class PrepareStats:
+    """What happened to the rows of one source (printed by ``scripts/prepare_data.py``)."""
+
+    loaded: int = 0
+    missing_problem_or_answer: int = 0
+    duplicates: int = 0
+    conflicting_duplicates: int = 0
+    """Duplicates whose answer differs from the kept copy's (the first one is kept)."""
+    contaminated: int = 0
+    """Dropped because the problem appears in a ``--exclude`` set."""
+    written: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+def clean(problems: Iterable[Problem], exclude: set[str] = frozenset(), stats: PrepareStats | None = None) -> list[Problem]:
+    """Drop empty records, problems in ``exclude`` (normalized texts) and duplicates (first kept)."""
+    stats = stats if stats is not None else PrepareStats()
+    kept: dict[str, Problem] = {}
+    for record in problems:
+        if not record.problem or not record.answer:
+            stats.missing_problem_or_answer += 1
+            continue
+        key = normalize_problem(record.problem)
+        if key in exclude:
+            stats.contaminated += 1
+            continue
+        if key in kept:
+            stats.duplicates += 1
+            if kept[key].answer != record.answer:
+                stats.conflicting_duplicates += 1
+            continue
+        kept[key] = record
+    return list(kept.values())
+
+
+def verl_rows(problems: list[Problem], data_source: str, split: str, prompt_template: str = DEFAULT_PROMPT_TEMPLATE) -> list[dict]:
+    """veRL RL-dataset rows (see the module docstring) with the recipes' R1-style prompt."""
+    if PROBLEM_PLACEHOLDER not in prompt_template:
+        raise ValueError(f"prompt template must contain {PROBLEM_PLACEHOLDER}, got {prompt_template!r}")
+    return [
+        {
+            "data_source": data_source,
+            "prompt": [{"role": "user", "content": prompt_template.replace(PROBLEM_PLACEHOLDER, record.problem)}],
+            "ability": "math",
+            "reward_model": {"style": "rule", "ground_truth": record.answer},
+            "extra_info": {
+                "split": split,
+                "index": index,
+                "source_id": record.source_id,
+                "problem": record.problem,
+                "answer": record.answer,
+            },
+        }
+        for index, record in enumerate(problems)
+    ]
+
+
+def read_problems(parquet_path: str | os.PathLike) -> list[str]:
+    """Problem texts of a parquet written by :func:`prepare` (for ``--exclude``)."""
+    import pandas as pd
+
+    frame = pd.read_parquet(parquet_path, columns=["extra_info"])
+    return [str(info["problem"]) for info in frame["extra_info"]]
+
+
+def prepare(
+    name: str,
+    out_dir: str | os.PathLike,
+    source: str | os.PathLike | None = None,
+    prompt_template: str = DEFAULT_PROMPT_TEMPLATE,
+    exclude: Iterable[str | os.PathLike] = (),
+    max_rows: int | None = None,
+) -> tuple[Path, PrepareStats]:
+    """Load, clean and write one data set as ``out_dir/<name>.parquet``; returns the path and counts.
+
+    ``exclude``: parquet files written by this function whose problems must not appear here
+    (e.g. the test sets, when preparing a training set).
+    """
+    import pandas as pd
+
+    if name not in SOURCES:
+        raise ValueError(f"unknown data set {name!r}; known: {sorted(SOURCES)}")
+    spec = SOURCES[name]
+    stats = PrepareStats()
+    raw = load_rows(spec, source)
+    stats.loaded = len(raw)
+    excluded = {normalize_problem(text) for path in exclude for text in read_problems(path)}
+    problems = clean((spec.to_problem(row, index) for index, row in enumerate(raw)), excluded, stats)
+    if max_rows is not None:
+        problems = problems[:max_rows]
+    rows = verl_rows(problems, name, "train" if spec.role == "train" else "test", prompt_template)
+    stats.written = len(rows)
+    out_path = Path(out_dir) / f"{name}.parquet"
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows).to_parquet(out_path, index=False)
+    return out_path, stats
+
+
+def stats_json(name: str, path: Path, stats: PrepareStats) -> str:
+    fields = {k: v for k, v in stats.__dict__.items() if k != "extra"}
+    return json.dumps({"data_set": name, "path": str(path), **fields, **stats.extra})

@@ -1,0 +1,80 @@
+"""``repro_math``: a veRL reward-loop manager grading math answers of reasoning models.
+
+Select it with ``reward.reward_manager.name=repro_math``; options come from
+``reward.reward_kwargs`` (``+reward.reward_kwargs.timeout_s=10`` on the command line, or a
+``reward_kwargs:`` block under ``reward:`` in a recipe YAML) and are the fields of
+:class:`verl_repro.rewards.MathRewardConfig`; an unknown or invalid key fails at start-up naming it.
+
+veRL 0.9.1 builds one manager per ``RewardLoopWorker`` Ray actor
+(``verl/trainer/ppo/reward.py::load_reward_manager``: ``cls(config=, tokenizer=, compute_score=,
+reward_router_address=, reward_model_tokenizer=)``) and awaits ``run_single`` once per sample,
+all samples of a chunk concurrently (``asyncio.gather``). Grading runs in the manager's
+:class:`~verl_repro.rewards.MathVerifier` processes with a hard deadline, so one hostile response
+delays only itself. ``reward_extra_info`` carries ``acc``, ``has_think_end``, ``answer_found`` and
+``timed_out`` for veRL's metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from verl import DataProto
+from verl.experimental.reward_loop.reward_manager import registry
+from verl.experimental.reward_loop.reward_manager.base import RewardManagerBase
+
+from verl_repro.rewards import MathRewardConfig, MathVerifier
+
+logger = logging.getLogger("verl_repro")
+
+REWARD_MANAGER_NAME = "repro_math"
+
+
+def reward_kwargs_of(config: Any) -> dict:
+    """The ``reward.reward_kwargs`` mapping of a veRL config (absent → ``{}``)."""
+    reward = config.get("reward") if hasattr(config, "get") else None
+    kwargs = reward.get("reward_kwargs") if reward is not None else None
+    return {} if kwargs is None else dict(kwargs.items())
+
+
+class ReproMathRewardManager(RewardManagerBase):
+    """Outcome reward: 1 when the last ``\\boxed{}`` after ``</think>`` equals ``reward_model.ground_truth``."""
+
+    def __init__(self, config, tokenizer, compute_score=None, reward_router_address=None, reward_model_tokenizer=None, **kwargs):
+        super().__init__(config, tokenizer, compute_score)
+        self.math_config = MathRewardConfig.from_mapping(reward_kwargs_of(config))
+        custom = config.get("reward", {}).get("custom_reward_function", {}) or {}
+        if custom.get("path"):
+            logger.warning("verl-repro: reward manager %s ignores reward.custom_reward_function.path=%s", REWARD_MANAGER_NAME, custom.get("path"))
+        # Special tokens (end-of-sequence, chat markers) are removed before grading; </think> stays
+        # in the decoded text even when the tokenizer marks it special.
+        special_texts = tuple(getattr(tokenizer, "all_special_tokens", ()) or ())
+        self.verifier = MathVerifier(self.math_config, strip_texts=special_texts).start()
+
+    async def run_single(self, data: DataProto) -> dict:
+        data_item = data[-1]  # multi-sequence outputs: the last sequence is graded, as veRL's managers do
+        response_ids = data_item.batch["responses"]
+        response_length = response_ids.shape[-1]
+        valid_length = int(data_item.batch["attention_mask"][-response_length:].sum())
+        valid_ids = response_ids[:valid_length]
+        reward_model = data_item.non_tensor_batch.get("reward_model") or {}
+        ground_truth = reward_model.get("ground_truth", "") if hasattr(reward_model, "get") else ""
+        ground_truth = "" if ground_truth is None else str(ground_truth)
+
+        # skip_special_tokens=False: </think> is a special token in some tokenizers and must survive.
+        response_text = await asyncio.get_running_loop().run_in_executor(
+            None, lambda: self.tokenizer.decode(valid_ids, skip_special_tokens=False)
+        )
+        result = await self.verifier.ascore(response_text, ground_truth)
+        return {"reward_score": result.score, "reward_extra_info": result.extra_info()}
+
+
+def register() -> list[str]:
+    """Add ``repro_math`` to veRL's reward-loop registry (idempotent)."""
+    current = registry.REWARD_MANAGER.get(REWARD_MANAGER_NAME)
+    if current is not ReproMathRewardManager:
+        if current is not None:
+            raise RuntimeError(f"reward manager name {REWARD_MANAGER_NAME!r} is already taken by {current!r}")
+        registry.register(REWARD_MANAGER_NAME)(ReproMathRewardManager)
+    return [f"reward_manager:{REWARD_MANAGER_NAME}"]
