@@ -161,7 +161,7 @@ def _keep_mask(response_mask: torch.Tensor, reward_tokens: torch.Tensor, cut_mas
     """[B, T] bool: real token at or before the last reward token (the ``</think>`` token)."""
     last_reward_token = torch.where(cut_mask, reward_tokens, -1).amax(dim=1)
     keep = torch.arange(response_mask.shape[1], device=response_mask.device) <= last_reward_token.unsqueeze(1)
-    keep.logical_and_(response_mask)
+    keep &= response_mask.bool()
     return keep
 
 
@@ -180,7 +180,7 @@ def place_process_rewards(
     if rewards.numel() and length:
         reward_tokens = _reward_token_positions(cuts, cut_mask, length)
         token_rewards.scatter_add_(1, reward_tokens, torch.where(cut_mask, rewards, 0.0))
-        token_rewards.mul_(response_mask)
+        token_rewards.mul_(response_mask.bool())
     return token_rewards
 
 
@@ -366,6 +366,7 @@ def compute_repro_process_advantage(
     padding = false if padding is None else padding.to(device=device, dtype=torch.bool)
     has_think_end = has_think_end.to(device=device, dtype=torch.bool)
 
+    response_mask = response_mask.bool()  # converted once for the [B, T] steps below
     has_tokens = response_mask.any(dim=1)
     has_cuts = cut_mask.any(dim=1)
     nonfinite, base_near_zero = invalid_j_rows(j_cuts, j_base, cut_mask, j_base_eps)

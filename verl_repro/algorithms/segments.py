@@ -150,14 +150,16 @@ def select_cuts(
         )
     positions = torch.arange(length, device=device)
 
-    # Large [B, T] temporaries cost more in page faults than in arithmetic: update in place.
+    # Large [B, T] temporaries cost more in page faults than in arithmetic: one bool copy of the
+    # (int64, in veRL) mask, then in-place updates of bool tensors only.
+    real = response_mask.bool()
     is_think_end = response_ids == think_end_id
-    is_think_end.logical_and_(response_mask)  # no bool copy of an int64 mask
+    is_think_end &= real
     # argmax returns the first maximal index, i.e. the first </think> (0 when there is none).
     think_end = is_think_end.view(torch.uint8).argmax(dim=1)
     has_think_end = is_think_end.gather(1, think_end.unsqueeze(1)).squeeze(1)
     if no_think_end == "use_end":
-        last_real = torch.where(response_mask.bool(), positions, -1).amax(dim=1)
+        last_real = torch.where(real, positions, -1).amax(dim=1)
         think_end = torch.where(has_think_end, think_end, last_real)
         has_end = last_real >= 0
     else:
@@ -166,7 +168,7 @@ def select_cuts(
     # A candidate is a real boundary token at t < e; rows without an end compare against 0, so
     # they have none.
     candidate = _boundary_lookup(boundary_ids, response_ids)
-    candidate.logical_and_(response_mask)
+    candidate &= real
     candidate &= positions < torch.where(has_end, think_end, 0).unsqueeze(1)
 
     # Candidates are sparse (one per step, not per token): rank them in a compact [B, C] table
