@@ -1,0 +1,288 @@
+"""Offline evaluation of a model on the math test sets: avg@n, unbiased pass@k, length, ``</think>`` share.
+
+For each problem of each benchmark (a veRL parquet written by ``scripts/prepare_data.py``) the
+model samples ``n`` responses — with vLLM on a GPU, or HF ``generate`` on a CPU (small models,
+CI) — and every response is graded by the same :class:`~verl_repro.rewards.MathVerifier` the
+training reward uses (text after the first ``</think>``, last ``\\boxed{}``, math-verify,
+per-sample deadline). Reported per benchmark:
+
+* ``avg@n``: mean correctness over all ``n`` samples of all problems (the expected pass@1);
+* ``pass@k`` for k = 1, 2, 4, ... ≤ n: the unbiased estimator of Chen et al. (2021),
+  ``1 − C(n−c, k) / C(n, k)`` per problem with ``c`` correct samples, averaged over problems;
+* mean response length in tokens, and the shares of responses with ``</think>``, with a found
+  answer, and that hit the grading deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from verl_repro.rewards import MathRewardConfig, MathVerifier
+
+
+def pass_at_k(num_samples: np.ndarray | int, num_correct: np.ndarray | int, k: int) -> np.ndarray:
+    """Unbiased pass@k per problem: ``1 − C(n−c, k) / C(n, k)``.
+
+    num_samples, num_correct: int arrays of one shape ``[P]`` (or scalars), ``0 <= c <= n``;
+    ``k <= n`` everywhere. Returns float64 ``[P]``. Computed as ``1 − Π_{i=n−c+1}^{n} (1 − k/i)``
+    (no huge binomials), vectorized over problems; a problem with ``n − c < k`` has pass@k = 1.
+    """
+    n = np.atleast_1d(np.asarray(num_samples, dtype=np.int64))
+    c = np.atleast_1d(np.asarray(num_correct, dtype=np.int64))
+    n, c = np.broadcast_arrays(n, c)
+    if k < 1 or np.any(n < k):
+        raise ValueError(f"pass@k needs 1 <= k <= n samples per problem, got k={k}, n min {int(n.min())}")
+    if np.any(c < 0) or np.any(c > n):
+        raise ValueError("num_correct must be in [0, num_samples]")
+    i = np.arange(1, int(n.max()) + 1, dtype=np.float64)[None, :]
+    in_product = (i > (n - c)[:, None]) & (i <= n[:, None])
+    factors = np.where(in_product, 1.0 - k / i, 1.0)
+    all_wrong = np.prod(factors, axis=1)
+    return np.where(n - c < k, 1.0, 1.0 - all_wrong)
+
+
+def default_ks(n: int) -> list[int]:
+    """1, 2, 4, ... up to n, and n itself."""
+    ks = [2**j for j in range(int(math.log2(n)) + 1)] if n >= 1 else []
+    return ks + ([n] if n not in ks else [])
+
+
+@dataclass
+class Completion:
+    """One sampled response: decoded text (special tokens kept) and its length in tokens."""
+
+    text: str
+    num_tokens: int
+
+
+@dataclass
+class BenchmarkResult:
+    """Metrics of one benchmark; accuracies in percent."""
+
+    name: str
+    num_problems: int
+    samples_per_problem: int
+    avg_at_n: float
+    pass_at_k: dict[int, float]
+    mean_response_tokens: float
+    think_end_share: float
+    answer_found_share: float
+    timed_out_share: float
+    per_problem_correct: list[int] = field(default_factory=list)
+
+
+def summarize(name: str, correct: np.ndarray, num_tokens: np.ndarray, has_think_end: np.ndarray,
+              answer_found: np.ndarray, timed_out: np.ndarray, ks: Sequence[int] | None = None) -> BenchmarkResult:
+    """Metrics from per-sample arrays, each ``[P, n]`` (bool / int / float), P problems x n samples."""
+    problems, n = correct.shape
+    ks = [k for k in (ks or default_ks(n)) if k <= n]
+    per_problem = correct.sum(axis=1).astype(np.int64)
+    return BenchmarkResult(
+        name=name,
+        num_problems=problems,
+        samples_per_problem=n,
+        avg_at_n=100.0 * float(correct.mean()),
+        pass_at_k={k: 100.0 * float(pass_at_k(np.full(problems, n), per_problem, k).mean()) for k in ks},
+        mean_response_tokens=float(num_tokens.mean()),
+        think_end_share=float(has_think_end.mean()),
+        answer_found_share=float(answer_found.mean()),
+        timed_out_share=float(timed_out.mean()),
+        per_problem_correct=per_problem.tolist(),
+    )
+
+
+# ----------------------------------------------------------------------------- generation
+
+
+def _prompt_token_ids(tokenizer, messages_list: Sequence[list[dict]]) -> list[list[int]]:
+    # Token ids straight from the chat template: re-tokenizing its text would add a second BOS.
+    ids = []
+    for messages in messages_list:
+        encoded = tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=True)
+        ids.append(list(encoded["input_ids"] if isinstance(encoded, dict) or hasattr(encoded, "keys") else encoded))
+    return ids
+
+
+def generate_hf(model_path: str, messages_list: Sequence[list[dict]], n: int, max_new_tokens: int, temperature: float,
+                top_p: float, seed: int = 0, batch_size: int = 8) -> list[list[Completion]]:
+    """Sample ``n`` responses per prompt with HF ``generate`` (CPU or a single GPU; for small models)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).to(device).eval()
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    generation_eos = model.generation_config.eos_token_id
+    eos_ids = {tokenizer.eos_token_id, *(generation_eos if isinstance(generation_eos, list) else [generation_eos])} - {None}
+    torch.manual_seed(seed)
+    prompt_ids = _prompt_token_ids(tokenizer, messages_list)
+    results: list[list[Completion]] = []
+    for start in range(0, len(prompt_ids), batch_size):
+        chunk = prompt_ids[start:start + batch_size]
+        width = max(map(len, chunk))
+        input_ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
+        attention = torch.zeros((len(chunk), width), dtype=torch.long)
+        for row, ids in enumerate(chunk):  # left padding: generation continues every row at the same column
+            input_ids[row, width - len(ids):] = torch.tensor(ids)
+            attention[row, width - len(ids):] = 1
+        sampling = dict(do_sample=True, temperature=temperature, top_p=top_p) if temperature > 0 else dict(do_sample=False)
+        with torch.no_grad():
+            output = model.generate(
+                input_ids=input_ids.to(device), attention_mask=attention.to(device), max_new_tokens=max_new_tokens,
+                num_return_sequences=n, pad_token_id=pad_id, **sampling,
+            )
+        responses = output[:, width:].cpu().tolist()
+        for prompt_index in range(len(chunk)):
+            completions = []
+            for ids in responses[prompt_index * n:(prompt_index + 1) * n]:
+                end = next((pos + 1 for pos, token in enumerate(ids) if token in eos_ids), len(ids))
+                completions.append(Completion(tokenizer.decode(ids[:end], skip_special_tokens=False), end))
+            results.append(completions)
+    return results
+
+
+def generate_vllm(model_path: str, messages_list: Sequence[list[dict]], n: int, max_new_tokens: int, temperature: float,
+                  top_p: float, seed: int = 0, tensor_parallel_size: int = 1, gpu_memory_utilization: float = 0.9,
+                  max_model_len: int | None = None) -> list[list[Completion]]:
+    """Sample ``n`` responses per prompt with vLLM (GPU)."""
+    from transformers import AutoTokenizer
+    from vllm import LLM, SamplingParams
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    prompt_ids = _prompt_token_ids(tokenizer, messages_list)
+    longest_prompt = max(map(len, prompt_ids))
+    llm = LLM(
+        model=model_path, tensor_parallel_size=tensor_parallel_size, seed=seed, gpu_memory_utilization=gpu_memory_utilization,
+        max_model_len=max_model_len or longest_prompt + max_new_tokens,
+    )
+    # skip_special_tokens=False: </think> must survive decoding (it is a special token in some tokenizers).
+    params = SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens, seed=seed, skip_special_tokens=False)
+    outputs = llm.generate([{"prompt_token_ids": ids} for ids in prompt_ids], params)
+    return [[Completion(sample.text, len(sample.token_ids)) for sample in output.outputs] for output in outputs]
+
+
+def resolve_backend(backend: str) -> str:
+    """``auto`` → ``vllm`` when vLLM is installed and a GPU is visible, else ``hf``."""
+    if backend != "auto":
+        return backend
+    import importlib.util
+
+    import torch
+
+    return "vllm" if torch.cuda.is_available() and importlib.util.find_spec("vllm") is not None else "hf"
+
+
+def check_model_path(model: str) -> None:
+    """Refuse a veRL FSDP checkpoint directory with the command that converts it to an HF model."""
+    path = Path(model).expanduser()
+    if path.is_dir() and list(path.glob("model_world_size_*_rank_*.pt")):
+        raise ValueError(
+            f"{model} is a veRL FSDP checkpoint (sharded); merge it into an HF model first:\n"
+            f"  python -m verl.model_merger merge --backend fsdp --local_dir {model} --target_dir {model}/merged_hf\n"
+            f"then evaluate {model}/merged_hf"
+        )
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def load_benchmark(path: str | os.PathLike, max_problems: int | None = None) -> tuple[list[list[dict]], list[str]]:
+    """Chat prompts and ground truths of a veRL parquet (``prompt``, ``reward_model.ground_truth``)."""
+    import pandas as pd
+
+    frame = pd.read_parquet(path)
+    if max_problems is not None:
+        frame = frame.head(max_problems)
+    prompts = [[{"role": str(m["role"]), "content": str(m["content"])} for m in messages] for messages in frame["prompt"]]
+    truths = [str(rm["ground_truth"]) for rm in frame["reward_model"]]
+    return prompts, truths
+
+
+GenerateFn = Callable[[Sequence[list[dict]]], list[list[Completion]]]
+
+
+def evaluate(benchmarks: dict[str, str | os.PathLike], generate: GenerateFn, n: int,
+             reward_config: MathRewardConfig | None = None, ks: Sequence[int] | None = None,
+             max_problems: int | None = None, strip_texts: Sequence[str] = ()) -> tuple[dict[str, BenchmarkResult], list[dict]]:
+    """Generate for all benchmarks in one call (vLLM batches best that way), grade, summarize.
+
+    ``generate(prompts) -> [[Completion] * n] * len(prompts)``. Returns the per-benchmark results
+    and one record per sample (benchmark, problem index, sample index, tokens, grade, text).
+    """
+    loaded = {name: load_benchmark(path, max_problems) for name, path in benchmarks.items()}
+    all_prompts = [p for prompts, _ in loaded.values() for p in prompts]
+    completions = generate(all_prompts)
+    if len(completions) != len(all_prompts) or any(len(c) != n for c in completions):
+        raise RuntimeError(f"generation returned {len(completions)} prompts with sample counts {sorted({len(c) for c in completions})}, expected n={n}")
+
+    verifier = MathVerifier(reward_config or MathRewardConfig(num_processes=min(8, os.cpu_count() or 1)), strip_texts=tuple(strip_texts))
+    truths = [t for _, gts in loaded.values() for t in gts]
+
+    async def grade_all():
+        tasks = [verifier.ascore(c.text, truths[i]) for i, samples in enumerate(completions) for c in samples]
+        return await asyncio.gather(*tasks)
+
+    try:
+        verifier.start()
+        grades = asyncio.run(grade_all())
+    finally:
+        verifier.close()
+
+    results: dict[str, BenchmarkResult] = {}
+    samples: list[dict] = []
+    offset = 0
+    for name, (prompts, _) in loaded.items():
+        count = len(prompts)
+        block = [grades[(offset + i) * n:(offset + i + 1) * n] for i in range(count)]
+        texts = completions[offset:offset + count]
+
+        def field_of(attr: str) -> np.ndarray:
+            return np.array([[getattr(g, attr) for g in row] for row in block], dtype=np.float64).reshape(count, n)
+
+        tokens = np.array([[c.num_tokens for c in row] for row in texts], dtype=np.float64).reshape(count, n)
+        results[name] = summarize(name, field_of("acc") > 0.5, tokens, field_of("has_think_end"), field_of("answer_found"), field_of("timed_out"), ks)
+        for i in range(count):
+            for j in range(n):
+                samples.append({"benchmark": name, "problem": i, "sample": j, "num_tokens": texts[i][j].num_tokens,
+                                **block[i][j].extra_info(), "text": texts[i][j].text})
+        offset += count
+    return results, samples
+
+
+def markdown_table(results: dict[str, BenchmarkResult], model: str = "") -> str:
+    """One row per benchmark: problems, n, avg@n, pass@k columns, mean tokens, ``</think>`` share."""
+    ks = sorted({k for r in results.values() for k in r.pass_at_k})
+    header = ["benchmark", "problems", "n", "avg@n (%)"] + [f"pass@{k} (%)" for k in ks] + ["mean tokens", "</think> share", "answer found"]
+    lines = ([f"**{model}**", ""] if model else []) + ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in results.values():
+        cells = [r.name, str(r.num_problems), str(r.samples_per_problem), f"{r.avg_at_n:.1f}"]
+        cells += [f"{r.pass_at_k[k]:.1f}" if k in r.pass_at_k else "" for k in ks]
+        cells += [f"{r.mean_response_tokens:.0f}", f"{r.think_end_share:.2f}", f"{r.answer_found_share:.2f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_results(out_dir: str | os.PathLike, results: dict[str, BenchmarkResult], settings: dict, samples: list[dict] | None = None) -> dict[str, Path]:
+    """``results.json`` (settings + metrics), ``results.md`` (table), optionally ``samples.jsonl``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    payload = {"settings": settings, "benchmarks": {name: asdict(r) for name, r in results.items()}}
+    paths = {"json": out / "results.json", "markdown": out / "results.md"}
+    paths["json"].write_text(json.dumps(payload, indent=2))
+    paths["markdown"].write_text(markdown_table(results, str(settings.get("model", ""))))
+    if samples is not None:
+        paths["samples"] = out / "samples.jsonl"
+        with open(paths["samples"], "w") as handle:
+            for record in samples:
+                handle.write(json.dumps(record) + "\n")
+    return paths
