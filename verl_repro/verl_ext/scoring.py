@@ -142,22 +142,25 @@ def segment_positions(lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
 def dp_layout(lengths: torch.Tensor, dp_size: int, micro_batch_size: int) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Order ``N`` sequences for a DP dispatch that splits the batch into ``dp_size`` contiguous chunks.
 
-    Every rank gets the same number of sequences, a multiple of the micro-batch size (veRL's
-    engine requires it without dynamic batch size); sequences are dealt longest first in snake
+    Every rank gets the same number of sequences, a whole number of micro-batches (veRL's engine
+    requires it without dynamic batch size) of at most ``micro_batch_size``; sequences are dealt longest first in snake
     order, so ranks get similar token counts and each micro-batch holds similar lengths. Free
     slots repeat the shortest sequence and are flagged.
 
     Returns:
         order: ``[Q] long`` — source index of each dispatched slot (``Q = dp_size · per_rank``).
         is_padding: ``[Q] bool`` — slots that only fill the layout.
-        micro_batch_size: the micro-batch size used (``min(micro_batch_size, ceil(N / dp_size))``).
+        micro_batch_size: the micro-batch size used (≤ the requested one, balanced so each rank pads
+            fewer sequences than it has micro-batches).
     """
     count = int(lengths.numel())
     if count == 0:
         return torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.bool), micro_batch_size
     per_rank = -(-count // dp_size)
-    micro_batch_size = max(1, min(micro_batch_size, per_rank))
-    per_rank = -(-per_rank // micro_batch_size) * micro_batch_size
+    # As few micro-batches as the size limit allows, then even sizes: padding < one per micro-batch.
+    num_micro_batches = -(-per_rank // max(1, micro_batch_size))
+    micro_batch_size = -(-per_rank // num_micro_batches)
+    per_rank = num_micro_batches * micro_batch_size
     by_length = torch.argsort(lengths, descending=True, stable=True)
     rank_round = torch.arange(count) // dp_size
     rank = torch.arange(count) % dp_size

@@ -1,0 +1,309 @@
+"""Ground-truth scoring through veRL's log-prob path equals J computed directly with the HF model.
+
+The scoring sequences go through veRL's own code from the trainer side of the worker boundary to the
+model: ``BatchData.chunk`` / ``concat`` (the DP dispatch), the worker's default keys, the FSDP
+engine's ``infer_batch`` (micro-batching, remove-padding packing or padded forward, temperature,
+``logprobs_from_logits``), and ``response_from_nested``. Not exercised on CPU: Ray, FSDP sharding,
+bf16 autocast and flash-attention (GPU runs).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from verl_repro.algorithms import boundary_token_ids, think_end_token_id
+from verl_repro.config import ReproConfig
+from verl_repro.verl_ext.scoring import (
+    LogProbBackend,
+    ScoringSequences,
+    dp_layout,
+    ground_truth_text,
+    render_answers,
+    score_ground_truth,
+)
+
+QUESTION = "What is {a} plus {b}? Please reason step by step."
+THOUGHTS = [
+    "First, we add 3 and 4 to get 7.\nSo the total is 7.\n\nWait, let me re-check the sum.\nWe know that 3 + 4 = 7.\n",
+    "Let me think about 3 and 4\n\nStep 4: compute 3 times 4\nTherefore the answer is 7.\n",
+    "Is 3 larger than 4?\nAlternatively, subtract 4 from 7.\n\n",
+]
+
+
+# ----------------------------------------------------------------------------- answers
+
+
+@pytest.mark.parametrize(
+    "reward_model, expected",
+    [
+        ({"ground_truth": "7"}, "7"),
+        ({"ground_truth": "  \\frac{1}{2} "}, "\\frac{1}{2}"),
+        ({"ground_truth": 42}, "42"),
+        ({"ground_truth": 0.5}, "0.5"),
+        ({"ground_truth": ["3", "three"]}, "3"),
+        ({"ground_truth": np.array(["9"])}, "9"),
+        ({"ground_truth": ""}, None),
+        ({"ground_truth": "   "}, None),
+        ({"ground_truth": None}, None),
+        ({"ground_truth": []}, None),
+        ({"ground_truth": float("nan")}, None),
+        ({"ground_truth": True}, None),
+        ({"ground_truth": {"x": 1}}, None),
+        ({"style": "rule"}, None),
+        (None, None),
+        ("7", None),
+    ],
+)
+def test_ground_truth_text(reward_model, expected):
+    assert ground_truth_text(reward_model) == expected
+
+
+def test_render_answers_template_truncation_and_counts(tiny_tokenizer):
+    config = ReproConfig(max_answer_tokens=6).validate()
+    long_answer = "12345678901234567890"
+    answers = render_answers(
+        tiny_tokenizer,
+        [{"ground_truth": "7"}, {"ground_truth": long_answer}, {"ground_truth": ""}, {}, {"ground_truth": "7"}],
+        config,
+    )
+    boxed_seven = tiny_tokenizer("\\boxed{7}", add_special_tokens=False)["input_ids"]
+    assert len(boxed_seven) <= 6, "test premise: the short answer fits"
+    assert answers.token_ids[0].tolist() == boxed_seven == answers.token_ids[4].tolist()
+    full_long = tiny_tokenizer("\\boxed{" + long_answer + "}", add_special_tokens=False)["input_ids"]
+    assert len(full_long) > 6 and answers.token_ids[1].tolist() == full_long[:6]
+    assert answers.valid.tolist() == [True, True, False, False, True]
+    assert answers.missing_ground_truth == 2 and answers.truncated == 1
+    assert answers.token_ids[2].numel() == 0 and answers.token_ids[3].numel() == 0
+
+
+def test_render_answers_custom_template(tiny_tokenizer):
+    config = ReproConfig(answer_template="The answer is {ground_truth}.").validate()
+    answers = render_answers(tiny_tokenizer, [{"ground_truth": "7"}], config)
+    assert tiny_tokenizer.decode(answers.token_ids[0]) == "The answer is 7."
+
+
+# ----------------------------------------------------------------------------- DP layout
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    lengths=st.lists(st.integers(1, 50), min_size=1, max_size=40),
+    dp_size=st.integers(1, 5),
+    micro_batch_size=st.integers(1, 6),
+)
+def test_dp_layout_covers_each_sequence_once_in_whole_micro_batches(lengths, dp_size, micro_batch_size):
+    lengths = torch.tensor(lengths)
+    order, is_padding, micro = dp_layout(lengths, dp_size, micro_batch_size)
+    assert 1 <= micro <= micro_batch_size
+    assert order.numel() % (dp_size * micro) == 0
+    assert sorted(order[~is_padding].tolist()) == list(range(lengths.numel()))
+    per_rank = order.numel() // dp_size
+    # Padding is bounded: fewer padding slots per rank than micro-batches.
+    assert per_rank - (-(-lengths.numel() // dp_size)) < per_rank // micro
+    tokens = torch.where(is_padding, 0, lengths[order]).reshape(dp_size, per_rank).sum(dim=1)
+    assert int(tokens.max() - tokens.min()) <= int(lengths.max())
+
+
+def test_dp_layout_hand_case():
+    # Lengths 10, 9, .., 5 over 2 ranks (snake order): rank0 = 10, 7, 6; rank1 = 9, 8, 5.
+    order, is_padding, micro = dp_layout(torch.tensor([10, 9, 8, 7, 6, 5]), dp_size=2, micro_batch_size=3)
+    assert micro == 3 and not is_padding.any()
+    assert order.tolist() == [0, 3, 4, 1, 2, 5]
+    # Lengths 4, 6, 5: rank0 = [6, pad], rank1 = [5, 4]; the pad repeats the shortest (index 0).
+    order, is_padding, micro = dp_layout(torch.tensor([4, 6, 5]), dp_size=2, micro_batch_size=8)
+    assert micro == 2 and order.tolist() == [1, 0, 2, 0] and is_padding.tolist() == [False, True, False, False]
+
+
+# ----------------------------------------------------------------------------- through the engine
+
+
+def _direct_answer_log_probs(model, sequences: ScoringSequences, temperature: float) -> list[torch.Tensor]:
+    out = []
+    for n in range(len(sequences)):
+        start, stop = int(sequences.offsets[n]), int(sequences.offsets[n + 1])
+        ids = sequences.input_ids[start:stop]
+        with torch.no_grad():
+            logits = model(ids.unsqueeze(0)).logits[0].float() / temperature
+        log_probs = torch.log_softmax(logits[:-1], dim=-1).gather(1, ids[1:].unsqueeze(1)).squeeze(1)
+        out.append(log_probs[-int(sequences.answer_lengths[n]):])
+    return out
+
+
+@pytest.mark.parametrize("use_remove_padding", [True, False])
+def test_backend_answer_log_probs_match_direct_forward(tiny_model, make_worker_group, use_remove_padding):
+    torch.manual_seed(0)
+    lengths = torch.tensor([9, 14, 6, 11, 7])  # odd count over 2 ranks: padded and unpadded
+    answer_lengths = torch.tensor([3, 1, 2, 5, 4])
+    ids = torch.randint(5, 300, (int(lengths.sum()),))
+    positions = torch.cat([torch.arange(int(n)) for n in lengths])
+    sequences = ScoringSequences(ids, positions, lengths, answer_lengths)
+    group = make_worker_group(dp_size=2, use_remove_padding=use_remove_padding)
+    backend = LogProbBackend(group.compute_ref_log_prob, dp_size=2, temperature=0.7)
+    got = backend.answer_log_probs(sequences, micro_batch_size=2)
+
+    expected = torch.cat(_direct_answer_log_probs(tiny_model, sequences, temperature=0.7))
+    assert got.shape == expected.shape
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    (method, sent), = group.received
+    # 5 sequences over 2 ranks: 3 per rank → 2 micro-batches of 2 → 8 slots, 3 of them padding.
+    assert method == "compute_ref_log_prob" and len(sent) == 8
+    assert group.rank_sizes == [[4, 4]]
+    assert sent["micro_batch_size_per_gpu"] == 2 and sent["temperature"] == 0.7
+
+
+# ----------------------------------------------------------------------------- the whole step
+
+
+def make_rollout_batch(tokenizer, seed: int = 0):
+    """Responses as veRL's agent loop stores them: nested ``input_ids`` (prompt + response), padded
+    ``responses`` / ``response_mask`` / ``entropy``, ``reward_model`` dicts, and a padding row."""
+    generator = torch.Generator().manual_seed(seed)
+    eos = tokenizer.eos_token_id
+    think_end = "</think>\n\nThe answer is \\boxed{7}."
+    rows = [  # (question, response text, ground truth)
+        ((3, 4), THOUGHTS[0] + think_end, "7"),
+        ((3, 4), THOUGHTS[1] + think_end, "7"),
+        ((3, 4), THOUGHTS[2], "7"),  # truncated: no </think>
+        ((5, 7), THOUGHTS[0] + think_end, ""),  # unusable ground truth
+        ((5, 7), "So the total is 12.\n\n</think>\n\n\\boxed{12}", 12),
+    ]
+    prompts, responses, reward_models = [], [], []
+    for (a, b), text, truth in rows:
+        prompt = tokenizer.apply_chat_template(
+            [{"role": "user", "content": QUESTION.format(a=a, b=b)}], add_generation_prompt=True, tokenize=True
+        )
+        prompt = prompt["input_ids"] if isinstance(prompt, dict) or hasattr(prompt, "keys") else prompt
+        prompts.append(torch.tensor(list(prompt), dtype=torch.long))
+        responses.append(torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"] + [eos], dtype=torch.long))
+        reward_models.append({"ground_truth": truth, "style": "rule"})
+    # veRL's batch-balancing padding row: 127 EOS prompt tokens, one masked EOS response token,
+    # reward_model copied from the first sample.
+    prompts.append(torch.full((127,), eos, dtype=torch.long))
+    responses.append(torch.tensor([eos], dtype=torch.long))
+    reward_models.append(dict(reward_models[0]))
+    padding = torch.tensor([False] * len(rows) + [True])
+
+    width = max(r.numel() for r in responses)
+    response_ids = torch.full((len(responses), width), tokenizer.pad_token_id, dtype=torch.long)
+    response_mask = torch.zeros(len(responses), width, dtype=torch.long)
+    for i, r in enumerate(responses):
+        response_ids[i, : r.numel()] = r
+        response_mask[i, : r.numel()] = 0 if padding[i] else 1
+    entropy = torch.rand(len(responses), width, generator=generator) * 3 * response_mask
+    input_ids = torch.nested.as_nested_tensor([torch.cat([p, r]) for p, r in zip(prompts, responses)], layout=torch.jagged)
+    return dict(
+        input_ids=input_ids,
+        prompt_lengths=torch.tensor([p.numel() for p in prompts]),
+        responses=response_ids,
+        response_mask=response_mask,
+        entropy=entropy,
+        reward_models=reward_models,
+        padding=padding,
+        prompt_list=prompts,
+        response_list=responses,
+    )
+
+
+def _direct_j(model, prompt, response, cut, answer, temperature) -> float:
+    ids = torch.cat([prompt, response[:cut], answer]).unsqueeze(0)
+    with torch.no_grad():
+        logits = model(ids).logits[0].float() / temperature
+    log_probs = torch.log_softmax(logits[:-1], dim=-1).gather(1, ids[0, 1:].unsqueeze(1)).squeeze(1)
+    return float(log_probs[-answer.numel():].mean())
+
+
+@pytest.mark.parametrize("no_think_end", ["skip", "use_end"])
+def test_score_ground_truth_matches_direct_hf_forward(tiny_model, tiny_tokenizer, make_worker_group, no_think_end):
+    batch = make_rollout_batch(tiny_tokenizer)
+    config = ReproConfig(num_segments=3, scoring_micro_batch_size=3, no_think_end=no_think_end).validate()
+    group = make_worker_group(dp_size=2)
+    think_end_id = think_end_token_id(tiny_tokenizer)
+    scoring = score_ground_truth(
+        input_ids=batch["input_ids"],
+        prompt_lengths=batch["prompt_lengths"],
+        responses=batch["responses"],
+        response_mask=batch["response_mask"],
+        entropy=batch["entropy"],
+        reward_models=batch["reward_models"],
+        padding=batch["padding"],
+        tokenizer=tiny_tokenizer,
+        config=config,
+        boundary_ids=boundary_token_ids(tiny_tokenizer, tuple(config.boundary_patterns)),
+        think_end_id=think_end_id,
+        backend=LogProbBackend(group.compute_ref_log_prob, dp_size=2, temperature=1.0),
+    )
+    expected_scored = [True, True, no_think_end == "use_end", False, True, False]
+    assert scoring.scored.tolist() == expected_scored
+    assert scoring.valid.tolist() == [True, True, True, False, True, True]
+    assert scoring.padding.tolist() == [False] * 5 + [True]
+    assert scoring.has_think_end.tolist() == [True, True, False, True, True, False]
+
+    answers = render_answers(tiny_tokenizer, batch["reward_models"], config).token_ids
+    num_sequences = scored_tokens = 0
+    for row, scored in enumerate(expected_scored):
+        if not scored:
+            assert math.isnan(scoring.j_base[row]) and torch.isnan(scoring.j_cuts[row]).all()
+            continue
+        cuts = scoring.cuts[row][scoring.cut_mask[row]].tolist()
+        response = batch["response_list"][row]
+        if scoring.has_think_end[row]:
+            assert cuts[-1] == response.tolist().index(think_end_id) + 1  # the last cut is e + 1
+        else:
+            assert cuts[-1] == response.numel()
+        assert len(cuts) >= 2, "test premise: boundaries exist before </think>"
+        num_sequences += len(cuts) + 1
+        prompt = batch["prompt_list"][row]
+        scored_tokens += sum(prompt.numel() + cut + answers[row].numel() for cut in [0] + cuts)
+        expected = [_direct_j(tiny_model, prompt, response, cut, answers[row], 1.0) for cut in [0] + cuts]
+        got = [float(scoring.j_base[row])] + scoring.j_cuts[row, : len(cuts)].tolist()
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+        assert torch.isnan(scoring.j_cuts[row, len(cuts):]).all()
+    assert scoring.stats["num_sequences"] == num_sequences
+    assert scoring.stats["scored_tokens"] == scored_tokens  # layout padding is not counted
+    assert scoring.stats["missing_ground_truth"] == 1
+    (method, sent), = group.received
+    assert method == "compute_ref_log_prob"
+    assert len(sent) % (2 * sent["micro_batch_size_per_gpu"]) == 0 and len(sent) >= num_sequences
+    assert sent["micro_batch_size_per_gpu"] <= config.scoring_micro_batch_size
+
+
+def test_score_ground_truth_nothing_to_score_makes_no_worker_call(tiny_tokenizer, make_worker_group):
+    batch = make_rollout_batch(tiny_tokenizer)
+    batch["reward_models"] = [{"ground_truth": None}] * len(batch["reward_models"])
+    config = ReproConfig().validate()
+    group = make_worker_group(dp_size=2)
+    scoring = score_ground_truth(
+        **{k: batch[k] for k in ("input_ids", "prompt_lengths", "responses", "response_mask", "entropy", "reward_models", "padding")},
+        tokenizer=tiny_tokenizer,
+        config=config,
+        boundary_ids=boundary_token_ids(tiny_tokenizer),
+        think_end_id=think_end_token_id(tiny_tokenizer),
+        backend=LogProbBackend(group.compute_ref_log_prob, dp_size=2, temperature=1.0),
+    )
+    assert not scoring.scored.any() and torch.isnan(scoring.j_base).all()
+    assert group.received == [] and scoring.stats["num_sequences"] == 0
+    assert scoring.stats["missing_ground_truth"] == 5  # the padding row is not counted
+
+
+def test_unknown_scoring_mode_is_refused(tiny_tokenizer, make_worker_group):
+    batch = make_rollout_batch(tiny_tokenizer)
+    config = ReproConfig(scoring_mode="prefix_shared").validate()
+    from verl_repro.verl_ext.scoring import SCORING_MODES
+
+    if "prefix_shared" in SCORING_MODES:
+        pytest.skip("prefix_shared is available in this build")
+    with pytest.raises(ValueError, match="repro.scoring_mode='prefix_shared' is not available"):
+        score_ground_truth(
+            **{k: batch[k] for k in ("input_ids", "prompt_lengths", "responses", "response_mask", "entropy", "reward_models", "padding")},
+            tokenizer=tiny_tokenizer,
+            config=config,
+            boundary_ids=boundary_token_ids(tiny_tokenizer),
+            think_end_id=think_end_token_id(tiny_tokenizer),
+            backend=LogProbBackend(make_worker_group().compute_ref_log_prob, dp_size=2, temperature=1.0),
+        )
