@@ -38,9 +38,9 @@ def _resident_bytes() -> int:
 
 
 def _peak_resident_bytes() -> int:
-    # ru_maxrss is in KiB on Linux and in bytes on macOS.
+    # ru_maxrss is in KiB on Linux and in bytes on macOS; it can lag the /proc reading slightly.
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak if sys.platform == "darwin" else peak * 1024
+    return max(peak if sys.platform == "darwin" else peak * 1024, _resident_bytes())
 
 
 def _host_memory() -> tuple[int, int]:

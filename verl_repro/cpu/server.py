@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -79,9 +78,6 @@ class HFRolloutServer:
         """Load the checkpoint (its weights are replaced at the first sync) and start batching."""
         from transformers import AutoModelForCausalLM
 
-        torch_threads = os.environ.get("VERL_REPRO_ROLLOUT_THREADS")
-        if torch_threads:
-            torch.set_num_threads(int(torch_threads))
         model = AutoModelForCausalLM.from_pretrained(
             self.model_config.local_path,
             dtype=_torch_dtype(self.config.dtype),
