@@ -344,7 +344,11 @@ def test_hidden_backward_row_chunks_add_up():
 def test_auto_backend_on_cpu_is_the_reference():
     assert resolve_backend("auto", torch.device("cpu")) == "torch"
     assert resolve_backend("torch", torch.device("cpu")) == "torch"
-    assert resolve_backend("triton", torch.device("cpu")) == "triton"  # interpreter is on here
+    if ts.is_interpreted():
+        assert resolve_backend("triton", torch.device("cpu")) == "triton"
+    else:
+        with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
+            resolve_backend("triton", torch.device("cpu"))
     with pytest.raises(ValueError, match="backend must be one of auto|triton|torch"):
         resolve_backend("cuda", torch.device("cpu"))
 
