@@ -178,3 +178,66 @@ def fake_tq(monkeypatch):
     monkeypatch.setattr(transfer_queue, "kv_batch_get", fake.kv_batch_get)
     monkeypatch.setattr(transfer_queue, "kv_batch_put", fake.kv_batch_put)
     return fake
+
+
+QUESTION = "What is {a} plus {b}? Please reason step by step."
+THOUGHTS = [
+    "First, we add 3 and 4 to get 7.\nSo the total is 7.\n\nWait, let me re-check the sum.\nWe know that 3 + 4 = 7.\n",
+    "Let me think about 3 and 4\n\nStep 4: compute 3 times 4\nTherefore the answer is 7.\n",
+    "Is 3 larger than 4?\nAlternatively, subtract 4 from 7.\n\n",
+]
+
+
+def make_rollout_batch(tokenizer, seed: int = 0):
+    """Responses as veRL's agent loop stores them: nested ``input_ids`` (prompt + response), padded
+    ``responses`` / ``response_mask`` / ``entropy``, ``reward_model`` dicts, and a padding row."""
+    generator = torch.Generator().manual_seed(seed)
+    eos = tokenizer.eos_token_id
+    think_end = "</think>\n\nThe answer is \\boxed{7}."
+    rows = [  # (question, response text, ground truth)
+        ((3, 4), THOUGHTS[0] + think_end, "7"),
+        ((3, 4), THOUGHTS[1] + think_end, "7"),
+        ((3, 4), THOUGHTS[2], "7"),  # truncated: no </think>
+        ((5, 7), THOUGHTS[0] + think_end, ""),  # unusable ground truth
+        ((5, 7), "So the total is 12.\n\n</think>\n\n\\boxed{12}", 12),
+    ]
+    prompts, responses, reward_models = [], [], []
+    for (a, b), text, truth in rows:
+        prompt = tokenizer.apply_chat_template(
+            [{"role": "user", "content": QUESTION.format(a=a, b=b)}], add_generation_prompt=True, tokenize=True
+        )
+        prompt = prompt["input_ids"] if isinstance(prompt, dict) or hasattr(prompt, "keys") else prompt
+        prompts.append(torch.tensor(list(prompt), dtype=torch.long))
+        responses.append(torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"] + [eos], dtype=torch.long))
+        reward_models.append({"ground_truth": truth, "style": "rule"})
+    # veRL's batch-balancing padding row: 127 EOS prompt tokens, one masked EOS response token,
+    # reward_model copied from the first sample.
+    prompts.append(torch.full((127,), eos, dtype=torch.long))
+    responses.append(torch.tensor([eos], dtype=torch.long))
+    reward_models.append(dict(reward_models[0]))
+    padding = torch.tensor([False] * len(rows) + [True])
+
+    width = max(r.numel() for r in responses)
+    response_ids = torch.full((len(responses), width), tokenizer.pad_token_id, dtype=torch.long)
+    response_mask = torch.zeros(len(responses), width, dtype=torch.long)
+    for i, r in enumerate(responses):
+        response_ids[i, : r.numel()] = r
+        response_mask[i, : r.numel()] = 0 if padding[i] else 1
+    entropy = torch.rand(len(responses), width, generator=generator) * 3 * response_mask
+    input_ids = torch.nested.as_nested_tensor([torch.cat([p, r]) for p, r in zip(prompts, responses)], layout=torch.jagged)
+    return dict(
+        input_ids=input_ids,
+        prompt_lengths=torch.tensor([p.numel() for p in prompts]),
+        responses=response_ids,
+        response_mask=response_mask,
+        entropy=entropy,
+        reward_models=reward_models,
+        padding=padding,
+        prompt_list=prompts,
+        response_list=responses,
+    )
+
+
+@pytest.fixture
+def rollout_batch():
+    return make_rollout_batch

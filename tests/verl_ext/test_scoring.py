@@ -28,12 +28,6 @@ from verl_repro.verl_ext.scoring import (
     score_ground_truth,
 )
 
-QUESTION = "What is {a} plus {b}? Please reason step by step."
-THOUGHTS = [
-    "First, we add 3 and 4 to get 7.\nSo the total is 7.\n\nWait, let me re-check the sum.\nWe know that 3 + 4 = 7.\n",
-    "Let me think about 3 and 4\n\nStep 4: compute 3 times 4\nTherefore the answer is 7.\n",
-    "Is 3 larger than 4?\nAlternatively, subtract 4 from 7.\n\n",
-]
 
 
 # ----------------------------------------------------------------------------- answers
@@ -160,56 +154,6 @@ def test_backend_answer_log_probs_match_direct_forward(tiny_model, make_worker_g
 # ----------------------------------------------------------------------------- the whole step
 
 
-def make_rollout_batch(tokenizer, seed: int = 0):
-    """Responses as veRL's agent loop stores them: nested ``input_ids`` (prompt + response), padded
-    ``responses`` / ``response_mask`` / ``entropy``, ``reward_model`` dicts, and a padding row."""
-    generator = torch.Generator().manual_seed(seed)
-    eos = tokenizer.eos_token_id
-    think_end = "</think>\n\nThe answer is \\boxed{7}."
-    rows = [  # (question, response text, ground truth)
-        ((3, 4), THOUGHTS[0] + think_end, "7"),
-        ((3, 4), THOUGHTS[1] + think_end, "7"),
-        ((3, 4), THOUGHTS[2], "7"),  # truncated: no </think>
-        ((5, 7), THOUGHTS[0] + think_end, ""),  # unusable ground truth
-        ((5, 7), "So the total is 12.\n\n</think>\n\n\\boxed{12}", 12),
-    ]
-    prompts, responses, reward_models = [], [], []
-    for (a, b), text, truth in rows:
-        prompt = tokenizer.apply_chat_template(
-            [{"role": "user", "content": QUESTION.format(a=a, b=b)}], add_generation_prompt=True, tokenize=True
-        )
-        prompt = prompt["input_ids"] if isinstance(prompt, dict) or hasattr(prompt, "keys") else prompt
-        prompts.append(torch.tensor(list(prompt), dtype=torch.long))
-        responses.append(torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"] + [eos], dtype=torch.long))
-        reward_models.append({"ground_truth": truth, "style": "rule"})
-    # veRL's batch-balancing padding row: 127 EOS prompt tokens, one masked EOS response token,
-    # reward_model copied from the first sample.
-    prompts.append(torch.full((127,), eos, dtype=torch.long))
-    responses.append(torch.tensor([eos], dtype=torch.long))
-    reward_models.append(dict(reward_models[0]))
-    padding = torch.tensor([False] * len(rows) + [True])
-
-    width = max(r.numel() for r in responses)
-    response_ids = torch.full((len(responses), width), tokenizer.pad_token_id, dtype=torch.long)
-    response_mask = torch.zeros(len(responses), width, dtype=torch.long)
-    for i, r in enumerate(responses):
-        response_ids[i, : r.numel()] = r
-        response_mask[i, : r.numel()] = 0 if padding[i] else 1
-    entropy = torch.rand(len(responses), width, generator=generator) * 3 * response_mask
-    input_ids = torch.nested.as_nested_tensor([torch.cat([p, r]) for p, r in zip(prompts, responses)], layout=torch.jagged)
-    return dict(
-        input_ids=input_ids,
-        prompt_lengths=torch.tensor([p.numel() for p in prompts]),
-        responses=response_ids,
-        response_mask=response_mask,
-        entropy=entropy,
-        reward_models=reward_models,
-        padding=padding,
-        prompt_list=prompts,
-        response_list=responses,
-    )
-
-
 def _direct_j(model, prompt, response, cut, answer, temperature) -> float:
     ids = torch.cat([prompt, response[:cut], answer]).unsqueeze(0)
     with torch.no_grad():
@@ -219,8 +163,8 @@ def _direct_j(model, prompt, response, cut, answer, temperature) -> float:
 
 
 @pytest.mark.parametrize("no_think_end", ["skip", "use_end"])
-def test_score_ground_truth_matches_direct_hf_forward(tiny_model, tiny_tokenizer, make_worker_group, no_think_end):
-    batch = make_rollout_batch(tiny_tokenizer)
+def test_score_ground_truth_matches_direct_hf_forward(tiny_model, tiny_tokenizer, make_worker_group, rollout_batch, no_think_end):
+    batch = rollout_batch(tiny_tokenizer)
     config = ReproConfig(num_segments=3, scoring_micro_batch_size=3, no_think_end=no_think_end).validate()
     group = make_worker_group(dp_size=2)
     think_end_id = think_end_token_id(tiny_tokenizer)
@@ -273,8 +217,8 @@ def test_score_ground_truth_matches_direct_hf_forward(tiny_model, tiny_tokenizer
     assert sent["micro_batch_size_per_gpu"] <= config.scoring_micro_batch_size
 
 
-def test_score_ground_truth_nothing_to_score_makes_no_worker_call(tiny_tokenizer, make_worker_group):
-    batch = make_rollout_batch(tiny_tokenizer)
+def test_score_ground_truth_nothing_to_score_makes_no_worker_call(tiny_tokenizer, make_worker_group, rollout_batch):
+    batch = rollout_batch(tiny_tokenizer)
     batch["reward_models"] = [{"ground_truth": None}] * len(batch["reward_models"])
     config = ReproConfig().validate()
     group = make_worker_group(dp_size=2)
@@ -291,8 +235,8 @@ def test_score_ground_truth_nothing_to_score_makes_no_worker_call(tiny_tokenizer
     assert scoring.stats["missing_ground_truth"] == 5  # the padding row is not counted
 
 
-def test_unknown_scoring_mode_is_refused(tiny_tokenizer, make_worker_group):
-    batch = make_rollout_batch(tiny_tokenizer)
+def test_unknown_scoring_mode_is_refused(tiny_tokenizer, make_worker_group, rollout_batch):
+    batch = rollout_batch(tiny_tokenizer)
     config = ReproConfig(scoring_mode="prefix_shared").validate()
     from verl_repro.verl_ext.scoring import SCORING_MODES
 

@@ -402,9 +402,14 @@ _trainer_class: Optional[type] = None
 def build_trainer_class() -> type:
     """Define ``ReproSyncTrainer`` on top of veRL's ``PPOTrainerSync`` and register it as ``repro_sync``."""
     global _trainer_class
+    if _trainer_class is not None:
+        return _trainer_class
+    # Importing veRL's v1 package can itself trigger the deferred registration (the import hook
+    # below), which then has already defined the class: check again after the imports.
+    from verl.trainer.ppo.v1.trainer_base import register_trainer
+    from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
+
     if _trainer_class is None:
-        from verl.trainer.ppo.v1.trainer_base import register_trainer
-        from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 
         class ReproSyncTrainer(_ReproSyncMixin, PPOTrainerSync):
             """veRL's synchronous PPO trainer with RePro scoring and the extra estimator inputs."""

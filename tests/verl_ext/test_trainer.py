@@ -1,0 +1,354 @@
+"""The ``repro_sync`` trainer: registration, start-up validation, sync behaviour, and its advantage step
+run on veRL data structures (TransferQueue-shaped jagged TensorDicts, KVBatchMeta, DataProto) with the
+scoring going through veRL's engine code on CPU (see conftest.py).
+
+veRL code exercised here: ``PPOTrainer.__init__`` (replay buffer choice), ``PPOTrainer._compute_advantage``
+(as the reference the override must match), ``_compute_old_log_prob``, ``DataProto``,
+``compute_advantage``'s built-ins, ``response_to_nested`` / ``response_from_nested``, the DP dispatch
+chunking and the FSDP engine's forward. Not exercised on CPU: Ray workers, the real TransferQueue, FSDP.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf, open_dict
+
+import verl  # noqa: F401  (loads the plugin)
+from verl.trainer.ppo.core_algos import ADV_ESTIMATOR_REGISTRY, register_adv_est
+from verl.trainer.ppo.v1.replay_buffer import ReplayBuffer, ReplayBufferAsync
+from verl.trainer.ppo.v1.trainer_base import PPOTrainer
+from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
+
+from verl_repro.config import ConfigError
+from verl_repro.verl_ext import estimator_inputs
+from verl_repro.verl_ext.trainer import (
+    TRAINER_MODE,
+    build_trainer_class,
+    logit_grad_norm_from_sum_pi_squared,
+    validate_repro_setup,
+)
+
+BASE_OVERRIDES = [
+    "+repro=default",
+    "algorithm.adv_estimator=repro_grpo",
+    "actor_rollout_ref.actor.use_kl_loss=True",
+    "actor_rollout_ref.actor.kl_loss_coef=0.0",
+]
+
+
+@pytest.fixture(scope="module")
+def base_config():
+    from hydra import compose, initialize_config_module
+
+    with initialize_config_module(config_module="verl.trainer.config", version_base=None):
+        return compose("ppo_trainer", overrides=BASE_OVERRIDES)
+
+
+def make_config(base_config, **updates):
+    config = copy.deepcopy(base_config)
+    with open_dict(config):
+        for key, value in updates.items():
+            OmegaConf.update(config, key, value, force_add=True)
+    return config
+
+
+# ----------------------------------------------------------------------------- registration
+
+
+def test_registered_lazily_and_found_by_verls_lookup():
+    code = (
+        "import json, sys, verl\n"
+        "deferred = 'verl.trainer.ppo.v1.trainer_sync' not in sys.modules\n"
+        "from verl.trainer.ppo.v1 import PPOTrainerSync, get_trainer_cls\n"
+        "import verl_repro.verl_ext.trainer as t\n"
+        "cls = get_trainer_cls('repro_sync')\n"
+        "print(json.dumps({'deferred': deferred, 'subclass': issubclass(cls, PPOTrainerSync),\n"
+        "                  'same': cls is t.ReproSyncTrainer, 'name': cls.__qualname__}))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, env={**os.environ})
+    assert result.returncode == 0, result.stderr[-3000:]
+    payload = json.loads(result.stdout.strip().splitlines()[-1])
+    assert payload == {"deferred": True, "subclass": True, "same": True, "name": "ReproSyncTrainer"}
+
+
+def test_checkpointing_and_loop_are_veRLs_own():
+    cls = build_trainer_class()
+    for method in ("_save_checkpoint", "_load_checkpoint", "fit", "step", "_step_once", "_update_actor", "_validate"):
+        assert getattr(cls, method) is getattr(PPOTrainer, method) or getattr(cls, method) is getattr(PPOTrainerSync, method), method
+
+
+# ----------------------------------------------------------------------------- sync behaviour
+
+
+def test_keeps_sync_behaviour(base_config):
+    config = make_config(base_config)
+    assert config.trainer.v1.trainer_mode == TRAINER_MODE  # set by +repro=default
+    trainer = build_trainer_class()(config)
+    assert trainer.requested_trainer_mode == TRAINER_MODE
+    assert trainer.trainer_mode == "sync" and config.trainer.v1.trainer_mode == "sync"
+    assert type(trainer.replay_buffer) is ReplayBuffer and trainer.parameter_sync_step == 1
+    stock = PPOTrainerSync(make_config(base_config, **{"trainer.v1.trainer_mode": "sync"}))
+    assert trainer.replay_buffer.gen_batch_size == stock.replay_buffer.gen_batch_size
+    assert trainer.replay_buffer.trainer_config == stock.replay_buffer.trainer_config
+    # The trap this guards against: veRL treats any other mode string as async.
+    unguarded = PPOTrainerSync(make_config(base_config))
+    assert unguarded.trainer_mode == TRAINER_MODE and type(unguarded.replay_buffer) is ReplayBufferAsync
+
+
+# ----------------------------------------------------------------------------- start-up validation
+
+
+@pytest.mark.parametrize(
+    "updates, message",
+    [
+        ({"repro.scorer": "critic"}, r"repro\.scorer must be one of \('ref', 'actor'\), got 'critic'"),
+        ({"repro.num_segments": 0}, r"repro\.num_segments must be a positive int, got 0"),
+        ({"repro.alpha": -0.1}, r"repro\.alpha must be >= 0, got -0\.1"),
+        ({"repro.stability_weight": 1.5}, r"repro\.stability_weight must be in \[0, 1\]"),
+        ({"repro.no_think_end": "drop"}, r"repro\.no_think_end must be one of"),
+        ({"repro.answer_template": "\\boxed{}"}, r"repro\.answer_template must contain \{ground_truth\}"),
+        ({"repro.max_answer_tokens": 0}, r"repro\.max_answer_tokens must be > 0"),
+        ({"repro.scoring_micro_batch_size": 0}, r"repro\.scoring_micro_batch_size must be > 0"),
+        ({"repro.boundary_patterns": []}, r"repro\.boundary_patterns must be a non-empty list"),
+        ({"repro.unknown_key": 1}, r"repro\.unknown_key is not a known key"),
+        (
+            {"actor_rollout_ref.actor.use_kl_loss": False},
+            r"repro\.scorer=ref .*actor_rollout_ref\.actor\.use_kl_loss=True.*or set repro\.scorer=actor",
+        ),
+        ({"algorithm.rollout_correction.bypass_mode": True}, r"algorithm\.rollout_correction\.bypass_mode=True"),
+        ({"algorithm.adv_estimator": "repro_ppo"}, r"repro_ppo runs GAE on the critic's values: set critic\.enable=True"),
+        ({"algorithm.adv_estimator": "corrpo"}, r"actor_rollout_ref\.actor\.calculate_sum_pi_squared=True"),
+        (
+            {
+                "algorithm.adv_estimator": "corrpo",
+                "actor_rollout_ref.actor.calculate_sum_pi_squared": True,
+                "actor_rollout_ref.model.use_fused_kernels": True,
+            },
+            r"use_fused_kernels=True",
+        ),
+    ],
+)
+def test_each_bad_setting_names_its_key(base_config, updates, message):
+    config = make_config(base_config, **updates)
+    with pytest.raises(ConfigError, match=message):
+        validate_repro_setup(config)
+    with pytest.raises(ConfigError, match=message):
+        build_trainer_class()(config)  # before any worker exists
+
+
+@pytest.mark.parametrize(
+    "updates",
+    [
+        {},
+        {"actor_rollout_ref.actor.use_kl_loss": False, "repro.scorer": "actor"},
+        {"actor_rollout_ref.actor.use_kl_loss": False, "algorithm.use_kl_in_reward": True},
+        {"algorithm.adv_estimator": "repro_ppo", "critic.enable": True},
+        {"algorithm.adv_estimator": "corrpo", "actor_rollout_ref.actor.calculate_sum_pi_squared": True},
+        {"algorithm.adv_estimator": "corrpo", "+ray_kwargs.ray_init.runtime_env.env_vars.VERL_ENGINE_VENDOR": "repro"},
+        {"algorithm.adv_estimator": "grpo", "actor_rollout_ref.actor.use_kl_loss": False},  # not ours: nothing to check
+    ],
+)
+def test_good_settings_pass(base_config, updates):
+    updates = {key.lstrip("+"): value for key, value in updates.items()}
+    validate_repro_setup(make_config(base_config, **updates))
+
+
+def test_missing_think_end_token_is_a_config_error(base_config, tiny_tokenizer):
+    trainer = build_trainer_class()(make_config(base_config, **{"repro.think_end_token": "<never>"}))
+    trainer.tokenizer = tiny_tokenizer
+    with pytest.raises(ConfigError, match=r"repro\.think_end_token='<never>'"):
+        trainer._init_repro_tokens()
+
+
+# ----------------------------------------------------------------------------- the advantage step
+
+
+def put_rollout(fake_tq, batch, rm_scores, seed=0, with_sum_pi_squared=False):
+    """Store a rollout batch per sample, as veRL's agent loop and log-prob passes leave it in the TransferQueue."""
+    from transfer_queue import KVBatchMeta
+
+    from verl.utils.tensordict_utils import list_of_dict_to_tensordict
+
+    generator = torch.Generator().manual_seed(seed)
+    uids = ["q1", "q1", "q1", "q2", "q2", "padX"]
+    keys, tags, samples = [], [], []
+    for row, uid in enumerate(uids):
+        response = batch["response_list"][row]
+        length = response.numel()
+        prompt = batch["prompt_list"][row]
+        rm = torch.zeros(length)
+        rm[-1] = rm_scores[row]
+        is_padding = bool(batch["padding"][row])
+        sample = {
+            "uid": uid,
+            "prompts": prompt,
+            "responses": response,
+            "response_mask": torch.zeros(length, dtype=torch.long) if is_padding else torch.ones(length, dtype=torch.long),
+            "input_ids": torch.cat([prompt, response]),
+            "position_ids": torch.arange(prompt.numel() + length),
+            "rm_scores": rm,
+            "old_log_probs": -torch.rand(length, generator=generator),
+            "ref_log_prob": -torch.rand(length, generator=generator),
+            "entropy": batch["entropy"][row, :length].clone(),
+            "reward_model": batch["reward_models"][row],
+        }
+        if with_sum_pi_squared:  # full sequence, as the worker pass writes it
+            sample["sum_pi_squared"] = torch.rand(prompt.numel() + length, generator=generator)
+        samples.append(sample)
+        keys.append(f"{uid}_{row}_0")
+        tags.append({"is_padding": True} if is_padding else {"status": "success"})
+    fake_tq.kv_batch_put(keys=keys, partition_id="train", fields=list_of_dict_to_tensordict(samples), tags=tags)
+    return KVBatchMeta(keys=keys, tags=tags, partition_id="train")
+
+
+def written(fake_tq, meta, field):
+    return [fake_tq.store[("train", key)][field] for key in meta.keys]
+
+
+def make_trainer(base_config, tiny_tokenizer, make_worker_group, **updates):
+    trainer = build_trainer_class()(make_config(base_config, **updates))
+    trainer.tokenizer = tiny_tokenizer
+    trainer._init_repro_tokens()
+    trainer.ref_in_actor = False
+    trainer.ref_policy_wg = make_worker_group(dp_size=2)
+    trainer.actor_rollout_wg = make_worker_group(dp_size=2)
+    trainer.timing_raw = {}
+    return trainer
+
+
+RM_SCORES = [1.0, 0.0, 1.0, 0.0, 1.0, 0.0]
+
+
+def test_stock_estimator_runs_veRLs_own_step(base_config, tiny_tokenizer, make_worker_group, rollout_batch, fake_tq):
+    trainer = make_trainer(base_config, tiny_tokenizer, make_worker_group, **{"algorithm.adv_estimator": "grpo"})
+    meta = put_rollout(fake_tq, rollout_batch(tiny_tokenizer), RM_SCORES)
+    trainer._compute_advantage(meta, metrics := {})
+    ours = written(fake_tq, meta, "advantages")
+    PPOTrainer._compute_advantage(trainer, meta, {})
+    assert all(torch.equal(a, b) for a, b in zip(ours, written(fake_tq, meta, "advantages")))
+    assert trainer.ref_policy_wg.received == [] and not any(key.startswith("repro/") for key in metrics)
+
+
+@pytest.mark.parametrize("scorer", ["ref", "actor"])
+def test_repro_grpo_step(base_config, tiny_tokenizer, make_worker_group, rollout_batch, fake_tq, scorer):
+    batch = rollout_batch(tiny_tokenizer)
+    # Reference: veRL's own advantage step with its built-in GRPO on the same stored batch.
+    trainer = make_trainer(base_config, tiny_tokenizer, make_worker_group, **{"repro.alpha": 0.0, "repro.scorer": scorer, "algorithm.adv_estimator": "grpo"})
+    meta = put_rollout(fake_tq, batch, RM_SCORES)
+    PPOTrainer._compute_advantage(trainer, meta, {})
+    stock = written(fake_tq, meta, "advantages")
+
+    for alpha in (0.0, 0.5):
+        trainer = make_trainer(base_config, tiny_tokenizer, make_worker_group, **{"repro.alpha": alpha, "repro.scorer": scorer, "repro.num_segments": 3})
+        meta = put_rollout(fake_tq, batch, RM_SCORES)
+        metrics: dict = {}
+        trainer._compute_advantage(meta, metrics)
+        ours = written(fake_tq, meta, "advantages")
+        used, unused = (trainer.ref_policy_wg, trainer.actor_rollout_wg) if scorer == "ref" else (trainer.actor_rollout_wg, trainer.ref_policy_wg)
+        assert [method for method, _ in used.received] == ["compute_ref_log_prob" if scorer == "ref" else "compute_log_prob"]
+        assert unused.received == []
+        assert "repro_scoring" in trainer.timing_raw
+        for key in ("repro/num_cuts_mean", "repro/j_base_mean", "repro/process_adv_abs_mean", "repro/scored_tokens"):
+            assert math.isfinite(metrics[key])
+        assert metrics["repro/with_process_reward"] == 3  # rows 0, 1, 4 (2: no </think>, 3: no truth, 5: padding)
+        assert metrics["repro/skipped_no_think_end"] == 1 and metrics["repro/skipped_no_ground_truth"] == 1
+        assert [a.shape for a in ours] == [r.shape for r in batch["response_list"]]
+        if alpha == 0.0:
+            assert all(torch.equal(a, b) for a, b in zip(ours, stock))
+        else:
+            changed = [not torch.allclose(a, b) for a, b in zip(ours, stock)]
+            assert changed[0] and changed[1] and changed[4]
+            assert not any(changed[i] for i in (2, 3, 5))
+            assert metrics["repro/process_adv_abs_mean"] > 0
+
+
+def test_reference_as_actor_without_lora_adapter(base_config, tiny_tokenizer, make_worker_group, rollout_batch, fake_tq):
+    trainer = make_trainer(base_config, tiny_tokenizer, make_worker_group)
+    trainer.ref_in_actor = True
+    meta = put_rollout(fake_tq, rollout_batch(tiny_tokenizer), RM_SCORES)
+    trainer._compute_advantage(meta, {})
+    (method, sent), = trainer.actor_rollout_wg.received
+    assert method == "compute_log_prob" and sent["no_lora_adapter"] is True
+
+
+def test_contract_inputs_for_corrpo_like_estimators(base_config, tiny_tokenizer, make_worker_group, rollout_batch, fake_tq):
+    seen = {}
+
+    @estimator_inputs.requires_inputs("responses", "entropy", "logit_grad_norm", "think_end_id", "repro_config", "metrics")
+    def probe(token_level_rewards, response_mask, index=None, config=None, **kwargs):
+        seen.update(kwargs, response_mask=response_mask, index=index)
+        kwargs["metrics"]["corr/probe"] = 1.0
+        return token_level_rewards, token_level_rewards
+
+    register_adv_est("test_contract_probe")(probe)
+    estimator_inputs.declare("test_contract_probe", probe)
+    try:
+        trainer = make_trainer(
+            base_config, tiny_tokenizer, make_worker_group,
+            **{"algorithm.adv_estimator": "test_contract_probe", "actor_rollout_ref.actor.calculate_sum_pi_squared": True},
+        )
+        batch = rollout_batch(tiny_tokenizer)
+        meta = put_rollout(fake_tq, batch, RM_SCORES, with_sum_pi_squared=True)
+        metrics: dict = {}
+        trainer._compute_advantage(meta, metrics)
+    finally:
+        ADV_ESTIMATOR_REGISTRY.pop("test_contract_probe", None)
+        estimator_inputs.ESTIMATOR_INPUTS.pop("test_contract_probe", None)
+    assert metrics["corr/probe"] == 1.0
+    assert seen["think_end_id"] == tiny_tokenizer.convert_tokens_to_ids("</think>")
+    assert seen["repro_config"] is trainer.repro_config
+    width = max(r.numel() for r in batch["response_list"])
+    assert torch.equal(seen["responses"][:, :width].long() * seen["response_mask"].long(), batch["responses"][:, :width] * batch["response_mask"][:, :width])
+    torch.testing.assert_close(seen["entropy"] * seen["response_mask"], batch["entropy"][:, :width] * seen["response_mask"])
+    # g_t from Σp² (full sequence, shifted by one like log_probs) and the response's old log-probs.
+    for row, key in enumerate(meta.keys):
+        stored = fake_tq.store[("train", key)]
+        length = stored["responses"].numel()
+        spp = stored["sum_pi_squared"][-length - 1 : -1]
+        expected = torch.sqrt((spp - 2 * stored["old_log_probs"].exp() + 1).clamp_min(0))
+        torch.testing.assert_close(seen["logit_grad_norm"][row, :length], expected)
+
+
+def test_logit_grad_norm_formula():
+    probabilities = torch.softmax(torch.randn(5, 11, dtype=torch.float64), dim=-1)
+    sampled = torch.tensor([0, 3, 10, 4, 4])
+    onehot = torch.nn.functional.one_hot(sampled, 11).double()
+    expected = torch.linalg.vector_norm(probabilities - onehot, dim=-1)
+    got = logit_grad_norm_from_sum_pi_squared(probabilities.gather(1, sampled[:, None]).squeeze(1).log(), probabilities.square().sum(-1))
+    torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_old_log_prob_pass_asks_for_sum_pi_squared_only_there(base_config, tiny_tokenizer, make_worker_group, rollout_batch, fake_tq):
+    trainer = make_trainer(
+        base_config, tiny_tokenizer, make_worker_group,
+        **{
+            "algorithm.adv_estimator": "corrpo",
+            "actor_rollout_ref.actor.calculate_sum_pi_squared": True,
+            "actor_rollout_ref.rollout.calculate_log_probs": False,
+        },
+    )
+    meta = put_rollout(fake_tq, rollout_batch(tiny_tokenizer), RM_SCORES)
+    requests = []
+
+    def compute_log_prob(kv_meta):  # the worker writes full-sequence outputs under the sample keys
+        from tensordict import TensorDict
+
+        requests.append(dict(kv_meta.extra_info))
+        lengths = [fake_tq.store[("train", key)]["input_ids"].numel() for key in kv_meta.keys]
+        full = lambda: torch.nested.as_nested_tensor([-torch.rand(n) for n in lengths], layout=torch.jagged)  # noqa: E731
+        fake_tq.kv_batch_put(kv_meta.keys, "train", TensorDict({"log_probs": full(), "entropy": full().abs(), "sum_pi_squared": full().abs()}, batch_size=[len(lengths)]))
+        return kv_meta
+
+    trainer.actor_rollout_wg.compute_log_prob = compute_log_prob
+    trainer._compute_old_log_prob(meta, {})
+    assert requests[0]["calculate_sum_pi_squared"] is True and requests[0]["calculate_entropy"] is True
+    assert "calculate_sum_pi_squared" not in meta.extra_info
