@@ -135,6 +135,16 @@ def main():
     for name, values in timings.items():
         print(f"  {name:34s} {statistics.median(values) * 1e3:8.1f} ms  ({min(values) * 1e3:.1f}..{max(values) * 1e3:.1f})")
 
+    # CPU time with one thread: the work itself, least sensitive to other processes on the machine.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    single: dict[str, list[float]] = {}
+    for _ in range(args.repeats):
+        chain(*inputs, args.k, timings=single)
+    torch.set_num_threads(threads)
+    print(f"  {'chain, CPU time with 1 thread':34s} {statistics.median(single['chain, CPU time of all threads']) * 1e3:8.1f} ms"
+          f"  (wall {statistics.median(single['chain']) * 1e3:.1f} ms)")
+
     oracle = load_oracle()
     rows = torch.linspace(0, args.batch - 1, args.oracle_rows).long()
     subsample = [x if x is inputs[3] else x[rows] for x in inputs]  # inputs[3]: boundary ids, shared
