@@ -78,8 +78,21 @@ def check_verl_validate_config(config) -> str:
     import io
 
     with contextlib.redirect_stdout(io.StringIO()):  # veRL prints a success banner
-        validate_config(config=config, use_reference_policy=use_ref, use_critic=use_critic)
+        validate_config(config=_without_model_downloads(config), use_reference_policy=use_ref, use_critic=use_critic)
     return f"reference model: {'yes' if use_ref else 'no'}, critic: {'yes' if use_critic else 'no'}"
+
+
+def _without_model_downloads(config):
+    """A copy whose critic has no ``model`` node: building its HFModelConfig downloads the model's
+    config.json, which a dry run must not do (the model path itself is reported, not fetched)."""
+    from omegaconf import OmegaConf, open_dict
+
+    copy = OmegaConf.create(OmegaConf.to_container(config, resolve=False))
+    OmegaConf.set_struct(copy, True)
+    if OmegaConf.select(copy, "critic.model") is not None:
+        with open_dict(copy):
+            copy.critic.model = None
+    return copy
 
 
 def check_typed_sections(config) -> str:
@@ -93,8 +106,9 @@ def check_typed_sections(config) -> str:
 
     if OmegaConf.select(config, "critic.enable"):
         sections.append("critic")
+    offline_config = _without_model_downloads(config)
     for key in sections:
-        node = OmegaConf.select(config, key)
+        node = OmegaConf.select(offline_config, key)
         try:
             omega_conf_to_dataclass(node)
         except Exception as exc:
@@ -211,7 +225,13 @@ def _data_note(path: str) -> str:
 def dry_run(recipe: str, overrides: list[str], print_config: bool = False) -> int:
     from omegaconf import OmegaConf
 
-    config = compose_recipe(recipe, overrides)
+    try:
+        config = compose_recipe(recipe, overrides)
+    except Exception as exc:  # Hydra names the key: unknown override, wrong type, missing default
+        cause = exc.__cause__ or exc
+        print(f"[FAIL]      compose recipes/{recipe}.yaml with {list(overrides)}: {type(cause).__name__}: {cause}")
+        print("dry run FAILED: the config does not compose (an override that adds a key needs a leading +)")
+        return 1
     cfg = config
     actor, rollout = cfg.actor_rollout_ref.actor, cfg.actor_rollout_ref.rollout
     print(f"recipe      {recipe}  (recipes/{recipe}.yaml on veRL's ppo_trainer defaults, {len(overrides)} override(s))")
