@@ -221,3 +221,18 @@ def test_cli_prepares_test_sets_first_and_decontaminates_training(sources, tmp_p
     usage = subprocess.run([sys.executable, str(SCRIPT), "aime_2024", "math_500", "--out", str(out), "--source", "x.parquet"],
                            capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
     assert usage.returncode == 2 and "NAME=PATH" in usage.stderr
+
+
+def test_verl_rl_dataset_reads_the_written_parquet(sources, tmp_path, tiny_tokenizer):
+    """veRL's own RLHFDataset loads what prepare() writes, with the chat prompt and ground truth intact."""
+    from omegaconf import OmegaConf
+    from verl.utils.dataset.rl_dataset import RLHFDataset
+
+    path, _ = rd.prepare("aime_2025", tmp_path, source=sources["aime_2025"])
+    config = OmegaConf.create({"prompt_key": "prompt", "max_prompt_length": 256, "filter_overlong_prompts": True,
+                               "truncation": "error", "return_raw_chat": True})
+    dataset = RLHFDataset(data_files=[str(path)], tokenizer=tiny_tokenizer, config=config)
+    assert len(dataset) == 3
+    item = dataset[2]
+    assert item["raw_prompt"] == [{"role": "user", "content": "Find $2^5$.\n" + rd.R1_INSTRUCTION}]
+    assert item["reward_model"]["ground_truth"] == "32" and item["data_source"] == "aime_2025"
