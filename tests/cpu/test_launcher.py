@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
+import sys
+import time
+
+import psutil
 
 from verl_repro.cpu.launcher import build_command, cpu_overrides, merge_overrides, override_key
 
@@ -72,3 +77,35 @@ def test_smoke_workspace_adds_model_data_and_reward(tmp_path):
     assert overrides["data.train_files"] == str((tmp_path / "data" / "train.parquet").resolve())
     assert overrides["reward.custom_reward_function.name"] == "smoke_reward"
     assert overrides["algorithm.adv_estimator"] == "grpo"
+
+
+def test_run_leaves_no_process_of_its_session_behind(tmp_path):
+    from verl_repro.cpu.launcher import TIMEOUT_EXIT_CODE, run_main_ppo
+
+    # the command exits at once but leaves a grandchild running, as a Ray instance would
+    pid_file = tmp_path / "orphan.pid"
+    spawn_orphan = (
+        "import subprocess, sys; "
+        f"p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(300)']); "
+        f"open({str(pid_file)!r}, 'w').write(str(p.pid))"
+    )
+    assert run_main_ppo([sys.executable, "-c", spawn_orphan], dict(os.environ)) == 0
+    orphan = int(pid_file.read_text())
+    _assert_gone(orphan)
+
+    with (tmp_path / "log").open("w") as output:
+        started = time.monotonic()
+        code = run_main_ppo([sys.executable, "-c", "import time; time.sleep(300)"], dict(os.environ), timeout=1, output=output)
+    assert code == TIMEOUT_EXIT_CODE and time.monotonic() - started < 60
+
+
+def _assert_gone(pid):
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                return
+        except psutil.NoSuchProcess:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"process {pid} is still running")

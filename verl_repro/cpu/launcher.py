@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
+from typing import IO, Optional
 
 from verl_repro.cpu.registration import PLATFORM_ENV
 
@@ -29,6 +31,8 @@ def cpu_overrides(num_workers: int = 1) -> list[str]:
         f"trainer.n_gpus_per_node={num_workers}",
         f"ray_kwargs.ray_init.num_cpus={RAY_LOGICAL_CPUS}",
         f"+ray_kwargs.ray_init.num_gpus={num_workers}",
+        # The dashboard's processes compete with training for the few cores.
+        "+ray_kwargs.ray_init.include_dashboard=False",
         f"+ray_kwargs.ray_init.runtime_env.env_vars.{PLATFORM_ENV}=cpu",
         # More storage units than cores stalls TransferQueue on a small machine.
         "transfer_queue.backend.SimpleStorage.num_data_storage_units=1",
@@ -93,6 +97,62 @@ def cpu_environment(base: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+TIMEOUT_EXIT_CODE = 124  # as timeout(1)
+
+
+def end_session(session_id: int) -> int:
+    """Kill every process still in ``session_id`` (a session this module created); returns how many.
+
+    main_ppo starts a private Ray instance (GCS, raylet, workers) whose processes stay in the
+    session of the main_ppo process we launched; they normally exit with it, but not after a
+    timeout or a crash. Only that session is touched: other Ray clusters on the machine live on.
+    """
+    import psutil
+
+    killed = 0
+    for process in psutil.process_iter():
+        try:
+            if process.pid != os.getpid() and os.getsid(process.pid) == session_id:
+                process.kill()
+                killed += 1
+        except (psutil.Error, ProcessLookupError, PermissionError):
+            continue
+    return killed
+
+
+def run_main_ppo(
+    command: list[str],
+    env: dict[str, str],
+    timeout: Optional[float] = None,
+    output: Optional[IO] = None,
+    cwd: Optional[str] = None,
+) -> int:
+    """Run ``command`` in its own session, end whatever it leaves running; returns its exit code
+    (:data:`TIMEOUT_EXIT_CODE` after ``timeout`` seconds). ``output``: file for stdout+stderr;
+    ``cwd``: where Hydra writes its ``outputs/`` folder."""
+    process = subprocess.Popen(
+        command,
+        env=env,
+        cwd=cwd,
+        start_new_session=True,
+        stdout=output,
+        stderr=subprocess.STDOUT if output else None,
+    )
+    try:
+        return process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return TIMEOUT_EXIT_CODE
+    except KeyboardInterrupt:
+        # let main_ppo shut its Ray instance down, then make sure
+        process.send_signal(signal.SIGINT)
+        try:
+            return process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            return 130
+    finally:
+        end_session(process.pid)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--smoke",
@@ -110,4 +170,4 @@ def run(args: argparse.Namespace) -> int:
         print(f"{PLATFORM_ENV}=cpu " + " ".join(command))
         return 0
     print(f"verl-repro cpu-run: {PLATFORM_ENV}=cpu {' '.join(command)}", flush=True)
-    return subprocess.call(command, env=cpu_environment())
+    return run_main_ppo(command, cpu_environment())

@@ -56,7 +56,8 @@ def write_smoke_dataset(directory: str | Path, num_train: int = 16, num_val: int
 
 
 def prepare_smoke_workspace(directory: str | Path) -> dict[str, Path]:
-    """Tiny checkpoint + data under ``directory`` (reused when present); returns their paths."""
+    """Tiny checkpoint + data under ``directory`` (checkpoint reused when present); returns the paths,
+    including where veRL's file logger writes the metrics (``metrics.jsonl``, one line per step)."""
     from verl_repro.testing import build_tiny_checkpoint
 
     directory = Path(directory).resolve()
@@ -64,7 +65,13 @@ def prepare_smoke_workspace(directory: str | Path) -> dict[str, Path]:
     if not (model_dir / "config.json").exists():
         build_tiny_checkpoint(model_dir)
     train_path, val_path = write_smoke_dataset(directory / "data")
-    return {"model": model_dir, "train": train_path, "val": val_path, "checkpoints": directory / "checkpoints"}
+    return {
+        "model": model_dir,
+        "train": train_path,
+        "val": val_path,
+        "checkpoints": directory / "checkpoints",
+        "metrics": directory / "metrics.jsonl",
+    }
 
 
 def smoke_overrides(workspace: dict[str, Path]) -> list[str]:
@@ -92,7 +99,8 @@ def smoke_overrides(workspace: dict[str, Path]) -> list[str]:
         "trainer.val_before_train=False",
         "trainer.test_freq=-1",
         "trainer.save_freq=-1",
-        "trainer.logger=[console]",
+        "trainer.logger=[console,file]",
+        f"+ray_kwargs.ray_init.runtime_env.env_vars.VERL_FILE_LOGGER_PATH={workspace['metrics']}",
         "trainer.project_name=verl_repro_cpu_smoke",
         "trainer.experiment_name=smoke",
         f"trainer.default_local_dir={workspace['checkpoints']}",
