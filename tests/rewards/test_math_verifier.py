@@ -197,3 +197,20 @@ def test_config_errors_name_the_key():
     with pytest.raises(RewardConfigError, match=r"reward\.reward_kwargs\.require_think_end"):
         MathRewardConfig.from_mapping({"require_think_end": "yes"})
     assert MathRewardConfig.from_mapping({"timeout_s": 10, "correct_reward": 1}).timeout_s == 10
+
+
+def test_readme_options_table_matches_the_dataclass():
+    import dataclasses
+    import re
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "readme" / "recipes.md").read_text()
+    section = doc.split("### The math reward")[1].split("## Evaluate")[0]
+    documented: dict[str, str] = {}
+    for keys, defaults in re.findall(r"^\| `([^|]+?)` \| ([^|]+?) \|", section, flags=re.M):
+        for key, default in zip(keys.split("` / `"), defaults.split(" / ")):
+            documented[key] = default.strip().strip("`")
+    actual = {f.name: getattr(MathRewardConfig(), f.name) for f in dataclasses.fields(MathRewardConfig)}
+    assert set(documented) == set(actual)
+    for key, value in actual.items():
+        assert documented[key] == (str(value).lower() if isinstance(value, bool) else str(value)), key
