@@ -3,7 +3,7 @@
 veRL composes its config in Hydra struct mode: ``repro.alpha=0.2`` alone fails (no such key) and
 ``+repro.alpha=0.2`` adds one loose key without defaults or types. Registering a config group in
 Hydra's ``ConfigStore`` when the plugin loads (``import verl`` runs before ``hydra.main`` composes)
-lets ``+repro=default`` add the whole group with the defaults and types of
+(done as soon as the process imports Hydra) lets ``+repro=default`` add the whole group with the defaults and types of
 :class:`verl_repro.config.ReproConfig` — Hydra then rejects unknown keys and wrongly typed values,
 naming them. The option also selects the ``repro_sync`` trainer, which the RePro and CorR-PO
 estimators need (``docs/dev/estimator_contract.md``); an explicit ``trainer.v1.trainer_mode=...``
@@ -33,9 +33,18 @@ def default_node():
     )
 
 
-def register() -> list[str]:
+def store(config_store_module=None) -> None:
+    """Put the ``repro/default`` option into Hydra's ``ConfigStore`` (idempotent)."""
     from hydra.core.config_store import ConfigStore
 
     # _global_: the option sets keys outside its own group (trainer.v1.trainer_mode) as well.
     ConfigStore.instance().store(group=GROUP, name=OPTION, node=default_node(), package="_global_")
+
+
+def register() -> list[str]:
+    from verl_repro.cpu.deferred import when_imported
+
+    # Only processes that compose configs import Hydra (main_ppo imports it before veRL); the
+    # Ray workers that also run this plugin never pay for it.
+    when_imported("hydra.core.config_store", store)
     return [f"config_group:{GROUP}"]

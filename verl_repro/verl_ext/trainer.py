@@ -29,17 +29,14 @@ Checkpointing, resume, validation and the rest of the loop are inherited unchang
 Importing veRL's v1 trainer costs seconds and ~100 MB in every process that runs ``import verl``
 (every Ray worker), so :func:`register` defers the class definition until veRL itself imports
 ``verl.trainer.ppo.v1.trainer_sync`` (``main_ppo``'s task runner does, right before looking the
-trainer up).
+trainer up), with the package's import hook :func:`verl_repro.cpu.deferred.when_imported`.
 """
 
 from __future__ import annotations
 
-import importlib.abc
-import importlib.machinery
 import logging
 import os
-import sys
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -426,46 +423,15 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-class _AfterImport(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    """Run ``callback`` right after module ``target`` has been executed by its real loader."""
-
-    def __init__(self, target: str, callback: Callable[[], Any]):
-        self.target = target
-        self.callback = callback
-        self._spec: Optional[importlib.machinery.ModuleSpec] = None
-
-    def find_spec(self, fullname, path, target=None):
-        if fullname != self.target:
-            return None
-        sys.meta_path.remove(self)
-        for finder in sys.meta_path:
-            spec = finder.find_spec(fullname, path, target) if hasattr(finder, "find_spec") else None
-            if spec is not None:
-                break
-        else:
-            return None
-        self._spec = spec
-        return importlib.machinery.ModuleSpec(fullname, self, origin=spec.origin, is_package=spec.submodule_search_locations is not None)
-
-    def create_module(self, spec):
-        return self._spec.loader.create_module(self._spec)
-
-    def exec_module(self, module):
-        # Present the real spec (file, cached bytecode) to the module and to importlib.
-        module.__spec__ = self._spec
-        module.__loader__ = self._spec.loader
-        if self._spec.origin:
-            module.__file__ = self._spec.origin
-        self._spec.loader.exec_module(module)
-        try:
-            self.callback()
-        except Exception as error:  # never break veRL's own import
-            logger.warning("verl-repro: registering the %s trainer failed: %s", TRAINER_MODE, error, exc_info=True)
+def _register_when_veRL_imports_its_sync_trainer(module) -> None:
+    try:
+        build_trainer_class()
+    except Exception as error:  # never break veRL's own import; the lookup then names the mode
+        logger.warning("verl-repro: registering the %s trainer failed: %s", TRAINER_MODE, error, exc_info=True)
 
 
 def register() -> list[str]:
-    if SYNC_TRAINER_MODULE in sys.modules:
-        build_trainer_class()
-    elif not any(isinstance(finder, _AfterImport) for finder in sys.meta_path):
-        sys.meta_path.insert(0, _AfterImport(SYNC_TRAINER_MODULE, build_trainer_class))
+    from verl_repro.cpu.deferred import when_imported
+
+    when_imported(SYNC_TRAINER_MODULE, _register_when_veRL_imports_its_sync_trainer)
     return [f"trainer:{TRAINER_MODE}"]
