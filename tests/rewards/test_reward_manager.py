@@ -64,6 +64,22 @@ def test_registered_through_the_verl_plugin(verl_config):
     assert reward_managers.register() == ["reward_manager:repro_math"]  # idempotent
 
 
+def test_plugin_does_not_import_verls_reward_managers_eagerly():
+    """The plugin runs in every Ray process: the ~2 s reward-manager package loads only when veRL needs it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, verl\n"
+        "assert 'verl.experimental.reward_loop.reward_manager' not in sys.modules\n"
+        "from verl.experimental.reward_loop.reward_manager import get_reward_manager_cls\n"
+        "print(get_reward_manager_cls('repro_math').__name__)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "ReproMathRewardManager"
+
+
 def test_scores_through_verls_reward_loop_worker(verl_config, tiny_tokenizer):
     from verl.experimental.reward_loop.reward_loop import RewardLoopWorker
 

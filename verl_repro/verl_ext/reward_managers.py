@@ -20,15 +20,15 @@ import asyncio
 import logging
 from typing import Any
 
-from verl import DataProto
-from verl.experimental.reward_loop.reward_manager import registry
-from verl.experimental.reward_loop.reward_manager.base import RewardManagerBase
-
 from verl_repro.rewards import MathRewardConfig, MathVerifier
 
 logger = logging.getLogger("verl_repro")
 
 REWARD_MANAGER_NAME = "repro_math"
+# Importing this package costs ~2 s (it pulls in every built-in manager and veRL's scorers); the
+# plugin runs in every Ray process, so the class is defined and registered only once veRL itself
+# imports the package, which it does right before looking a manager up.
+REWARD_MANAGER_PACKAGE = "verl.experimental.reward_loop.reward_manager"
 
 
 def reward_kwargs_of(config: Any) -> dict:
@@ -38,8 +38,8 @@ def reward_kwargs_of(config: Any) -> dict:
     return {} if kwargs is None else dict(kwargs.items())
 
 
-class ReproMathRewardManager(RewardManagerBase):
-    """Outcome reward: 1 when the last ``\\boxed{}`` after ``</think>`` equals ``reward_model.ground_truth``."""
+class _ReproMathMixin:
+    """The manager's behaviour; combined with veRL's ``RewardManagerBase`` in :func:`build_manager_class`."""
 
     def __init__(self, config, tokenizer, compute_score=None, reward_router_address=None, reward_model_tokenizer=None, **kwargs):
         super().__init__(config, tokenizer, compute_score)
@@ -52,7 +52,8 @@ class ReproMathRewardManager(RewardManagerBase):
         special_texts = tuple(getattr(tokenizer, "all_special_tokens", ()) or ())
         self.verifier = MathVerifier(self.math_config, strip_texts=special_texts).start()
 
-    async def run_single(self, data: DataProto) -> dict:
+    async def run_single(self, data) -> dict:
+        """``data``: a one-sample ``DataProto`` (``responses``, ``attention_mask``, ``reward_model``)."""
         data_item = data[-1]  # multi-sequence outputs: the last sequence is graded, as veRL's managers do
         response_ids = data_item.batch["responses"]
         response_length = response_ids.shape[-1]
@@ -70,11 +71,49 @@ class ReproMathRewardManager(RewardManagerBase):
         return {"reward_score": result.score, "reward_extra_info": result.extra_info()}
 
 
-def register() -> list[str]:
-    """Add ``repro_math`` to veRL's reward-loop registry (idempotent)."""
-    current = registry.REWARD_MANAGER.get(REWARD_MANAGER_NAME)
-    if current is not ReproMathRewardManager:
+_manager_class: type | None = None
+
+
+def build_manager_class() -> type:
+    """Define ``ReproMathRewardManager`` on veRL's ``RewardManagerBase`` and register it (idempotent)."""
+    global _manager_class
+    if _manager_class is not None:
+        return _manager_class
+    # Importing the package may itself run the deferred registration: check again afterwards.
+    from verl.experimental.reward_loop.reward_manager import registry
+    from verl.experimental.reward_loop.reward_manager.base import RewardManagerBase
+
+    if _manager_class is None:
+
+        class ReproMathRewardManager(_ReproMathMixin, RewardManagerBase):
+            """Outcome reward: 1 when the last ``\\boxed{}`` after ``</think>`` equals ``reward_model.ground_truth``."""
+
+        ReproMathRewardManager.__module__ = __name__
+        ReproMathRewardManager.__qualname__ = "ReproMathRewardManager"
+        current = registry.REWARD_MANAGER.get(REWARD_MANAGER_NAME)
         if current is not None:
             raise RuntimeError(f"reward manager name {REWARD_MANAGER_NAME!r} is already taken by {current!r}")
-        registry.register(REWARD_MANAGER_NAME)(ReproMathRewardManager)
+        _manager_class = registry.register(REWARD_MANAGER_NAME)(ReproMathRewardManager)
+    return _manager_class
+
+
+def __getattr__(name: str):
+    if name == "ReproMathRewardManager":
+        return build_manager_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _register_when_verl_imports_its_managers(module) -> None:
+    try:
+        build_manager_class()
+    except Exception as error:  # never break veRL's import; the lookup then names the manager
+        logger.warning("verl-repro: registering reward manager %s failed: %s", REWARD_MANAGER_NAME, error, exc_info=True)
+
+
+def register() -> list[str]:
+    """Register ``repro_math`` in veRL's reward-loop registry once veRL imports it (idempotent)."""
+    from verl_repro.cpu.deferred import when_imported
+
+    if _manager_class is None:
+        when_imported(REWARD_MANAGER_PACKAGE, _register_when_verl_imports_its_managers)
     return [f"reward_manager:{REWARD_MANAGER_NAME}"]
