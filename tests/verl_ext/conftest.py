@@ -131,6 +131,8 @@ class FakeTransferQueue:
     def __init__(self):
         self.store: dict[tuple[str, str], dict] = {}
         self.puts: list[list[str]] = []
+        # The real TransferQueue returns a plain [B, L] tensor when every sample has one shape.
+        self.dense_when_equal = False
 
     @staticmethod
     def _rows(fields, count):
@@ -164,7 +166,10 @@ class FakeTransferQueue:
         for name in names:
             values = [row[name] for row in rows]
             if all(isinstance(value, torch.Tensor) for value in values):
-                data[name] = torch.nested.as_nested_tensor(list(values), layout=torch.jagged)
+                if self.dense_when_equal and len({tuple(value.shape) for value in values}) == 1:
+                    data[name] = torch.stack(values)
+                else:
+                    data[name] = torch.nested.as_nested_tensor(list(values), layout=torch.jagged)
             else:
                 data[name] = NonTensorStack(*values)
         return TensorDict(data, batch_size=[len(keys)])

@@ -32,6 +32,7 @@ from verl_repro.config import ConfigError
 from verl_repro.verl_ext import estimator_inputs
 from verl_repro.verl_ext.trainer import (
     TRAINER_MODE,
+    as_jagged,
     build_trainer_class,
     logit_grad_norm_from_sum_pi_squared,
     validate_repro_setup,
@@ -352,3 +353,26 @@ def test_old_log_prob_pass_asks_for_sum_pi_squared_only_there(base_config, tiny_
     trainer._compute_old_log_prob(meta, {})
     assert requests[0]["calculate_sum_pi_squared"] is True and requests[0]["calculate_entropy"] is True
     assert "calculate_sum_pi_squared" not in meta.extra_info
+
+
+def test_as_jagged_turns_dense_fields_into_nested():
+    dense = torch.arange(12).reshape(3, 4)
+    nested = as_jagged(dense)
+    assert nested.is_nested and nested.offsets().tolist() == [0, 4, 8, 12]
+    assert torch.equal(nested.to_padded_tensor(0), dense)
+    assert as_jagged(nested) is nested
+
+
+def test_equal_length_responses_stored_densely(base_config, tiny_tokenizer, make_worker_group, rollout_batch, fake_tq):
+    batch = rollout_batch(tiny_tokenizer)
+    length = min(r.numel() for r in batch["response_list"][:5])
+    batch["response_list"] = [r[:length] for r in batch["response_list"][:5]] + [torch.full((length,), r[0]) for r in batch["response_list"][5:]]
+    batch["entropy"] = batch["entropy"][:, :length]
+    batch["prompt_list"] = [batch["prompt_list"][0]] * 6  # equal prompts too: input_ids come back dense
+    fake_tq.dense_when_equal = True
+    trainer = make_trainer(base_config, tiny_tokenizer, make_worker_group, **{"repro.no_think_end": "use_end"})
+    meta = put_rollout(fake_tq, batch, RM_SCORES)
+    metrics: dict = {}
+    trainer._compute_advantage(meta, metrics)
+    assert all(a.shape == (length,) for a in written(fake_tq, meta, "advantages"))
+    assert metrics["repro/with_process_reward"] == 4  # rows 0-2 and 4 (use_end); 3: no truth; 5: padding

@@ -174,7 +174,10 @@ def dp_layout(lengths: torch.Tensor, dp_size: int, micro_batch_size: int) -> tup
 
 
 def _nested(values: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    return torch.nested.nested_tensor_from_jagged(values, offsets=torch.nn.functional.pad(lengths.cumsum(0), (1, 0)))
+    offsets = torch.nn.functional.pad(lengths.cumsum(0), (1, 0))
+    return torch.nested.nested_tensor_from_jagged(
+        values, offsets=offsets, min_seqlen=int(lengths.min()), max_seqlen=int(lengths.max())
+    )
 
 
 class LogProbBackend:

@@ -146,6 +146,18 @@ def non_tensor_list(value: Any, batch: int) -> list:
     return list(items)
 
 
+def as_jagged(tensor: torch.Tensor) -> torch.Tensor:
+    """A per-sample field as a jagged nested tensor. The TransferQueue stores a field densely when
+    every sample has the same shape, and then returns a plain ``[B, L, ...]`` tensor."""
+    if tensor.is_nested:
+        return tensor
+    batch, length = tensor.shape[0], tensor.shape[1]
+    offsets = torch.arange(batch + 1, device=tensor.device) * length
+    values = tensor.reshape(batch * length, *tensor.shape[2:])
+    # Without the length hints, to_padded_tensor() pads to the total length instead of L.
+    return torch.nested.nested_tensor_from_jagged(values, offsets=offsets, min_seqlen=length, max_seqlen=length)
+
+
 def response_aligned(field: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
     """A nested per-token field as response-aligned nested ``[B, R_b]``: fields stored by a worker pass
     cover prompt + response (shifted by one, as veRL's ``log_probs``); response-aligned ones pass through."""
@@ -272,6 +284,9 @@ class _ReproSyncMixin:
             fields += [name for name in INPUT_FIELDS.get(need, []) if name not in fields]
         data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=fields)
         size = len(batch)
+        for name in ("response_mask", "responses", "input_ids", "logit_grad_norm", "sum_pi_squared"):
+            if name in data.keys():
+                data[name] = as_jagged(data[name])
         response_mask = data["response_mask"]
         padding = torch.tensor([bool(tag.get("is_padding", False)) for tag in batch.tags], dtype=torch.bool)
 
@@ -288,6 +303,8 @@ class _ReproSyncMixin:
         data = DataProto(batch=data.to_padded_tensor())
         data.batch["token_level_scores"] = data.batch["rm_scores"]
         data.non_tensor_batch["uid"] = np.array(data.batch.pop("uid").tolist(), dtype=object)
+        # Cuts are chosen on the tokens the policy wrote, before rollout correction may mask some out.
+        written_mask = data.batch["response_mask"].clone()
 
         # 1-2. veRL's own steps, in its order: KL penalty in the reward, rollout correction.
         if self.config.algorithm.use_kl_in_reward:
@@ -304,7 +321,7 @@ class _ReproSyncMixin:
 
         # 3. the estimator, with its extra inputs.
         estimator_metrics: dict[str, float] = {}
-        inputs = self._estimator_inputs(needs, data, estimator_metrics, input_ids, prompt_lengths, reward_models, padding)
+        inputs = self._estimator_inputs(needs, data, estimator_metrics, input_ids, prompt_lengths, reward_models, padding, written_mask)
         kwargs = {
             "token_level_rewards": data.batch["token_level_rewards"],
             "response_mask": data.batch["response_mask"],
@@ -332,7 +349,7 @@ class _ReproSyncMixin:
         output = TensorDict({name: response_to_nested(data.batch[name], response_mask) for name in out_fields}, batch_size=size)
         return tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=output)
 
-    def _estimator_inputs(self, needs, data, estimator_metrics, input_ids, prompt_lengths, reward_models, padding) -> dict:
+    def _estimator_inputs(self, needs, data, estimator_metrics, input_ids, prompt_lengths, reward_models, padding, written_mask) -> dict:
         inputs: dict[str, Any] = {}
         tensors = data.batch
         for need in needs:
@@ -351,7 +368,7 @@ class _ReproSyncMixin:
             elif need == "logit_grad_norm":
                 inputs[need] = self._logit_grad_norm(tensors)
             elif need == "repro_scoring":
-                inputs[need] = self._repro_scoring(tensors, input_ids, prompt_lengths, reward_models, padding)
+                inputs[need] = self._repro_scoring(tensors, input_ids, prompt_lengths, reward_models, padding, written_mask)
             else:
                 raise ValueError(f"repro_sync trainer cannot provide estimator input {need!r}")
         return inputs
@@ -364,7 +381,7 @@ class _ReproSyncMixin:
             return logit_grad_norm_from_sum_pi_squared(tensors["old_log_probs"], tensors["sum_pi_squared"])
         return None
 
-    def _repro_scoring(self, tensors, input_ids, prompt_lengths, reward_models, padding):
+    def _repro_scoring(self, tensors, input_ids, prompt_lengths, reward_models, padding, response_mask):
         from verl.utils.debug import marked_timer
 
         from verl_repro.verl_ext.scoring import score_ground_truth
@@ -379,7 +396,7 @@ class _ReproSyncMixin:
                 input_ids=input_ids,
                 prompt_lengths=prompt_lengths,
                 responses=tensors["responses"],
-                response_mask=tensors["response_mask"],
+                response_mask=response_mask,
                 entropy=tensors["entropy"],
                 reward_models=reward_models,
                 padding=padding,
