@@ -376,3 +376,52 @@ def test_equal_length_responses_stored_densely(base_config, tiny_tokenizer, make
     trainer._compute_advantage(meta, metrics)
     assert all(a.shape == (length,) for a in written(fake_tq, meta, "advantages"))
     assert metrics["repro/with_process_reward"] == 4  # rows 0-2 and 4 (use_end); 3: no truth; 5: padding
+
+
+def test_step_equals_a_direct_pipeline(base_config, tiny_model, tiny_tokenizer, make_worker_group, rollout_batch, fake_tq):
+    """Written advantages = veRL's GRPO + α·Ã, with Ã from J computed by a plain HF forward per cut."""
+    from verl_repro.algorithms import compute_repro_process_advantage, select_cuts
+    from verl_repro.verl_ext.scoring import render_answers
+
+    batch = rollout_batch(tiny_tokenizer)
+    trainer = make_trainer(base_config, tiny_tokenizer, make_worker_group, **{"algorithm.adv_estimator": "grpo"})
+    meta = put_rollout(fake_tq, batch, RM_SCORES)
+    PPOTrainer._compute_advantage(trainer, meta, {})
+    stock = written(fake_tq, meta, "advantages")
+
+    alpha = 0.5
+    trainer = make_trainer(base_config, tiny_tokenizer, make_worker_group, **{"repro.alpha": alpha, "repro.num_segments": 2})
+    meta = put_rollout(fake_tq, batch, RM_SCORES)
+    trainer._compute_advantage(meta, {})
+    ours = written(fake_tq, meta, "advantages")
+
+    config = trainer.repro_config
+    cuts, cut_mask, has_think_end = select_cuts(
+        batch["responses"], batch["response_mask"], batch["entropy"], trainer.boundary_ids, trainer.think_end_id,
+        config.num_segments,
+    )
+    answers = render_answers(tiny_tokenizer, batch["reward_models"], config)
+    j_base = torch.full((6,), float("nan"))
+    j_cuts = torch.full(cuts.shape, float("nan"))
+    for row in range(6):
+        if not (answers.valid[row] and cut_mask[row].any() and not batch["padding"][row]):
+            continue
+        for slot, cut in enumerate([0] + cuts[row][cut_mask[row]].tolist()):
+            ids = torch.cat([batch["prompt_list"][row], batch["response_list"][row][:cut], answers.token_ids[row]])
+            with torch.no_grad():
+                log_probs = torch.log_softmax(tiny_model(ids.unsqueeze(0)).logits[0, :-1].float(), dim=-1)
+            value = log_probs.gather(1, ids[1:].unsqueeze(1))[-answers.token_ids[row].numel():].mean()
+            if slot == 0:
+                j_base[row] = value
+            else:
+                j_cuts[row, slot - 1] = value
+    process = compute_repro_process_advantage(
+        j_cuts, j_base, cuts, cut_mask, has_think_end, batch["response_mask"].float(),
+        group_ids=torch.tensor([0, 0, 0, 1, 1, 2]), valid=answers.valid, padding=batch["padding"],
+        normalization="grpo", stability_weight=config.stability_weight,
+    )
+    assert process.counts.with_process_reward == 3
+    for row in range(6):
+        length = batch["response_list"][row].numel()
+        expected = stock[row] + alpha * process.process_advantages[row, :length] * batch["response_mask"][row, :length]
+        torch.testing.assert_close(ours[row], expected, rtol=1e-4, atol=1e-4)
