@@ -21,6 +21,7 @@ from verl_repro.analysis.hf_scoring import score_cuts
 from verl_repro.scoring import (
     build_prefix_shared_batch,
     naive_sequences,
+    score_cuts_naive,
     score_cuts_prefix_shared,
     tree_copy_mask,
     unsupported_reason,
@@ -52,6 +53,11 @@ def _assert_same_j(model, prompts, responses, cuts, cut_mask, answers, **kwargs)
     assert torch.equal(torch.isnan(shared.j_cuts), torch.isnan(j_cuts))
     torch.testing.assert_close(shared.j_base, j_base, rtol=0, atol=FLOAT32_TOLERANCE, equal_nan=True)
     torch.testing.assert_close(shared.j_cuts, j_cuts, rtol=0, atol=FLOAT32_TOLERANCE, equal_nan=True)
+    # The benchmark's naive baseline (left-padded groups, lm_head on answers only) is the same J too.
+    baseline = score_cuts_naive(model, prompts, responses, cuts, cut_mask, answers, max_tokens_per_pass=kwargs.get("max_tokens_per_pass", 64))
+    torch.testing.assert_close(baseline.j_base, j_base, rtol=0, atol=FLOAT32_TOLERANCE, equal_nan=True)
+    torch.testing.assert_close(baseline.j_cuts, j_cuts, rtol=0, atol=FLOAT32_TOLERANCE, equal_nan=True)
+    assert baseline.scored_tokens == shared.naive_tokens
     return shared
 
 
@@ -251,7 +257,7 @@ def test_temperature_matches_naive_expansion():
     )
     for temperature in (0.7, 1.3):
         shared = ps.prefix_shared_log_probs(model, batch, temperature)
-        naive = ps._naive_log_probs(model, batch, temperature)
+        naive, _ = ps._naive_log_probs(model, batch, temperature)
         torch.testing.assert_close(shared, naive, rtol=0, atol=FLOAT32_TOLERANCE)
 
 

@@ -390,7 +390,7 @@ def _probe(model, temperature: float) -> Optional[str]:
     except Exception as error:  # any failure inside a foreign model means "cannot take the mask"
         verdicts[key] = f"probe forward failed: {type(error).__name__}: {error}"
         return verdicts[key]
-    naive = _naive_log_probs(model, probe, temperature)
+    naive, _ = _naive_log_probs(model, probe, temperature)
     tolerance = 1e-3 if parameter.dtype == torch.float32 and not key[2] else 0.1
     gap = float((shared - naive).abs().max())
     verdicts[key] = None if gap <= tolerance else f"probe disagrees with naive scoring (max |Δ log p| = {gap:.3g})"
@@ -442,36 +442,52 @@ def naive_sequences(batch: PrefixSharedBatch) -> tuple[torch.Tensor, torch.Tenso
     return batch.input_ids[source], lengths
 
 
-def _naive_log_probs(model, batch: PrefixSharedBatch, temperature: float, max_tokens: Optional[int] = None) -> torch.Tensor:
-    """The values of :func:`prefix_shared_log_probs` computed the naive way: one right-padded
-    sequence per copy through the model's own attention, in groups of about ``max_tokens`` tokens
-    (default: the batch's own packed size, so the fallback needs no more activation memory)."""
+def _naive_log_probs(model, batch: PrefixSharedBatch, temperature: float, max_tokens: Optional[int] = None) -> tuple[torch.Tensor, int]:
+    """The values of :func:`prefix_shared_log_probs` computed the naive way: one sequence per copy,
+    ``prefix[:s_j] + copy_j``, through the model's own attention.
+
+    Sequences are left-padded in groups of about ``max_tokens`` tokens (default: the batch's own
+    packed size, so the fallback needs no more activation memory than the tree pass), with
+    explicit position ids, so every copy ends at the last column and only those columns reach the
+    lm_head. Returns ``([Q] float32, number of forwards)``.
+    """
     device = next(model.parameters()).device
     ids, lengths = naive_sequences(batch)
     offsets = F.pad(lengths.cumsum(0), (1, 0))
-    answer_lengths = torch.repeat_interleave(batch.copy_lengths - 1, batch.copies_per_sample)
-    answer_offsets = F.pad(answer_lengths.cumsum(0), (1, 0))
+    copy_lengths = torch.repeat_interleave(batch.copy_lengths, batch.copies_per_sample)
+    answer_offsets = F.pad((copy_lengths - 1).cumsum(0), (1, 0))
     # Copies are copy-major, token-minor here as in ``scored_index``: same order of values.
-    values = torch.empty(int(answer_lengths.sum()), dtype=torch.float32)
+    values = torch.empty(int(answer_offsets[-1]), dtype=torch.float32)
     budget = max(max_tokens or batch.num_tokens, int(lengths.max()))
     order = torch.argsort(lengths, descending=True)
-    start = 0
+    start, forwards = 0, 0
     while start < order.numel():
         longest = int(lengths[order[start]])
         group = order[start : start + max(1, budget // longest)]
         start += group.numel()
+        forwards += 1
         owner, position = segment_positions(lengths[group])
+        pad = longest - lengths[group]
         padded = torch.zeros(group.numel(), longest, dtype=torch.long)
-        padded[owner, position] = ids[offsets[group][owner] + position]
-        mask = torch.arange(longest).unsqueeze(0) < lengths[group].unsqueeze(1)
-        logits = model(input_ids=padded.to(device), attention_mask=mask.long().to(device), use_cache=False).logits
-        # The copy's first A tokens predict the answer; its last token is only a label.
-        a_owner, a_position = segment_positions(answer_lengths[group])
-        at = lengths[group][a_owner] - answer_lengths[group][a_owner] - 1 + a_position
-        chosen = logits[a_owner.to(device), at.to(device)]
-        labels = padded[a_owner, at + 1].to(device)
+        padded[owner, pad[owner] + position] = ids[offsets[group][owner] + position]
+        positions = torch.zeros_like(padded)
+        positions[owner, pad[owner] + position] = position
+        mask = torch.arange(longest).unsqueeze(0) >= pad.unsqueeze(1)
+        keep = int(copy_lengths[group].max())
+        logits = model(
+            input_ids=padded.to(device),
+            attention_mask=None if group.numel() == 1 else mask.long().to(device),
+            position_ids=positions.to(device),
+            use_cache=False,
+            logits_to_keep=keep,
+        ).logits
+        # Column ``keep - C + t`` of the kept logits predicts answer token ``t`` (C = copy length).
+        a_owner, a_position = segment_positions(copy_lengths[group] - 1)
+        column = keep - copy_lengths[group][a_owner] + a_position
+        chosen = logits[a_owner.to(device), column.to(device)]
+        labels = padded[a_owner, longest - keep + column + 1].to(device)
         values[answer_offsets[group][a_owner] + a_position] = _log_probs_of(chosen, labels, temperature).cpu()
-    return values
+    return values, forwards
 
 
 @torch.no_grad()
@@ -489,7 +505,7 @@ def prefix_shared_log_probs(model, batch: PrefixSharedBatch, temperature: float 
     _log_fallback(model, reason)
     if fallback_reason is not None:
         fallback_reason.append(reason)
-    return _naive_log_probs(model, batch, temperature)
+    return _naive_log_probs(model, batch, temperature)[0]
 
 
 _LOGGED: "weakref.WeakKeyDictionary[torch.nn.Module, set]" = weakref.WeakKeyDictionary()
@@ -574,14 +590,46 @@ def score_cuts_prefix_shared(
         prompt_mask: ``[B, P_max]`` — 1 on real prompt tokens (left padding), for tensor prompts.
         max_tokens_per_pass: responses are packed into forwards of about this many tokens.
     """
+    return _score_cuts(model, prompt_ids, response_ids, cuts, cut_mask, answer_ids, prompt_mask, temperature, max_tokens_per_pass, naive=False)
+
+
+@torch.no_grad()
+def score_cuts_naive(
+    model,
+    prompt_ids,
+    response_ids: torch.Tensor,
+    cuts: torch.Tensor,
+    cut_mask: torch.Tensor,
+    answer_ids: Sequence[Sequence[int]],
+    *,
+    prompt_mask: Optional[torch.Tensor] = None,
+    temperature: float = 1.0,
+    max_tokens_per_pass: int = 16384,
+) -> CutScores:
+    """Naive RePro scoring with the arguments of :func:`score_cuts_prefix_shared`: one sequence per
+    cut, ``prompt + response[:c] + answer``, left-padded groups of about ``max_tokens_per_pass``
+    tokens, lm_head on the answer positions only — the baseline of ``benchmarks/bench_scoring.py``."""
+    return _score_cuts(model, prompt_ids, response_ids, cuts, cut_mask, answer_ids, prompt_mask, temperature, max_tokens_per_pass, naive=True)
+
+
+def _score_cuts(model, prompt_ids, response_ids, cuts, cut_mask, answer_ids, prompt_mask, temperature, max_tokens_per_pass, naive: bool) -> CutScores:
     context_ids, context_offsets, prompt_lengths = _pack_contexts(prompt_ids, response_ids, prompt_mask)
     answers = [torch.as_tensor(list(a), dtype=torch.long) for a in answer_ids]
     answer_lengths = torch.tensor([a.numel() for a in answers], dtype=torch.long)
     answer_values = torch.cat(answers) if answers else torch.zeros(0, dtype=torch.long)
     cut_mask = cut_mask.bool()
     slot_valid = torch.cat([cut_mask.any(dim=1, keepdim=True), cut_mask], dim=1) & (answer_lengths > 0).unsqueeze(1)
-
+    naive_tokens = naive_token_count(prompt_lengths, cuts, slot_valid, answer_lengths)
     j_table = torch.full((cuts.shape[0], cuts.shape[1] + 1), float("nan"), dtype=torch.float32)
+    if naive:
+        batch = build_prefix_shared_batch(context_ids, context_offsets, prompt_lengths, cuts, slot_valid, answer_values, answer_lengths)
+        if batch.scored_index.numel():
+            log_probs, passes = _naive_log_probs(model, batch, temperature, max_tokens=max_tokens_per_pass)
+            j_table[batch.copy_row, batch.copy_slot] = copy_means(batch, log_probs)
+        else:
+            passes = 0
+        return CutScores(j_table[:, 0], j_table[:, 1:], scored_tokens=naive_tokens, naive_tokens=naive_tokens, passes=passes)
+
     slot_cut = F.pad(cuts.long(), (1, 0))
     estimate = prompt_lengths + torch.where(slot_valid, slot_cut, torch.zeros_like(slot_cut)).amax(dim=1) + slot_valid.sum(1) * (answer_lengths + 1)
     scored_tokens, passes, reasons = 0, 0, []
@@ -593,7 +641,6 @@ def score_cuts_prefix_shared(
         j_table[batch.copy_row, batch.copy_slot] = copy_means(batch, log_probs)
         scored_tokens += batch.num_tokens
         passes += 1
-    naive_tokens = naive_token_count(prompt_lengths, cuts, slot_valid, answer_lengths)
     if reasons:
         scored_tokens = naive_tokens
     return CutScores(
