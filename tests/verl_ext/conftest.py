@@ -29,7 +29,7 @@ def tiny_model(tiny_model_dir):
     return model.eval()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def cpu_engine(tiny_model):
     import torch.distributed as dist
 
@@ -40,7 +40,9 @@ def cpu_engine(tiny_model):
     patcher = pytest.MonkeyPatch()
     patcher.setattr(impl, "get_device_id", lambda: "cpu")
     patcher.setattr(impl, "get_device_name", lambda: "cpu")
-    if not dist.is_initialized():
+    # The engine all-reduces its token count over the DP group: a one-rank gloo group, torn down after.
+    created_group = not dist.is_initialized()
+    if created_group:
         dist.init_process_group("gloo", init_method=f"file://{tempfile.mktemp()}", rank=0, world_size=1)
 
     class CpuEngine(impl.FSDPEngineWithLMHead):
@@ -64,6 +66,8 @@ def cpu_engine(tiny_model):
 
     yield CpuEngine(tiny_model)
     patcher.undo()
+    if created_group:
+        dist.destroy_process_group()
 
 
 class FakeWorkerGroup:
