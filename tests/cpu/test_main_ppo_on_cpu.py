@@ -38,6 +38,8 @@ class Run:
 def _run_main_ppo(workspace: Path, name: str, *overrides: str) -> Run:
     metrics_path = workspace / "metrics.jsonl"
     metrics_path.unlink(missing_ok=True)
+    # each run checkpoints into its own folder: resume_mode=auto must not pick up another run's
+    overrides = (f"trainer.default_local_dir={workspace / name / 'checkpoints'}", *overrides)
     command = build_command(list(overrides), smoke_dir=str(workspace))
     log_path = workspace / f"{name}.log"
     with log_path.open("w") as output:
@@ -98,7 +100,7 @@ def test_grpo_two_steps_train_and_sync_the_rollout(grpo_run):
 
 def test_resume_from_the_step_1_checkpoint_reaches_step_2(workspace, grpo_run):
     assert grpo_run.returncode == 0, grpo_run.explain()
-    checkpoint = workspace / "checkpoints" / "global_step_1"
+    checkpoint = workspace / "grpo" / "checkpoints" / "global_step_1"
     assert (checkpoint / "actor").is_dir()
     resumed = _run_main_ppo(
         workspace, "resume", "trainer.resume_mode=resume_path", f"trainer.resume_from_path={checkpoint}"
