@@ -424,3 +424,16 @@ def test_step_equals_a_direct_pipeline(base_config, tiny_model, tiny_tokenizer, 
         length = batch["response_list"][row].numel()
         expected = stock[row] + alpha * process.process_advantages[row, :length] * batch["response_mask"][row, :length]
         torch.testing.assert_close(ours[row], expected, rtol=1e-4, atol=1e-4)
+
+
+def test_other_verl_versions_are_refused_loudly(base_config, monkeypatch):
+    import verl as verl_module
+
+    from verl_repro.verl_ext.patches import VerlVersionError, all_patches
+
+    monkeypatch.setattr(verl_module, "__version__", "0.9.2")
+    with pytest.raises(VerlVersionError, match=r"trainer\.v1\.trainer_mode=repro_sync .*veRL 0\.9\.1 but veRL 0\.9\.2"):
+        build_trainer_class()(make_config(base_config))
+    listed = all_patches()
+    assert listed and all(entry["verl_file"].startswith("verl/") for entry in listed)
+    assert not [entry for entry in listed if entry["layer"] == "verl_ext"]  # the glue patches nothing

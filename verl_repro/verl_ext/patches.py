@@ -1,30 +1,36 @@
-"""Every monkey-patch of a veRL private name, in one list, behind a check of the pinned veRL version.
+"""Where verl-repro touches veRL private names, and the pinned-version check that guards it.
 
-veRL's private APIs move between releases, so each patch names the veRL file it targets and the
-attribute it replaces, and :func:`apply_patches` refuses to run against any veRL other than
+veRL's private APIs move between releases, so every monkey-patch names the veRL file and attribute
+it replaces, and code relying on private behaviour refuses to run against any veRL other than
 :data:`PINNED_VERL_VERSION` — a loud error at start-up instead of a silent misbehaviour later.
-Code that overrides veRL private *methods* in a subclass (the ``repro_sync`` trainer) calls
-:func:`check_verl_version` for the same reason.
 
-To add a patch: write ``_apply_<name>()`` (idempotent: applying twice is a no-op) and append a
-:class:`Patch` to :data:`PATCHES`. Patches are applied only where a feature asks for them
-(``apply_patches(["name", ...])``), never on ``import verl``.
+The list, in one place (:func:`all_patches`):
 
-Current list — RePro/CorR-PO glue (``verl_ext``): none needed; the trainer, estimators and config
-group go through veRL's registries (``register_trainer``, ``register_adv_est``) and Hydra's
-``ConfigStore``. The CPU backend (``verl_repro/cpu``) appends its own entries here.
+* ``verl_ext`` estimators, scoring, ``repro_sync`` trainer and config group: **no monkey-patch**.
+  They go through veRL's registries (``register_adv_est``, ``register_trainer``) and Hydra's
+  ``ConfigStore``. The engine vendor (``verl_ext/engine.py``, ``install_fused_forward``) replaces,
+  with ``use_fused_kernels=True``, the fused forward veRL sets on the model class
+  (``verl/models/transformers/dense_common.py``), inside its own engine's ``_build_module``.
+  The ``repro_sync`` trainer
+  overrides private methods of veRL's ``PPOTrainer`` in a subclass (``_compute_advantage``,
+  ``_compute_old_log_prob``, ``_init_tokenizer``; ``verl/trainer/ppo/v1/trainer_base.py``) and reads
+  a worker group's ``_dispatch_info`` as veRL's own ``_balance_batch`` does, so it calls
+  :func:`check_verl_version` when it starts.
+* ``cpu`` backend: the patches in :data:`verl_repro.cpu.patches.PATCHES`, applied only with
+  ``VERL_PLATFORM=cpu`` (each when its veRL module is imported).
+
+A new patch goes into the list of the layer that needs it (``verl_ext`` patches into
+:data:`VERL_EXT_PATCHES`, same :class:`verl_repro.cpu.patches.Patch` record).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, Iterable, Optional
+from verl_repro.cpu.patches import PATCHES as CPU_PATCHES
+from verl_repro.cpu.patches import PINNED_VERL_VERSION, Patch, VerlVersionError
 
-PINNED_VERL_VERSION = "0.9.1"
+__all__ = ["PINNED_VERL_VERSION", "VerlVersionError", "VERL_EXT_PATCHES", "all_patches", "check_verl_version"]
 
-
-class VerlVersionError(RuntimeError):
-    """The installed veRL is not the version the private-API glue was written against."""
+VERL_EXT_PATCHES: tuple[Patch, ...] = ()
 
 
 def installed_verl_version() -> str:
@@ -39,50 +45,14 @@ def check_verl_version(feature: str) -> None:
     if found != PINNED_VERL_VERSION:
         raise VerlVersionError(
             f"{feature} relies on private code of veRL {PINNED_VERL_VERSION} but veRL {found} is installed; "
-            f"install verl=={PINNED_VERL_VERSION} (pinned by verl-repro) or update verl_repro/verl_ext/patches.py"
+            f"install verl=={PINNED_VERL_VERSION} (pinned by verl-repro) or revisit verl_repro/verl_ext/patches.py"
         )
 
 
-@dataclass(frozen=True)
-class Patch:
-    name: str
-    """Short id used by :func:`apply_patches`."""
-    target_file: str
-    """The veRL file that defines the patched name, relative to site-packages (``verl/...``)."""
-    target: str
-    """``module:attribute`` that is replaced."""
-    reason: str
-    """Why the stock behaviour does not work for us."""
-    apply: Callable[[], None]
-    """Idempotent: a second call changes nothing."""
-
-
-# In application order. Each entry: Patch(name, target_file, target, reason, apply).
-PATCHES: list[Patch] = []
-
-_applied: set[str] = set()
-
-
-def patch_names() -> list[str]:
-    return [patch.name for patch in PATCHES]
-
-
-def apply_patches(names: Optional[Iterable[str]] = None) -> list[str]:
-    """Apply the named patches (all when ``names`` is None) after the version check; returns the applied names."""
-    wanted = patch_names() if names is None else list(names)
-    known = {patch.name: patch for patch in PATCHES}
-    unknown = [name for name in wanted if name not in known]
-    if unknown:
-        raise KeyError(f"unknown veRL patch(es) {unknown}; known: {sorted(known)}")
-    if not wanted:
-        return []
-    check_verl_version(f"veRL patches {wanted}")
-    for name in wanted:
-        if name not in _applied:
-            known[name].apply()
-            _applied.add(name)
-    return wanted
-
-
-def applied_patches() -> list[str]:
-    return sorted(_applied)
+def all_patches() -> list[dict[str, str]]:
+    """Every monkey-patch of a veRL private name in this package: layer, veRL file, target, reason."""
+    return [
+        {"layer": layer, "verl_file": patch.verl_file, "target": f"{patch.module}:{patch.target}", "reason": patch.reason}
+        for layer, patches in (("verl_ext", VERL_EXT_PATCHES), ("cpu", CPU_PATCHES))
+        for patch in patches
+    ]
