@@ -36,7 +36,9 @@ def test_demo_on_tiny_model(tiny_model_dir, tiny_tokenizer, tmp_path):
         assert len(row["j_curve"]) == row["cuts"] + 1
         assert all(math.isfinite(v) for v in row["j_curve"])
         assert -1.0 <= row["rho_entropy_grad"] <= 1.0
-        assert row["cut_positions"][-1] == row["tokens"]  # no </think>: the end acts as e (use_end)
+        # no </think>: the last reasoning token acts as e (use_end); the end-of-turn token is excluded
+        assert row["cut_positions"][-1] == row["reasoning_tokens"] <= row["tokens"]
+    assert summary["scoring"]["scored_tokens"] <= summary["scoring"]["naive_tokens"]
 
     # J_b of the first response recomputed with a plain forward of the saved checkpoint
     from transformers import AutoModelForCausalLM

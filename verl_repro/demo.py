@@ -8,7 +8,9 @@ rewards and the token process advantage merged with a GRPO outcome advantage, an
 per-response entropy-gradient correlation. It prints a table and writes a JSON summary and plots.
 
 SmolLM2 is not a thinking model (no ``</think>`` token), so the demo uses
-``repro.no_think_end=use_end``: the whole response is treated as the reasoning.
+``repro.no_think_end=use_end``: the whole response (up to its end-of-turn token) is treated as the
+reasoning. Its tokenizer splits ``"."`` from ``"\n"``, so the demo's step boundaries are line ends
+(``--boundary-patterns "\n"``) rather than the reasoning-model default ``"\n\n" ".\n" "?\n"``.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-segments", type=int, default=10, help="repro.num_segments (k)")
     parser.add_argument("--stability-weight", type=float, default=0.5, help="repro.stability_weight (w)")
     parser.add_argument("--alpha", type=float, default=0.1, help="repro.alpha")
+    parser.add_argument("--boundary-patterns", nargs="+", default=["\n"], help="repro.boundary_patterns (escapes like \\n are decoded)")
+    parser.add_argument("--scoring-mode", choices=("auto", "naive", "prefix_shared"), default="auto")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output-dir", default="outputs/demo")
 
@@ -64,13 +68,15 @@ def run(args: argparse.Namespace) -> int:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from verl_repro import algorithms as alg
-    from verl_repro.analysis.hf_scoring import response_token_stats, score_cuts
+    from verl_repro.analysis.hf_scoring import response_token_stats, sample_responses
+    from verl_repro.analysis.trajectories import score_j
     from verl_repro.config import ReproConfig
 
     started = time.time()
     torch.manual_seed(args.seed)
     config = ReproConfig(
-        num_segments=args.num_segments, stability_weight=args.stability_weight, alpha=args.alpha, no_think_end="use_end"
+        num_segments=args.num_segments, stability_weight=args.stability_weight, alpha=args.alpha, no_think_end="use_end",
+        boundary_patterns=[p.encode().decode("unicode_escape") for p in args.boundary_patterns],
     ).validate()
     if args.model is None:
         from verl_repro.demo_model import smollm2_checkpoint
@@ -98,21 +104,10 @@ def run(args: argparse.Namespace) -> int:
     # 1. rollout: n samples per prompt (HF generate, left-padded batch)
     print(f"sampling {n} responses to each of {len(problems)} problems ...", flush=True)
     rows_prompt = [ids for ids in prompt_ids for _ in range(n)]
-    width = max(len(ids) for ids in rows_prompt)
-    input_ids = torch.full((len(rows_prompt), width), pad_id, dtype=torch.long)
-    attention = torch.zeros_like(input_ids)
-    for row, ids in enumerate(rows_prompt):
-        input_ids[row, width - len(ids) :] = torch.tensor(ids)
-        attention[row, width - len(ids) :] = 1
-    with torch.no_grad():
-        generated = model.generate(
-            input_ids=input_ids, attention_mask=attention, do_sample=True, temperature=args.temperature,
-            top_p=1.0, max_new_tokens=args.max_new_tokens, pad_token_id=pad_id, eos_token_id=tokenizer.eos_token_id,
-        )[:, width:]
-    is_eos = generated == tokenizer.eos_token_id
-    after_eos = (is_eos.cumsum(1) - is_eos.long()) > 0  # keep the eos token itself, drop what follows
-    response_mask = (~after_eos) & (generated != pad_id) | is_eos & ~after_eos
-    response_ids = torch.where(response_mask, generated, torch.full_like(generated, pad_id))
+    response_ids, response_mask = sample_responses(
+        model, rows_prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+        eos_token_id=tokenizer.eos_token_id, pad_id=pad_id, micro_batch_size=len(rows_prompt),
+    )
     texts = [tokenizer.decode(response_ids[b, : int(response_mask[b].sum())], skip_special_tokens=True) for b in range(len(rows_prompt))]
     group_ids = torch.arange(len(problems)).repeat_interleave(n)
     ground_truths = [p["answer"] for p in problems for _ in range(n)]
@@ -120,17 +115,21 @@ def run(args: argparse.Namespace) -> int:
     # 2. old-log-prob pass: per-token entropy and logit-gradient norm
     stats = response_token_stats(model, rows_prompt, response_ids, response_mask, pad_id=pad_id)
 
-    # 3. RePro: cuts, J at each cut, scores, process advantage
+    # 3. RePro: cuts, J at each cut, scores, process advantage. The answer is appended to the
+    # reasoning text, so the end-of-turn token is not part of the last prefix.
+    reasoning_mask = response_mask & (response_ids != tokenizer.eos_token_id)
     boundary_ids = alg.boundary_token_ids(tokenizer, config.boundary_patterns)
     cuts, cut_mask, has_think_end = alg.select_cuts(
-        response_ids, response_mask, stats.entropy, boundary_ids, think_end_id=-1,
+        response_ids, reasoning_mask, stats.entropy, boundary_ids, think_end_id=-1,
         num_segments=config.num_segments, no_think_end=config.no_think_end,
     )
     answers = [
         tokenizer(config.render_answer(gt), add_special_tokens=False)["input_ids"][: config.max_answer_tokens]
         for gt in ground_truths
     ]
-    j_base, j_cuts = score_cuts(model, rows_prompt, response_ids, cuts, cut_mask, answers, pad_id=pad_id)
+    j_base, j_cuts, scoring = score_j(
+        model, rows_prompt, response_ids, cuts, cut_mask, answers, mode=args.scoring_mode, pad_id=pad_id
+    )
     repro = alg.compute_repro_process_advantage(
         j_cuts, j_base, cuts, cut_mask, has_think_end, response_mask.float(), group_ids=group_ids,
         normalization="grpo", stability_weight=config.stability_weight, j_base_eps=config.j_base_eps,
@@ -158,6 +157,7 @@ def run(args: argparse.Namespace) -> int:
                 "sample": b % n,
                 "correct": bool(outcome[b] > 0),
                 "tokens": int(response_mask[b].sum()),
+                "reasoning_tokens": int(reasoning_mask[b].sum()),
                 "cuts": int(valid.sum()),
                 "j_base": float(j_base[b]),
                 "j_final": float(j_cuts[b][valid][-1]) if valid.any() else float("nan"),
@@ -179,13 +179,18 @@ def run(args: argparse.Namespace) -> int:
         "model": str(model_path),
         "config": {"num_segments": config.num_segments, "stability_weight": config.stability_weight, "alpha": config.alpha},
         "fallbacks": repro.counts.as_metrics(),
+        "scoring": scoring,
         "accuracy": float(outcome.mean()),
         "seconds": round(time.time() - started, 1),
         "responses": rows,
     }
     (output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     plots = _plot(rows, stats, response_mask, output_dir)
-    print(f"\naccuracy {summary['accuracy']:.2f} | fallbacks {summary['fallbacks']}")
+    counts = repro.counts
+    print(
+        f"\naccuracy {summary['accuracy']:.2f} | responses with process reward {counts.with_process_reward}/{counts.rows}"
+        f" | scoring {scoring['mode']}: {scoring['scored_tokens']} tokens (naive would feed {scoring['naive_tokens']})"
+    )
     print(f"wrote {output_dir / 'summary.json'} and {', '.join(str(p) for p in plots)} in {summary['seconds']} s")
     return 0
 
