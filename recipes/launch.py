@@ -299,6 +299,10 @@ def cpu_smoke(recipe: str, overrides: list[str], workdir: str, print_command: bo
         "reward.reward_kwargs.num_processes=1",
         f"trainer.experiment_name={recipe}_cpu_smoke",
     ]
+    if config.get("repro") is not None and "num_segments" in config.repro:
+        # A random tiny model never closes its thinking: let RePro treat the end as </think> so the
+        # smoke run exercises the ground-truth scoring too.
+        keep.append("repro.no_think_end=use_end")
     workers = 1
     merged = launcher.merge_overrides(
         launcher.cpu_overrides(workers), smoke.smoke_overrides(smoke.prepare_smoke_workspace(workdir)), keep, overrides

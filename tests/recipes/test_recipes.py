@@ -139,3 +139,4 @@ def test_cpu_smoke_hook(tmp_path):
     assert command[1:5] == ["-m", "verl.trainer.main_ppo", f"--config-path={RECIPES}", "--config-name=r1_distill_1.5b_repro_grpo"]
     assert "algorithm.adv_estimator=repro_grpo" in command and "trainer.v1.trainer_mode=repro_sync" in command
     assert "trainer.device=cpu" in command and "trainer.total_training_steps=1" in command
+    assert "repro.no_think_end=use_end" in command
