@@ -22,7 +22,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from verl_repro.algorithms import combine_advantages, compute_repro_process_advantage, select_cuts
@@ -118,7 +117,8 @@ def main():
     args = parser.parse_args()
 
     print(f"bench_repro_math: B={args.batch} T={args.length} k={args.k} vocab={VOCAB} group size={GROUP_SIZE}")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, {platform.processor() or platform.machine()}")
+    cpu = platform.processor() or platform.machine()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, {cpu}")
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     inputs = make_batch(args.batch, args.length)
     ids, response_mask = inputs[0], inputs[1]

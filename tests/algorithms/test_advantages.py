@@ -279,7 +279,8 @@ def test_every_fallback_is_counted_and_harmless():
     j_base[5] = -1e-8
     valid = torch.tensor([True] * 6 + [False, True])
     padding = torch.tensor([False] * 7 + [True])
-    out = compute_repro_process_advantage(j_cuts, j_base, cuts, cut_mask, has_end, mask, group_ids=torch.zeros(8, dtype=torch.long),
+    out = compute_repro_process_advantage(j_cuts, j_base, cuts, cut_mask, has_end, mask,
+                                          group_ids=torch.zeros(8, dtype=torch.long),
                                           valid=valid, padding=padding)
     assert out.counts == ReproFallbackCounts(rows=8, with_process_reward=2, padding=1, empty_response=1, no_ground_truth=1,
                                              no_think_end=1, nonfinite_j=1, j_base_near_zero=1, single_cut=1)

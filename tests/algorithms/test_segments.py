@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import math
 import sys
 from pathlib import Path
 
@@ -264,4 +263,3 @@ def test_low_precision_entropy_selects_the_same_cuts(dtype):
                       torch.tensor(BOUNDARY), THINK_END, 4)
     for a, b in zip(reference, low):
         assert torch.equal(a, b)
-    assert math.isfinite(float(entropy.sum()))
