@@ -263,3 +263,15 @@ def test_low_precision_entropy_selects_the_same_cuts(dtype):
                       torch.tensor(BOUNDARY), THINK_END, 4)
     for a, b in zip(reference, low):
         assert torch.equal(a, b)
+
+
+def test_the_maths_layer_imports_torch_only():
+    """DESIGN §1: verl_repro.algorithms may import torch and nothing heavier (no veRL, no HF)."""
+    import subprocess
+
+    code = (
+        "import sys, verl_repro.algorithms\n"
+        "heavy = sorted({m.split('.')[0] for m in sys.modules} & {'verl', 'transformers', 'tokenizers', 'scipy', 'triton', 'ray'})\n"
+        "assert not heavy, heavy\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
