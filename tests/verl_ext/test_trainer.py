@@ -437,3 +437,12 @@ def test_other_verl_versions_are_refused_loudly(base_config, monkeypatch):
     listed = all_patches()
     assert listed and all(entry["verl_file"].startswith("verl/") for entry in listed)
     assert not [entry for entry in listed if entry["layer"] == "verl_ext"]  # the glue patches nothing
+
+
+def test_unavailable_scoring_mode_is_refused_at_start_up(base_config):
+    from verl_repro.verl_ext.scoring import SCORING_MODES
+
+    if "prefix_shared" in SCORING_MODES:
+        pytest.skip("prefix_shared is available in this build")
+    with pytest.raises(ConfigError, match=r"repro\.scoring_mode='prefix_shared' is not available"):
+        validate_repro_setup(make_config(base_config, **{"repro.scoring_mode": "prefix_shared"}))
