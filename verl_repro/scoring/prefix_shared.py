@@ -166,14 +166,8 @@ def build_prefix_shared_batch(
     copy_lengths = answer_lengths[rows] + 1
     sample_lengths = prefix_lengths + copies_per_sample * copy_lengths
 
-    owner, position = segment_positions(sample_lengths)
+    owner, position, is_prefix, copy_id, offset_in_copy = _token_coordinates(sample_lengths, prefix_lengths, copy_lengths, copies_per_sample)
     row = rows[owner]
-    is_prefix = position < prefix_lengths[owner]
-    in_copies = (position - prefix_lengths[owner]).clamp_min(0)
-    copy_offsets = F.pad(copies_per_sample.cumsum(0), (1, 0))
-    copy_id = copy_offsets[owner] + in_copies // copy_lengths[owner]
-    offset_in_copy = in_copies % copy_lengths[owner]
-    copy_id = torch.where(is_prefix, torch.zeros_like(copy_id), copy_id)
     start = copy_starts[copy_id] if copy_starts.numel() else torch.zeros_like(position)
 
     answer_offsets = F.pad(answer_lengths.cumsum(0), (1, 0))
@@ -184,8 +178,7 @@ def build_prefix_shared_batch(
     input_ids = torch.where(from_context, prefix_token, answer_token).long()
     position_ids = torch.where(is_prefix, position, start + offset_in_copy)
 
-    scored = ~is_prefix & (offset_in_copy < copy_lengths[owner] - 1)
-    scored_index = torch.nonzero(scored).flatten()
+    scored_index = torch.nonzero(~is_prefix & (offset_in_copy < copy_lengths[owner] - 1)).flatten()
     return PrefixSharedBatch(
         input_ids=input_ids,
         position_ids=position_ids,
@@ -197,6 +190,69 @@ def build_prefix_shared_batch(
         copy_row=copy_row,
         copy_slot=copy_slot,
         sample_row=rows,
+        scored_index=scored_index,
+        scored_copy=copy_id[scored_index],
+        labels=input_ids[scored_index + 1] if scored_index.numel() else scored_index,
+    )
+
+
+def _token_coordinates(sample_lengths, prefix_lengths, copy_lengths, copies_per_sample):
+    """Per packed token: ``(sample, position in sample, is prefix, copy id, offset in its copy)``.
+
+    Prefix tokens get copy id 0 and offset 0 (masked by ``is_prefix`` wherever they matter).
+    """
+    owner, position = segment_positions(sample_lengths)
+    is_prefix = position < prefix_lengths[owner]
+    in_copies = (position - prefix_lengths[owner]).clamp_min(0)
+    copy_offsets = F.pad(copies_per_sample.cumsum(0), (1, 0))
+    copy_id = torch.where(is_prefix, torch.zeros_like(position), copy_offsets[owner] + in_copies // copy_lengths[owner])
+    offset_in_copy = torch.where(is_prefix, torch.zeros_like(position), in_copies % copy_lengths[owner])
+    return owner, position, is_prefix, copy_id, offset_in_copy
+
+
+def prefix_shared_batch_from_packed(
+    input_ids: torch.Tensor,
+    position_ids: torch.Tensor,
+    sample_lengths: torch.Tensor,
+    prefix_lengths: torch.Tensor,
+    copy_lengths: torch.Tensor,
+) -> PrefixSharedBatch:
+    """Rebuild the layout of packed samples from what travels to a worker (tokens, positions, L, A + 1).
+
+    Copy starts are read from the position ids of the copy heads; ``copy_row`` is the sample and
+    ``copy_slot`` the copy's index inside it (the batch rows are the trainer's business).
+    """
+    input_ids, position_ids = input_ids.long().cpu(), position_ids.long().cpu()
+    sample_lengths, prefix_lengths, copy_lengths = sample_lengths.long().cpu(), prefix_lengths.long().cpu(), copy_lengths.long().cpu()
+    copy_part = sample_lengths - prefix_lengths
+    if bool(((prefix_lengths < 1) | (copy_lengths < 2) | (copy_part <= 0) | (copy_part % copy_lengths.clamp_min(1) != 0)).any()):
+        raise ValueError(
+            "prefix-shared batch: every sample needs a prefix and whole copies of (A + 1) >= 2 tokens; got "
+            f"lengths {sample_lengths.tolist()}, prefix lengths {prefix_lengths.tolist()}, copy lengths {copy_lengths.tolist()}"
+        )
+    if input_ids.numel() != int(sample_lengths.sum()) or position_ids.shape != input_ids.shape:
+        raise ValueError(f"prefix-shared batch: {input_ids.numel()} tokens, {position_ids.numel()} positions, samples of {int(sample_lengths.sum())}")
+    copies_per_sample = copy_part // copy_lengths
+    owner, position, is_prefix, copy_id, offset_in_copy = _token_coordinates(sample_lengths, prefix_lengths, copy_lengths, copies_per_sample)
+    if not torch.equal(position_ids[is_prefix], position[is_prefix]):
+        raise ValueError("prefix-shared batch: prefix position ids must be 0, 1, … in every sample")
+    heads = torch.nonzero(~is_prefix & (offset_in_copy == 0)).flatten()
+    copy_starts = position_ids[heads]
+    if bool((copy_starts >= prefix_lengths[owner[heads]]).any()):
+        raise ValueError("prefix-shared batch: a copy starts beyond its prefix")
+    sample_of_copy = owner[heads]
+    scored_index = torch.nonzero(~is_prefix & (offset_in_copy < copy_lengths[owner] - 1)).flatten()
+    return PrefixSharedBatch(
+        input_ids=input_ids,
+        position_ids=position_ids,
+        sample_lengths=sample_lengths,
+        prefix_lengths=prefix_lengths,
+        copy_lengths=copy_lengths,
+        copies_per_sample=copies_per_sample,
+        copy_starts=copy_starts,
+        copy_row=sample_of_copy,
+        copy_slot=torch.arange(heads.numel()) - F.pad(copies_per_sample.cumsum(0), (1, 0))[sample_of_copy],
+        sample_row=torch.arange(sample_lengths.numel()),
         scored_index=scored_index,
         scored_copy=copy_id[scored_index],
         labels=input_ids[scored_index + 1] if scored_index.numel() else scored_index,
@@ -216,13 +272,22 @@ def naive_token_count(prompt_lengths: torch.Tensor, cuts: torch.Tensor, slot_val
 
 @dataclass
 class _TreePlan:
-    """What the attention function needs per sample, as Python ints (no device syncs per layer)."""
+    """What the attention function needs per sample, as Python ints (no device syncs per layer).
 
-    sample_offsets: list[int]
+    Sample ``s`` occupies ``[begins[s], begins[s] + lengths[s])`` of batch row ``rows[s]``: one row
+    for a packed (padding-free) input, one row per sample for a right-padded ``[S, T_max]`` input.
+    """
+
+    rows: list[int]
+    begins: list[int]
+    lengths: list[int]
     prefix_lengths: list[int]
     copy_masks: list[torch.Tensor]
     """Per sample ``[M, L + M] bool`` — copy queries × (prefix keys, copy keys); True = attend."""
-    longest: int
+
+    @property
+    def longest(self) -> int:
+        return max(self.lengths, default=0)
 
 
 _ACTIVE_PLAN: contextvars.ContextVar[Optional[_TreePlan]] = contextvars.ContextVar("repro_prefix_shared_plan", default=None)
@@ -243,8 +308,9 @@ def tree_copy_mask(prefix_length: int, copy_length: int, copy_starts: torch.Tens
     return torch.cat([sees_prefix, sees_copy], dim=1)
 
 
-def _make_plan(batch: PrefixSharedBatch, device: torch.device) -> _TreePlan:
-    offsets = batch.sample_offsets.tolist()
+def tree_plan(batch: PrefixSharedBatch, device: torch.device, padded: bool = False) -> _TreePlan:
+    """The attention plan of ``batch`` laid out packed in one row (default) or one sample per row."""
+    lengths = batch.sample_lengths.tolist()
     prefix_lengths = batch.prefix_lengths.tolist()
     copy_lengths = batch.copy_lengths.tolist()
     copy_offsets = F.pad(batch.copies_per_sample.cumsum(0), (1, 0)).tolist()
@@ -253,39 +319,46 @@ def _make_plan(batch: PrefixSharedBatch, device: torch.device) -> _TreePlan:
         tree_copy_mask(prefix_lengths[s], copy_lengths[s], starts[copy_offsets[s] : copy_offsets[s + 1]])
         for s in range(len(prefix_lengths))
     ]
-    return _TreePlan(offsets, prefix_lengths, masks, max((b - a for a, b in zip(offsets, offsets[1:])), default=0))
+    if padded:
+        rows, begins = list(range(len(lengths))), [0] * len(lengths)
+    else:
+        rows, begins = [0] * len(lengths), batch.sample_offsets[:-1].tolist()
+    return _TreePlan(rows, begins, lengths, prefix_lengths, masks)
 
 
 def prefix_shared_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, sliding_window=None, softcap=None, **kwargs):
     """Tree attention for :class:`PrefixSharedBatch` inputs, in transformers' ``AttentionInterface`` form.
 
     Args:
-        query: ``[1, H, N, d]``; key, value: ``[1, H_kv, N, d]`` (rotary already applied).
+        query: ``[R, H, N, d]``; key, value: ``[R, H_kv, N, d]`` (rotary already applied); ``R = 1``
+            for packed inputs, one row per sample for padded ones (see :class:`_TreePlan`).
     Returns:
-        ``([1, N, H, d], None)`` like transformers' own attention functions.
+        ``([R, N, H, d], None)`` like transformers' own attention functions; positions outside every
+        sample (padding) are 0.
     """
     plan = _ACTIVE_PLAN.get()
     if plan is None:
-        raise RuntimeError(f"attention implementation {ATTENTION_NAME!r} runs only inside prefix_shared_log_probs")
-    if query.shape[0] != 1 or attention_mask is not None:
-        raise PrefixSharedUnsupported("the model passed a batch dimension or its own mask to the tree attention")
+        raise RuntimeError(f"attention implementation {ATTENTION_NAME!r} runs only inside tree_attention()")
+    if attention_mask is not None:
+        raise PrefixSharedUnsupported("the model passed its own attention mask to the tree attention")
     if sliding_window is not None and sliding_window < plan.longest:
         raise PrefixSharedUnsupported(f"sliding-window attention (window {sliding_window})")
     if softcap is not None or kwargs.get("s_aux") is not None:
         raise PrefixSharedUnsupported("attention with soft-capping or sinks")
     gqa = key.shape[1] != query.shape[1]
-    output = torch.empty_like(query)
+    output = torch.zeros_like(query)
     for sample, prefix_length in enumerate(plan.prefix_lengths):
-        begin, end = plan.sample_offsets[sample], plan.sample_offsets[sample + 1]
-        middle = begin + prefix_length
+        row, begin = plan.rows[sample], plan.begins[sample]
+        middle, end = begin + prefix_length, begin + plan.lengths[sample]
+        q, k, v = query[row : row + 1], key[row : row + 1], value[row : row + 1]
         # The shared prefix is plain causal attention: the memory-efficient kernels apply.
-        output[:, :, begin:middle] = F.scaled_dot_product_attention(
-            query[:, :, begin:middle], key[:, :, begin:middle], value[:, :, begin:middle],
+        output[row : row + 1, :, begin:middle] = F.scaled_dot_product_attention(
+            q[:, :, begin:middle], k[:, :, begin:middle], v[:, :, begin:middle],
             dropout_p=dropout, is_causal=True, scale=scaling, enable_gqa=gqa,
         )
         if end > middle:
-            output[:, :, middle:end] = F.scaled_dot_product_attention(
-                query[:, :, middle:end], key[:, :, begin:end], value[:, :, begin:end],
+            output[row : row + 1, :, middle:end] = F.scaled_dot_product_attention(
+                q[:, :, middle:end], k[:, :, begin:end], v[:, :, begin:end],
                 attn_mask=plan.copy_masks[sample], dropout_p=dropout, scale=scaling, enable_gqa=gqa,
             )
     return output.transpose(1, 2).contiguous(), None
@@ -310,8 +383,11 @@ def _configs(model) -> list:
 
 
 @contextlib.contextmanager
-def _tree_attention(model, plan: _TreePlan) -> Iterator[None]:
-    """Route every attention layer of ``model`` through the tree attention for one forward."""
+def tree_attention(model, plan: _TreePlan) -> Iterator[None]:
+    """Route every attention layer of ``model`` through the tree attention of ``plan`` (see
+    :func:`tree_plan`) for the forwards inside the block; the model's own implementation is
+    restored afterwards, also on error. The input must be laid out as the plan says, with
+    ``attention_mask=None`` or a 2-D padding mask (either is ignored: the plan is the mask)."""
     _register_attention()
     configs = _configs(model)
     previous = [config._attn_implementation_internal for config in configs]
@@ -330,8 +406,17 @@ def _tree_attention(model, plan: _TreePlan) -> Iterator[None]:
 
 
 def _unwrapped(model):
-    # FSDP1 wraps the module; FSDP2 (fully_shard) keeps the model's own class.
-    return getattr(model, "_fsdp_wrapped_module", model)
+    """The transformers model inside FSDP1 / PEFT wrappers (FSDP2 keeps the model's own class)."""
+    model = getattr(model, "_fsdp_wrapped_module", model)
+    if hasattr(model, "get_base_model"):
+        model = model.get_base_model()
+    return model
+
+
+def _model_class(model) -> type:
+    # FSDP2 swaps in a generated subclass (``FSDPQwen2ForCausalLM``) defined inside torch; the
+    # attention code lives with the first class of the MRO that is not torch's.
+    return next(c for c in type(model).__mro__ if not c.__module__.startswith("torch."))
 
 
 def unsupported_reason(model) -> Optional[str]:
@@ -341,8 +426,9 @@ def unsupported_reason(model) -> Optional[str]:
     model = _unwrapped(model)
     if not isinstance(model, PreTrainedModel):
         return f"{type(model).__name__} is not a transformers PreTrainedModel"
-    if not type(model)._can_set_attn_implementation():
-        return f"{type(model).__name__} does not dispatch attention through transformers' AttentionInterface"
+    cls = _model_class(model)
+    if not cls._can_set_attn_implementation():
+        return f"{cls.__name__} does not dispatch attention through transformers' AttentionInterface"
     config = model.config
     if getattr(config, "is_encoder_decoder", False) or not getattr(config, "is_causal", True):
         return "not a causal decoder"
@@ -364,37 +450,52 @@ def unsupported_reason(model) -> Optional[str]:
 
 _PROBED: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDictionary()
 
+PROBE_TOLERANCE = {torch.float32: 1e-3, torch.float64: 1e-3}
+"""Largest |Δ log p| between the two paths on the probe, by the dtype the logits come out in; 0.1 otherwise (bf16/fp16)."""
 
-def _probe(model, temperature: float) -> Optional[str]:
-    """Score a tiny batch both ways once per model and dtype; a mismatch or an error is a reason to fall back."""
+
+def probe_batch(vocab_size: int) -> PrefixSharedBatch:
+    """The fixed tiny batch of the first-use probe: 2 responses, cuts at 0, adjacent and at the end."""
+    generator = torch.Generator().manual_seed(0)
+    return build_prefix_shared_batch(
+        context_ids=torch.randint(0, vocab_size, (18,), generator=generator),
+        context_offsets=torch.tensor([0, 9, 18]),
+        prompt_lengths=torch.tensor([3, 1]),
+        cuts=torch.tensor([[2, 6], [1, 8]]),
+        slot_valid=torch.ones(2, 3, dtype=torch.bool),
+        answer_ids=torch.randint(0, vocab_size, (5,), generator=generator),
+        answer_lengths=torch.tensor([2, 3]),
+    )
+
+
+def probe(model, temperature: float = 1.0) -> Optional[str]:
+    """Score :func:`probe_batch` both ways, once per model and precision setting (cached).
+
+    Returns None when the tree pass agrees with the naive pass, else the reason to fall back (an
+    error inside the model, or a disagreement beyond :data:`PROBE_TOLERANCE`). Every rank of a
+    sharded model calls it at the same point with the same input, as its forwards are collective.
+    """
     parameter = next(model.parameters())
     key = (parameter.dtype, parameter.device.type, torch.is_autocast_enabled(parameter.device.type))
     verdicts = _PROBED.setdefault(model, {})
     if key in verdicts:
         return verdicts[key]
-    vocab = int(getattr(_unwrapped(model).config, "vocab_size", 32))
-    generator = torch.Generator().manual_seed(0)
-    context = torch.randint(0, vocab, (2 * 9,), generator=generator)
-    answers = torch.randint(0, vocab, (2 + 3,), generator=generator)
-    probe = build_prefix_shared_batch(
-        context_ids=context,
-        context_offsets=torch.tensor([0, 9, 18]),
-        prompt_lengths=torch.tensor([3, 1]),
-        cuts=torch.tensor([[2, 6], [1, 2]]),
-        slot_valid=torch.ones(2, 3, dtype=torch.bool),
-        answer_ids=answers,
-        answer_lengths=torch.tensor([2, 3]),
-    )
+    batch = probe_batch(int(getattr(_unwrapped(model).config, "vocab_size", 32)))
     try:
-        shared = _tree_log_probs(model, probe, temperature)
+        shared, logits_dtype = _tree_log_probs(model, batch, temperature, return_dtype=True)
     except Exception as error:  # any failure inside a foreign model means "cannot take the mask"
         verdicts[key] = f"probe forward failed: {type(error).__name__}: {error}"
         return verdicts[key]
-    naive, _ = _naive_log_probs(model, probe, temperature)
-    tolerance = 1e-3 if parameter.dtype == torch.float32 and not key[2] else 0.1
+    naive, _ = _naive_log_probs(model, batch, temperature)
+    tolerance = PROBE_TOLERANCE.get(logits_dtype, 0.1)
     gap = float((shared - naive).abs().max())
-    verdicts[key] = None if gap <= tolerance else f"probe disagrees with naive scoring (max |Δ log p| = {gap:.3g})"
+    verdicts[key] = None if gap <= tolerance else f"probe disagrees with naive scoring (max |Δ log p| = {gap:.3g} > {tolerance:g})"
     return verdicts[key]
+
+
+def prefix_shared_unavailable(model, temperature: float = 1.0) -> Optional[str]:
+    """Why the tree pass cannot be used on ``model`` (static checks, then the probe), or None."""
+    return unsupported_reason(model) or probe(model, temperature)
 
 
 # ----------------------------------------------------------------------------- log-probs
@@ -411,10 +512,10 @@ def _log_probs_of(logits: torch.Tensor, labels: torch.Tensor, temperature: float
     return out
 
 
-def _tree_log_probs(model, batch: PrefixSharedBatch, temperature: float) -> torch.Tensor:
+def _tree_log_probs(model, batch: PrefixSharedBatch, temperature: float, return_dtype: bool = False):
     device = next(model.parameters()).device
-    plan = _make_plan(batch, device)
-    with _tree_attention(model, plan):
+    plan = tree_plan(batch, device)
+    with tree_attention(model, plan):
         output = model(
             input_ids=batch.input_ids.to(device).unsqueeze(0),
             position_ids=batch.position_ids.to(device).unsqueeze(0),
@@ -422,7 +523,8 @@ def _tree_log_probs(model, batch: PrefixSharedBatch, temperature: float) -> torc
             # Only the answer-predicting positions need the lm_head: no [N, V] logits.
             logits_to_keep=batch.scored_index.to(device),
         )
-    return _log_probs_of(output.logits[0], batch.labels.to(device), temperature).cpu()
+    values = _log_probs_of(output.logits[0], batch.labels.to(device), temperature).cpu()
+    return (values, output.logits.dtype) if return_dtype else values
 
 
 def naive_sequences(batch: PrefixSharedBatch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -442,14 +544,29 @@ def naive_sequences(batch: PrefixSharedBatch) -> tuple[torch.Tensor, torch.Tenso
     return batch.input_ids[source], lengths
 
 
-def _naive_log_probs(model, batch: PrefixSharedBatch, temperature: float, max_tokens: Optional[int] = None) -> tuple[torch.Tensor, int]:
+def naive_groups(batch: PrefixSharedBatch, max_tokens: Optional[int] = None) -> list[torch.Tensor]:
+    """Copies of ``batch`` per forward of the naive pass: longest first, at most ``max_tokens``
+    padded tokens a forward (default: the batch's own packed size; 0: one copy per forward)."""
+    lengths = naive_sequences(batch)[1]
+    budget = batch.num_tokens if max_tokens is None else max_tokens
+    order = torch.argsort(lengths, descending=True, stable=True)
+    groups, start = [], 0
+    while start < order.numel():
+        size = max(1, budget // int(lengths[order[start]]))
+        groups.append(order[start : start + size])
+        start += size
+    return groups
+
+
+def _naive_log_probs(model, batch: PrefixSharedBatch, temperature: float, max_tokens: Optional[int] = None, min_forwards: int = 0) -> tuple[torch.Tensor, int]:
     """The values of :func:`prefix_shared_log_probs` computed the naive way: one sequence per copy,
     ``prefix[:s_j] + copy_j``, through the model's own attention.
 
-    Sequences are left-padded in groups of about ``max_tokens`` tokens (default: the batch's own
-    packed size, so the fallback needs no more activation memory than the tree pass), with
-    explicit position ids, so every copy ends at the last column and only those columns reach the
-    lm_head. Returns ``([Q] float32, number of forwards)``.
+    Sequences are left-padded in the groups of :func:`naive_groups` (by default the batch's own
+    packed size, so the fallback needs no more activation memory than the tree pass), with explicit
+    position ids, so every copy ends at the last column and only those columns reach the lm_head.
+    ``min_forwards``: one-token forwards are added up to this count (a sharded model needs the same
+    number of forwards on every rank). Returns ``([Q] float32, number of forwards)``.
     """
     device = next(model.parameters()).device
     ids, lengths = naive_sequences(batch)
@@ -458,14 +575,9 @@ def _naive_log_probs(model, batch: PrefixSharedBatch, temperature: float, max_to
     answer_offsets = F.pad((copy_lengths - 1).cumsum(0), (1, 0))
     # Copies are copy-major, token-minor here as in ``scored_index``: same order of values.
     values = torch.empty(int(answer_offsets[-1]), dtype=torch.float32)
-    budget = max(max_tokens or batch.num_tokens, int(lengths.max()))
-    order = torch.argsort(lengths, descending=True)
-    start, forwards = 0, 0
-    while start < order.numel():
-        longest = int(lengths[order[start]])
-        group = order[start : start + max(1, budget // longest)]
-        start += group.numel()
-        forwards += 1
+    groups = naive_groups(batch, max_tokens)
+    for group in groups:
+        longest = int(lengths[group].max())
         owner, position = segment_positions(lengths[group])
         pad = longest - lengths[group]
         padded = torch.zeros(group.numel(), longest, dtype=torch.long)
@@ -487,7 +599,9 @@ def _naive_log_probs(model, batch: PrefixSharedBatch, temperature: float, max_to
         chosen = logits[a_owner.to(device), column.to(device)]
         labels = padded[a_owner, longest - keep + column + 1].to(device)
         values[answer_offsets[group][a_owner] + a_position] = _log_probs_of(chosen, labels, temperature).cpu()
-    return values, forwards
+    for _ in range(len(groups), min_forwards):
+        model(input_ids=torch.zeros(1, 1, dtype=torch.long, device=device), use_cache=False, logits_to_keep=1)
+    return values, max(len(groups), min_forwards)
 
 
 @torch.no_grad()
@@ -499,7 +613,7 @@ def prefix_shared_log_probs(model, batch: PrefixSharedBatch, temperature: float 
     """
     if batch.scored_index.numel() == 0:
         return torch.zeros(0, dtype=torch.float32)
-    reason = unsupported_reason(model) or _probe(model, temperature)
+    reason = prefix_shared_unavailable(model, temperature)
     if reason is None:
         return _tree_log_probs(model, batch, temperature)
     _log_fallback(model, reason)
@@ -607,8 +721,9 @@ def score_cuts_naive(
     max_tokens_per_pass: int = 16384,
 ) -> CutScores:
     """Naive RePro scoring with the arguments of :func:`score_cuts_prefix_shared`: one sequence per
-    cut, ``prompt + response[:c] + answer``, left-padded groups of about ``max_tokens_per_pass``
-    tokens, lm_head on the answer positions only — the baseline of ``benchmarks/bench_scoring.py``."""
+    cut, ``prompt + response[:c] + answer``, left-padded groups of at most ``max_tokens_per_pass``
+    tokens (0: one unpadded sequence per forward), lm_head on the answer positions only — the
+    baseline of ``benchmarks/bench_scoring.py``."""
     return _score_cuts(model, prompt_ids, response_ids, cuts, cut_mask, answer_ids, prompt_mask, temperature, max_tokens_per_pass, naive=True)
 
 
