@@ -52,3 +52,20 @@ def test_offload_policy_patch_never_pins():
     patches._unpinned_offload_policy(module)
     policy = module.CPUOffloadPolicy(pin_memory=True)
     assert isinstance(policy, CPUOffloadPolicy) and policy.pin_memory is False
+
+
+def test_value_model_patch_builds_a_token_classification_critic_with_sdpa(tiny_model_dir):
+    import torch
+    from transformers import AutoConfig
+
+    module = types.ModuleType("fake_model_utils")
+    module.load_valuehead_model = lambda **kwargs: None
+    patches._sdpa_value_model(module)
+    config = AutoConfig.from_pretrained(tiny_model_dir)
+    config.num_labels = 1  # as veRL's engine sets it for the critic
+    critic = module.load_valuehead_model(
+        local_path=str(tiny_model_dir), torch_dtype=torch.float32, model_config=config, trust_remote_code=False
+    )
+    assert critic.config._attn_implementation == "sdpa"
+    values = critic(torch.tensor([[1, 2, 3]])).logits
+    assert values.shape == (1, 3, 1)

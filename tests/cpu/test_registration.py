@@ -92,7 +92,7 @@ def test_with_the_switch_platform_engines_rollout_and_gloo_resolve():
     assert result["report"]["failures"] == {}
     registered = set(result["report"]["registered"])
     assert {"platform:cpu", "rollout:hf", "engine:language_model/fsdp,fsdp2@cpu"} <= registered
-    assert sum(name.startswith("patch:") for name in registered) == 4
+    assert sum(name.startswith("patch:") for name in registered) == 5
     assert (result["device"], result["backend"], result["device_id"], result["device_label"]) == ("cpu", "gloo", "cpu", "CPU")
     assert result["lm_engine"] and result["value_engine"]
     assert result["ref_offload_pinned"] is False

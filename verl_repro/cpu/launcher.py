@@ -39,6 +39,8 @@ def cpu_overrides(num_workers: int = 1) -> list[str]:
         # No flash-attention on a CPU, hence no padding-free (remove-padding) path either.
         "+actor_rollout_ref.model.override_config.attn_implementation=sdpa",
         "actor_rollout_ref.model.use_remove_padding=False",
+        "+critic.model.override_config.attn_implementation=sdpa",
+        "critic.model.use_remove_padding=False",
         # FSDP1 fails on CPU (sync_module_states); FSDP2 runs over gloo.
         "actor_rollout_ref.actor.strategy=fsdp2",
         "actor_rollout_ref.ref.strategy=fsdp2",

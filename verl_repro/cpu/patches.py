@@ -71,6 +71,33 @@ def _unpinned_offload_policy(module: ModuleType) -> None:
     module.CPUOffloadPolicy = UnpinnedCPUOffloadPolicy
 
 
+def _sdpa_value_model(module: ModuleType) -> None:
+    # The critic's model is loaded with attn_implementation="flash_attention_2" hard-coded, which
+    # needs the flash-attn package and a GPU. Same token-classification head, SDPA attention.
+    if getattr(module.load_valuehead_model, "_verl_repro_cpu", False):
+        return
+
+    def load_valuehead_model(local_path, torch_dtype, model_config, trust_remote_code):
+        from transformers import AutoModelForTokenClassification
+
+        try:
+            return AutoModelForTokenClassification.from_pretrained(
+                local_path,
+                dtype=torch_dtype,
+                config=model_config,
+                attn_implementation="sdpa",
+                trust_remote_code=trust_remote_code,
+            )
+        except ValueError as error:  # no token-classification head for this architecture
+            raise RuntimeError(
+                f"the CPU backend builds the critic as AutoModelForTokenClassification; {local_path} "
+                f"has no such head ({error}); veRL's trl value-head fallback needs flash-attention"
+            ) from error
+
+    load_valuehead_model._verl_repro_cpu = True
+    module.load_valuehead_model = load_valuehead_model
+
+
 def _register_hf_rollout_class(module: ModuleType) -> None:
     # get_rollout_class() resolves (name, mode) only through this private table; there is no
     # public registration for worker-side rollout classes in 0.9.1.
@@ -98,6 +125,13 @@ PATCHES: tuple[Patch, ...] = (
         target="CPUOffloadPolicy",
         reason="reference engine hard-codes CPUOffloadPolicy(pin_memory=True); pinning fails without an accelerator",
         apply=_unpinned_offload_policy,
+    ),
+    Patch(
+        verl_file="verl/utils/model.py",
+        module="verl.utils.model",
+        target="load_valuehead_model",
+        reason="the critic's model is loaded with flash_attention_2 hard-coded; load it with sdpa",
+        apply=_sdpa_value_model,
     ),
     Patch(
         verl_file="verl/workers/rollout/base.py",
