@@ -405,7 +405,7 @@ def tree_attention(model, plan: _TreePlan) -> Iterator[None]:
 # ----------------------------------------------------------------------------- support check
 
 
-def _unwrapped(model):
+def unwrap_model(model):
     """The transformers model inside FSDP1 / PEFT wrappers (FSDP2 keeps the model's own class)."""
     model = getattr(model, "_fsdp_wrapped_module", model)
     if hasattr(model, "get_base_model"):
@@ -423,7 +423,7 @@ def unsupported_reason(model) -> Optional[str]:
     """Why ``model``'s attention cannot take the tree mask, or None when it can (static checks)."""
     from transformers import PreTrainedModel
 
-    model = _unwrapped(model)
+    model = unwrap_model(model)
     if not isinstance(model, PreTrainedModel):
         return f"{type(model).__name__} is not a transformers PreTrainedModel"
     cls = _model_class(model)
@@ -480,7 +480,7 @@ def probe(model, temperature: float = 1.0) -> Optional[str]:
     verdicts = _PROBED.setdefault(model, {})
     if key in verdicts:
         return verdicts[key]
-    batch = probe_batch(int(getattr(_unwrapped(model).config, "vocab_size", 32)))
+    batch = probe_batch(int(getattr(unwrap_model(model).config, "vocab_size", 32)))
     try:
         shared, logits_dtype = _tree_log_probs(model, batch, temperature, return_dtype=True)
     except Exception as error:  # any failure inside a foreign model means "cannot take the mask"
@@ -629,7 +629,7 @@ def _log_fallback(model, reason: str) -> None:
     logged = _LOGGED.setdefault(model, set())
     if reason not in logged:
         logged.add(reason)
-        logger.warning("RePro prefix-shared scoring falls back to naive scoring for %s: %s", type(_unwrapped(model)).__name__, reason)
+        logger.warning("RePro prefix-shared scoring falls back to naive scoring for %s: %s", type(unwrap_model(model)).__name__, reason)
 
 
 # ----------------------------------------------------------------------------- J at the cuts
@@ -777,3 +777,83 @@ def _packs(sample_lengths: torch.Tensor, scored: torch.Tensor, max_tokens: int) 
     if current:
         groups.append(torch.tensor(current))
     return groups
+
+
+# ----------------------------------------------------------------------------- worker transport
+#
+# How a :class:`PrefixSharedBatch` travels to a veRL worker and back (the veRL side lives in
+# ``verl_repro.verl_ext.scoring``): one jagged sample per response, tokens and position ids as
+# nested tensors, ``L`` and ``A + 1`` per sample as plain ``[S]`` tensors (their presence marks the
+# batch), full-sequence ``log_probs`` back in veRL's "position p predicts token p + 1" convention,
+# and ``SERVED_KEY`` (one value per sample) to prove the worker applied the tree mask.
+
+PREFIX_LENGTHS_KEY = "repro_prefix_lengths"
+COPY_LENGTHS_KEY = "repro_copy_lengths"
+SERVED_KEY = "repro_prefix_shared"
+"""Per-sample worker output: ``SERVED_TREE`` (one tree pass) or ``SERVED_NAIVE`` (fallback)."""
+SERVED_TREE, SERVED_NAIVE = 1.0, 2.0
+
+
+def jagged(values: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Nested (jagged) ``[len(lengths), j]`` tensor of packed ``values``."""
+    offsets = F.pad(lengths.cumsum(0), (1, 0)).to(values.device)
+    return torch.nested.nested_tensor_from_jagged(values, offsets=offsets)
+
+
+def transport_tensors(batch: PrefixSharedBatch, order: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The tensors of the worker batch, samples in dispatch ``order`` (``[Q] long``, repeats allowed).
+
+    ``loss_mask`` / ``response_mask`` mark the scored positions (veRL counts tokens with them).
+    """
+    lengths = batch.sample_lengths[order]
+    owner, position = segment_positions(lengths)
+    source = batch.sample_offsets[:-1][order][owner] + position
+    scored = torch.zeros(batch.num_tokens, dtype=torch.long)
+    scored[batch.scored_index] = 1
+    return {
+        "input_ids": jagged(batch.input_ids[source], lengths),
+        "position_ids": jagged(batch.position_ids[source], lengths),
+        "loss_mask": jagged(scored[source], lengths),
+        "response_mask": jagged(scored[source].clone(), lengths),
+        PREFIX_LENGTHS_KEY: batch.prefix_lengths[order].clone(),
+        COPY_LENGTHS_KEY: batch.copy_lengths[order].clone(),
+    }
+
+
+def scored_from_slots(batch: PrefixSharedBatch, order: torch.Tensor, is_padding: torch.Tensor, log_probs: torch.Tensor) -> torch.Tensor:
+    """``[Q] float32`` — the scored log-probs of ``batch`` from the worker's nested full-sequence
+    ``log_probs`` (one entry per dispatched slot; ``is_padding`` slots are ignored)."""
+    values, slot_offsets = log_probs.values().float().cpu(), log_probs.offsets().cpu()
+    owner = torch.searchsorted(batch.sample_offsets, batch.scored_index, right=True) - 1
+    local = batch.scored_index - batch.sample_offsets[owner]
+    return values[slot_offsets[slot_of_sample(order, is_padding, len(batch))[owner]] + local]
+
+
+def slot_of_sample(order: torch.Tensor, is_padding: torch.Tensor, samples: int) -> torch.Tensor:
+    """``[S] long`` — the dispatched slot that carries each sample (not a layout-padding repeat)."""
+    slots = torch.full((samples,), -1, dtype=torch.long)
+    real = torch.nonzero(~is_padding.bool()).flatten()
+    slots[order[real]] = real
+    return slots
+
+
+def fed_tokens(batch: PrefixSharedBatch, naive_samples: torch.Tensor) -> int:
+    """Tokens the model was fed: the packed sample, or its naive sequences where ``naive_samples [S] bool``."""
+    copy_sample = torch.repeat_interleave(torch.arange(len(batch)), batch.copies_per_sample)
+    naive_lengths = batch.copy_starts + torch.repeat_interleave(batch.copy_lengths, batch.copies_per_sample)
+    return int(batch.sample_lengths[~naive_samples].sum()) + int(naive_lengths[naive_samples[copy_sample]].sum())
+
+
+def sequence_log_probs(batch: PrefixSharedBatch, scored: torch.Tensor) -> torch.Tensor:
+    """``[N] float32`` — full-sequence log-probs with ``scored`` at ``scored_index`` and 0 elsewhere."""
+    out = torch.zeros(batch.num_tokens, dtype=torch.float32)
+    out[batch.scored_index] = scored.float().cpu()
+    return out
+
+
+def naive_scored_index(lengths: torch.Tensor, copy_lengths: torch.Tensor) -> torch.Tensor:
+    """Packed positions of the scored tokens in :func:`naive_sequences` output (copy-major order):
+    the last ``C`` tokens of each sequence are its copy, and its first ``C − 1`` predict the answer."""
+    owner, position = segment_positions(copy_lengths - 1)
+    ends = lengths.cumsum(0)
+    return ends[owner] - copy_lengths[owner] + position

@@ -1,0 +1,234 @@
+"""``repro.scoring_mode=prefix_shared`` through veRL's worker path equals ``naive`` through the same path.
+
+veRL's own FSDP engine code runs on CPU around the tiny checkpoint (``infer_batch`` →
+``prepare_micro_batches`` → ``forward_step`` → ``prepare_model_inputs`` / ``prepare_model_outputs``
+→ ``postprocess_batch_func``), split over DP ranks with veRL's ``BatchData.chunk`` / ``concat``.
+The engine's ``forward_step`` carries the hook the ``repro`` engine vendor needs
+(``prefix_shared_forward_step``); a stock engine without it must be detected and scored naive.
+Not exercised on CPU: Ray, FSDP sharding, bf16 autocast, flash-attention.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import pickle
+import tempfile
+
+import pytest
+import torch
+
+from verl_repro.algorithms import boundary_token_ids, think_end_token_id
+from verl_repro.config import ReproConfig
+from verl_repro.scoring import prefix_shared as ps
+
+STEPS = ["First, we add 3 and 4 to get 7.\n", "Wait, let me re-check the sum.\n\n", "So the total is 7.\n", "Is 3 larger than 4?\n"]
+
+
+@pytest.fixture(scope="module")
+def engine_classes(tiny_model_dir):
+    """(stock engine, engine with the prefix-shared hook), both veRL's FSDP engine code on CPU."""
+    import torch.distributed as dist
+
+    import verl.utils.torch_functional as verl_F
+    import verl.workers.engine.fsdp.transformer_impl as impl
+    from verl.workers.config import FSDPEngineConfig
+
+    from verl_repro.scoring.engine_step import is_prefix_shared_batch, prefix_shared_forward_step
+
+    patcher = pytest.MonkeyPatch()
+    patcher.setattr(impl, "get_device_id", lambda: "cpu")
+    patcher.setattr(impl, "get_device_name", lambda: "cpu")
+    created_group = not dist.is_initialized()
+    if created_group:
+        dist.init_process_group("gloo", init_method=f"file://{tempfile.mktemp()}", rank=0, world_size=1)
+
+    class StockCpuEngine(impl.FSDPEngineWithLMHead):
+        def __init__(self, module):  # skips FSDPEngine.__init__ (device meshes): the module stays unwrapped
+            self.module = module
+            self.engine_config = FSDPEngineConfig(forward_only=True, use_torch_compile=False)
+            self.pad_to_length = False
+            self.use_ulysses_sp = False
+            self.ulysses_sequence_parallel_size = 1
+            self.ulysses_device_mesh = None
+            self._autocast_dtype = torch.float32
+            self.scaler = None
+            self.compute_entropy_from_logits = verl_F.entropy_from_logits
+            self.forwards = 0
+
+        def forward_step(self, micro_batch, loss_function, forward_only):
+            self.forwards += 1
+            return super().forward_step(micro_batch, loss_function, forward_only)
+
+    class HookedCpuEngine(StockCpuEngine):
+        # The hook the repro engine vendor needs in its forward_step (verl_repro/verl_ext/engine.py).
+        def forward_step(self, micro_batch, loss_function, forward_only):
+            if is_prefix_shared_batch(micro_batch):
+                return prefix_shared_forward_step(self, micro_batch, loss_function, forward_only, super().forward_step)
+            return super().forward_step(micro_batch, loss_function, forward_only)
+
+    yield StockCpuEngine, HookedCpuEngine
+    patcher.undo()
+    if created_group:
+        dist.destroy_process_group()
+
+
+class WorkerGroup:
+    """Stands in for a ``RayWorkerGroup``: DP split with veRL's ``BatchData``, worker defaults, engine."""
+
+    def __init__(self, engine, dp_size: int, use_remove_padding: bool = True):
+        self.engine, self.dp_size, self.use_remove_padding = engine, dp_size, use_remove_padding
+        self.sent = []
+
+    def compute_ref_log_prob(self, data):
+        from verl.protocol import BatchData
+        from verl.utils import tensordict_utils as tu
+
+        self.sent.append(data)
+        outputs = []
+        for chunk in BatchData(data).chunk(chunks=self.dp_size):
+            chunk = pickle.loads(pickle.dumps(chunk))  # what Ray's transport does
+            if chunk.is_locked:
+                chunk.unlock_()
+            tu.pop(chunk, key="no_lora_adapter", default=False)
+            for key, value in dict(use_remove_padding=self.use_remove_padding, use_fused_kernels=False).items():
+                if key not in chunk.keys():
+                    tu.assign_non_tensor(chunk, **{key: value})
+            output = self.engine.infer_batch(chunk, loss_function=None)
+            outputs.append(tu.get_tensordict(tensor_dict=output["model_output"], non_tensor_dict={"metrics": {}}).cpu())
+        return BatchData(outputs).concat()
+
+
+def _rollout(tokenizer, seed: int = 0):
+    generator = torch.Generator().manual_seed(seed)
+    eos = tokenizer.eos_token_id
+    texts = []
+    for count in (3, 9, 15, 6):
+        picks = torch.randint(0, len(STEPS), (count,), generator=generator).tolist()
+        texts.append("".join(STEPS[i] for i in picks) + "</think>\n\nThe answer is \\boxed{7}.")
+    texts[3] = texts[3].replace("</think>", "")  # truncated: not scored under no_think_end=skip
+    prompts = [torch.tensor(tokenizer(f"<|im_start|>user\nWhat is 3 plus {k}?<|im_end|>\n<|im_start|>assistant\n<think>\n")["input_ids"]) for k in range(4)]
+    responses = [torch.tensor(tokenizer(t, add_special_tokens=False)["input_ids"] + [eos]) for t in texts]
+    width = max(r.numel() for r in responses)
+    response_ids = torch.full((4, width), tokenizer.pad_token_id, dtype=torch.long)
+    response_mask = torch.zeros(4, width, dtype=torch.long)
+    for row, response in enumerate(responses):
+        response_ids[row, : response.numel()] = response
+        response_mask[row, : response.numel()] = 1
+    return dict(
+        input_ids=torch.nested.as_nested_tensor([torch.cat([p, r]) for p, r in zip(prompts, responses)], layout=torch.jagged),
+        prompt_lengths=torch.tensor([p.numel() for p in prompts]),
+        responses=response_ids,
+        response_mask=response_mask,
+        entropy=torch.rand(4, width, generator=generator) * response_mask,
+        reward_models=[{"ground_truth": truth} for truth in ("7", "12", "\\frac{1}{2}", "7")],
+        padding=torch.zeros(4, dtype=torch.bool),
+    )
+
+
+def _score(tokenizer, group, mode: str, dp_size: int):
+    from verl_repro.verl_ext.scoring import LogProbBackend, score_ground_truth
+
+    config = ReproConfig(num_segments=12, scoring_mode=mode, scoring_micro_batch_size=2).validate()
+    backend = LogProbBackend(group.compute_ref_log_prob, dp_size=dp_size, temperature=0.9)
+    scoring = score_ground_truth(
+        **_rollout(tokenizer),
+        tokenizer=tokenizer,
+        config=config,
+        boundary_ids=boundary_token_ids(tokenizer, tuple(config.boundary_patterns)),
+        think_end_id=think_end_token_id(tokenizer),
+        backend=backend,
+    )
+    return scoring, backend
+
+
+def _assert_same_j(shared, naive):
+    assert torch.equal(shared.scored, naive.scored) and torch.equal(shared.cut_mask, naive.cut_mask)
+    assert torch.equal(torch.isnan(shared.j_cuts), torch.isnan(naive.j_cuts))
+    torch.testing.assert_close(shared.j_base, naive.j_base, rtol=0, atol=1e-5, equal_nan=True)
+    torch.testing.assert_close(shared.j_cuts, naive.j_cuts, rtol=0, atol=1e-5, equal_nan=True)
+
+
+@pytest.fixture(scope="module")
+def model(tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+
+
+@pytest.mark.parametrize("use_remove_padding", [True, False])
+def test_prefix_shared_through_the_engine_equals_naive(engine_classes, model, tiny_tokenizer, use_remove_padding):
+    _, hooked = engine_classes
+    naive, _ = _score(tiny_tokenizer, WorkerGroup(hooked(model), 2, use_remove_padding), "naive", 2)
+    engine = hooked(model)
+    group = WorkerGroup(engine, 2, use_remove_padding)
+    shared, backend = _score(tiny_tokenizer, group, "prefix_shared", 2)
+    assert not getattr(backend, "prefix_shared_refused", None)
+    assert naive.scored.tolist() == [True, True, True, False]
+    assert int(naive.cut_mask.sum(dim=1).max()) >= 10, "test premise: many cuts"
+    _assert_same_j(shared, naive)
+    # One worker sequence per scored response (plus DP layout padding), far fewer tokens.
+    (sent,) = group.sent
+    assert ps.PREFIX_LENGTHS_KEY in sent.keys() and len(sent) >= 3
+    assert shared.stats["num_sequences"] == 3 < naive.stats["num_sequences"]
+    assert shared.stats["scored_tokens"] < naive.stats["scored_tokens"] / 3
+    verdicts = engine._repro_prefix_shared_verdicts
+    assert list(verdicts.values()) == [None], "the probe through the engine accepted the tree pass"
+
+
+def test_stock_engine_is_detected_and_scored_naive(engine_classes, model, tiny_tokenizer, caplog):
+    stock, hooked = engine_classes
+    naive, _ = _score(tiny_tokenizer, WorkerGroup(hooked(model), 1), "naive", 1)
+    group = WorkerGroup(stock(model), 1)
+    with caplog.at_level(logging.WARNING, logger="verl_repro"):
+        shared, backend = _score(tiny_tokenizer, group, "prefix_shared", 1)
+    assert "VERL_ENGINE_VENDOR=repro" in backend.prefix_shared_refused
+    assert any("falls back to naive" in r.getMessage() for r in caplog.records)
+    _assert_same_j(shared, naive)
+    assert len(group.sent) == 2  # the refused prefix-shared call, then the naive one
+
+
+def test_model_that_cannot_take_the_mask_runs_naive_in_the_worker(engine_classes, tiny_tokenizer, caplog):
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from verl_repro.testing import TINY_MODEL_KWARGS
+
+    _, hooked = engine_classes
+    torch.manual_seed(0)
+    config = Qwen2Config(**{**TINY_MODEL_KWARGS, "vocab_size": len(tiny_tokenizer)}, use_sliding_window=True, sliding_window=16, max_window_layers=0)
+    sliding = Qwen2ForCausalLM(config).eval()
+    naive, _ = _score(tiny_tokenizer, WorkerGroup(hooked(sliding), 2), "naive", 2)
+    engine = hooked(sliding)
+    with caplog.at_level(logging.WARNING, logger="verl_repro"):
+        shared, backend = _score(tiny_tokenizer, WorkerGroup(engine, 2), "prefix_shared", 2)
+    assert not getattr(backend, "prefix_shared_refused", None)
+    assert any("runs naive in this worker" in r.getMessage() and "sliding" in r.getMessage() for r in caplog.records)
+    _assert_same_j(shared, naive)
+    assert shared.stats["scored_tokens"] == naive.stats["scored_tokens"]
+
+
+def test_worker_batch_round_trip_hand_case():
+    """transport_tensors → worker-side rebuild gives back the same layout; slots map back to samples."""
+    layout = ps.build_prefix_shared_batch(
+        torch.tensor([10, 11, 20, 21, 22, 23, 12, 24, 25]), torch.tensor([0, 6, 9]), torch.tensor([2, 1]),
+        torch.tensor([[1, 3], [2, 0]]), torch.tensor([[True, True, True], [True, True, False]]),
+        torch.tensor([90, 91, 92]), torch.tensor([2, 1]),
+    )
+    order = torch.tensor([1, 0, 1])  # slot 2 repeats sample 1 (DP layout padding)
+    sent = ps.transport_tensors(layout, order)
+    rebuilt = ps.prefix_shared_batch_from_packed(
+        sent["input_ids"].values(), sent["position_ids"].values(), sent["input_ids"].offsets().diff(),
+        sent[ps.PREFIX_LENGTHS_KEY], sent[ps.COPY_LENGTHS_KEY],
+    )
+    assert rebuilt.copy_starts.tolist() == [0, 2, 1, 2, 4, 0, 2]
+    assert rebuilt.copy_slot.tolist() == [0, 1, 0, 1, 2, 0, 1]
+    assert sent["loss_mask"].values().sum() == rebuilt.scored_index.numel() == 2 * 8 - 6
+    # Log-prob of token p + 1 at position p: encode (slot, position) and read it back per scored token.
+    lengths = sent["input_ids"].offsets().diff()
+    owner, position = ps.segment_positions(lengths)
+    fake = ps.jagged((owner * 100 + position).float(), lengths)
+    values = ps.scored_from_slots(layout, order, torch.tensor([False, False, True]), fake)
+    local = layout.scored_index - torch.tensor([0] * 14 + [14] * 7)[layout.scored_index]
+    slot = torch.tensor([1] * 14 + [0] * 7)[layout.scored_index]
+    assert values.tolist() == (slot * 100 + local).float().tolist()
+    assert not math.isnan(float(values.sum()))
