@@ -462,3 +462,55 @@ def score_ground_truth(
         },
     )
 
+
+
+# ----------------------------------------------------------------------------- prefix-shared mode
+#
+# ``repro.scoring_mode=prefix_shared`` (issue 10): each response goes to the worker once, as
+# ``[prompt + response | answer copy per cut]`` (``verl_repro.scoring.prefix_shared``), and the
+# worker's engine runs it with a tree attention mask (``verl_repro.scoring.engine_step``, called from
+# the ``repro`` engine vendor's ``forward_step``). A worker whose engine does not serve the layout is
+# detected from its output, and the run falls back to ``naive`` with a logged reason.
+
+
+@register_scoring_mode("prefix_shared")
+def score_prefix_shared(inputs: ScoringInputs, backend: LogProbBackend, micro_batch_size: int) -> ScoredJ:
+    """All cuts of a response in one worker sequence; ``micro_batch_size`` counts whole responses here."""
+    import logging
+
+    from verl.utils import tensordict_utils as tu
+
+    from verl_repro.scoring import prefix_shared as ps
+
+    if getattr(backend, "prefix_shared_refused", None):
+        return score_naive(inputs, backend, micro_batch_size)
+    rows = inputs.rows.bool()
+    answer_lengths = torch.tensor([ids.numel() for ids in inputs.answer_ids], dtype=torch.long)
+    layout = ps.build_prefix_shared_batch(
+        inputs.input_ids.values(), inputs.input_ids.offsets(), inputs.prompt_lengths, inputs.cuts,
+        torch.cat([rows.unsqueeze(1), inputs.cut_mask.bool() & rows.unsqueeze(1)], dim=1),
+        torch.cat(list(inputs.answer_ids)).long() if inputs.answer_ids else torch.zeros(0, dtype=torch.long),
+        answer_lengths,
+    )
+    if len(layout) == 0:
+        j_base, j_cuts = _scatter_j(inputs, layout.copy_row, layout.copy_slot, torch.zeros(0))
+        return ScoredJ(j_base=j_base, j_cuts=j_cuts, num_sequences=0, scored_tokens=0)
+    order, is_padding, layout_micro_batch = dp_layout(layout.sample_lengths, backend.dp_size, micro_batch_size)
+    batch = TensorDict(ps.transport_tensors(layout, order), batch_size=[int(order.numel())])
+    tu.assign_non_tensor(
+        batch, temperature=backend.temperature, calculate_entropy=False, compute_loss=False,
+        use_dynamic_bsz=False, micro_batch_size_per_gpu=layout_micro_batch, **backend.extra_non_tensor,
+    )
+    output = backend.compute_log_prob(batch)
+    if output is None or ps.SERVED_KEY not in output.keys() or "log_probs" not in output.keys():
+        backend.prefix_shared_refused = (
+            "the workers' engine did not apply the prefix-shared layout; run the workers with the repro "
+            "engine vendor (+ray_kwargs.ray_init.runtime_env.env_vars.VERL_ENGINE_VENDOR=repro)"
+        )
+        logging.getLogger("verl_repro").warning("repro.scoring_mode=prefix_shared falls back to naive: %s", backend.prefix_shared_refused)
+        return score_naive(inputs, backend, micro_batch_size)
+    token_log_probs = ps.scored_from_slots(layout, order, is_padding, output["log_probs"])
+    j_base, j_cuts = _scatter_j(inputs, layout.copy_row, layout.copy_slot, ps.copy_means(layout, token_log_probs))
+    served = output[ps.SERVED_KEY].values().cpu()[ps.slot_of_sample(order, is_padding, len(layout))]
+    scored_tokens = ps.fed_tokens(layout, served == ps.SERVED_NAIVE)
+    return ScoredJ(j_base=j_base, j_cuts=j_cuts, num_sequences=len(layout), scored_tokens=scored_tokens)
