@@ -23,6 +23,7 @@ Pieces, so a scoring mode can be swapped (``repro.scoring_mode``; ``prefix_share
 from __future__ import annotations
 
 import math
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional, Protocol, Sequence
 
@@ -473,6 +474,15 @@ def score_ground_truth(
 # detected from its output, and the run falls back to ``naive`` with a logged reason.
 
 
+_PREFIX_SHARED_REFUSED: "weakref.WeakKeyDictionary[Any, str]" = weakref.WeakKeyDictionary()
+"""Worker groups whose engine did not serve a prefix-shared batch (kept for the run: the trainer
+builds a new :class:`LogProbBackend` every step) → the logged reason."""
+
+
+def _worker_of(backend: LogProbBackend):
+    return getattr(backend.compute_log_prob, "__self__", None) or backend.compute_log_prob
+
+
 @register_scoring_mode("prefix_shared")
 def score_prefix_shared(inputs: ScoringInputs, backend: LogProbBackend, micro_batch_size: int) -> ScoredJ:
     """All cuts of a response in one worker sequence; ``micro_batch_size`` counts whole responses here."""
@@ -482,7 +492,7 @@ def score_prefix_shared(inputs: ScoringInputs, backend: LogProbBackend, micro_ba
 
     from verl_repro.scoring import prefix_shared as ps
 
-    if getattr(backend, "prefix_shared_refused", None):
+    if _worker_of(backend) in _PREFIX_SHARED_REFUSED:
         return score_naive(inputs, backend, micro_batch_size)
     rows = inputs.rows.bool()
     answer_lengths = torch.tensor([ids.numel() for ids in inputs.answer_ids], dtype=torch.long)
@@ -503,11 +513,11 @@ def score_prefix_shared(inputs: ScoringInputs, backend: LogProbBackend, micro_ba
     )
     output = backend.compute_log_prob(batch)
     if output is None or ps.SERVED_KEY not in output.keys() or "log_probs" not in output.keys():
-        backend.prefix_shared_refused = (
+        reason = _PREFIX_SHARED_REFUSED[_worker_of(backend)] = (
             "the workers' engine did not apply the prefix-shared layout; run the workers with the repro "
             "engine vendor (+ray_kwargs.ray_init.runtime_env.env_vars.VERL_ENGINE_VENDOR=repro)"
         )
-        logging.getLogger("verl_repro").warning("repro.scoring_mode=prefix_shared falls back to naive: %s", backend.prefix_shared_refused)
+        logging.getLogger("verl_repro").warning("repro.scoring_mode=prefix_shared falls back to naive for this run: %s", reason)
         return score_naive(inputs, backend, micro_batch_size)
     token_log_probs = ps.scored_from_slots(layout, order, is_padding, output["log_probs"])
     j_base, j_cuts = _scatter_j(inputs, layout.copy_row, layout.copy_slot, ps.copy_means(layout, token_log_probs))
