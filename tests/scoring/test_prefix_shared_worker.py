@@ -162,8 +162,7 @@ def test_prefix_shared_through_the_engine_equals_naive(engine_classes, model, ti
     naive, _ = _score(tiny_tokenizer, WorkerGroup(hooked(model), 2, use_remove_padding), "naive", 2)
     engine = hooked(model)
     group = WorkerGroup(engine, 2, use_remove_padding)
-    shared, backend = _score(tiny_tokenizer, group, "prefix_shared", 2)
-    assert not getattr(backend, "prefix_shared_refused", None)
+    shared, _ = _score(tiny_tokenizer, group, "prefix_shared", 2)
     assert naive.scored.tolist() == [True, True, True, False]
     assert int(naive.cut_mask.sum(dim=1).max()) >= 10, "test premise: many cuts"
     _assert_same_j(shared, naive)
@@ -181,11 +180,14 @@ def test_stock_engine_is_detected_and_scored_naive(engine_classes, model, tiny_t
     naive, _ = _score(tiny_tokenizer, WorkerGroup(hooked(model), 1), "naive", 1)
     group = WorkerGroup(stock(model), 1)
     with caplog.at_level(logging.WARNING, logger="verl_repro"):
-        shared, backend = _score(tiny_tokenizer, group, "prefix_shared", 1)
-    assert "VERL_ENGINE_VENDOR=repro" in backend.prefix_shared_refused
-    assert any("falls back to naive" in r.getMessage() for r in caplog.records)
+        shared, _ = _score(tiny_tokenizer, group, "prefix_shared", 1)
+    assert any("falls back to naive" in r.getMessage() and "VERL_ENGINE_VENDOR=repro" in r.getMessage() for r in caplog.records)
     _assert_same_j(shared, naive)
     assert len(group.sent) == 2  # the refused prefix-shared call, then the naive one
+    # The next step (a new backend over the same workers) goes straight to naive.
+    again, _ = _score(tiny_tokenizer, group, "prefix_shared", 1)
+    assert len(group.sent) == 3 and ps.PREFIX_LENGTHS_KEY not in group.sent[-1].keys()
+    _assert_same_j(again, naive)
 
 
 def test_model_that_cannot_take_the_mask_runs_naive_in_the_worker(engine_classes, tiny_tokenizer, caplog):
@@ -200,8 +202,7 @@ def test_model_that_cannot_take_the_mask_runs_naive_in_the_worker(engine_classes
     naive, _ = _score(tiny_tokenizer, WorkerGroup(hooked(sliding), 2), "naive", 2)
     engine = hooked(sliding)
     with caplog.at_level(logging.WARNING, logger="verl_repro"):
-        shared, backend = _score(tiny_tokenizer, WorkerGroup(engine, 2), "prefix_shared", 2)
-    assert not getattr(backend, "prefix_shared_refused", None)
+        shared, _ = _score(tiny_tokenizer, WorkerGroup(engine, 2), "prefix_shared", 2)
     assert any("runs naive in this worker" in r.getMessage() and "sliding" in r.getMessage() for r in caplog.records)
     _assert_same_j(shared, naive)
     assert shared.stats["scored_tokens"] == naive.stats["scored_tokens"]
