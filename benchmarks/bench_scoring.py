@@ -106,6 +106,8 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--tolerance", type=float, default=None)
+    parser.add_argument("--shared-only", action="store_true",
+                        help="time prefix_shared alone (e.g. T=32768) and report the process's peak memory")
     parser.add_argument("--out", default=None, help="also write the table to this file")
     args = parser.parse_args(argv)
     if args.smoke:
@@ -124,6 +126,8 @@ def main(argv=None) -> int:
     score_cuts_prefix_shared(model, *warm, max_tokens_per_pass=args.tokens_per_pass)
 
     lines = []
+    if args.shared_only:
+        return _shared_only(model, args)
 
     def emit(line: str = "") -> None:
         print(line, flush=True)
@@ -171,6 +175,22 @@ def main(argv=None) -> int:
         with open(args.out, "w") as handle:
             handle.write("\n".join(lines) + "\n")
     return 0 if worst <= tolerance else 1
+
+
+def _shared_only(model, args) -> int:
+    """prefix_shared alone at the given sizes: time and peak memory (CUDA allocator, or the process RSS on CPU)."""
+    import resource
+
+    print(f"# prefix_shared only: model={args.model} device={args.device} dtype={args.dtype} threads={torch.get_num_threads()}")
+    print(f"{'T':>6} {'m':>3} {'shared tok':>10} {'shared s':>8} {'peak GiB':>9}")
+    for T in args.T:
+        for m in args.m:
+            case = make_case(T, m, args.responses, args.prompt_tokens, args.answer_tokens, model.config.vocab_size, seed=T * 100 + m)
+            shared, seconds, peak = timed(lambda: score_cuts_prefix_shared(model, *case, max_tokens_per_pass=args.tokens_per_pass), args.device, args.repeats)
+            if args.device != "cuda":
+                peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+            print(f"{T:>6} {m:>3} {shared.scored_tokens:>10} {seconds:>8.3f} {peak / 2**30:>9.2f}" + (f"  fallback: {shared.fallback_reason}" if shared.fallback_reason else ""))
+    return 0
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ FLOAT32_TOLERANCE = 1e-5
 
 
 def _random_model(kind: str = "qwen2", seed: int = 0, **overrides):
-    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
     torch.manual_seed(seed)
     common = dict(
@@ -42,6 +42,8 @@ def _random_model(kind: str = "qwen2", seed: int = 0, **overrides):
     common.update(overrides)
     if kind == "qwen2":
         return Qwen2ForCausalLM(Qwen2Config(**common)).eval()
+    if kind == "qwen3":  # q/k RMS norms before rotary
+        return Qwen3ForCausalLM(Qwen3Config(head_dim=8, **common)).eval()
     return LlamaForCausalLM(LlamaConfig(attention_bias=True, **common)).eval()
 
 
@@ -180,7 +182,7 @@ def test_equals_naive_on_tiny_checkpoint(tiny_model_dir, tiny_tokenizer):
     torch.testing.assert_close(smaller.j_cuts, shared.j_cuts, rtol=0, atol=FLOAT32_TOLERANCE, equal_nan=True)
 
 
-@pytest.mark.parametrize("kind", ["qwen2", "llama"])
+@pytest.mark.parametrize("kind", ["qwen2", "llama", "qwen3"])
 @pytest.mark.parametrize("attn_implementation", ["sdpa", "eager"])
 def test_equals_naive_on_random_configs(kind, attn_implementation):
     model = _random_model(kind, seed=1)
