@@ -109,3 +109,24 @@ def _assert_gone(pid):
             return
         time.sleep(0.1)
     raise AssertionError(f"process {pid} is still running")
+
+
+def test_sigterm_to_the_launcher_ends_the_run_too(tmp_path):
+    # timeout(1) or a CI runner stops cpu-run with SIGTERM: main_ppo's session must go with it
+    pid_file = tmp_path / "child.pid"
+    child = tmp_path / "child.py"
+    child.write_text(f"import os, time\nopen({str(pid_file)!r}, 'w').write(str(os.getpid()))\ntime.sleep(300)\n")
+    launcher_script = tmp_path / "launcher.py"
+    launcher_script.write_text(
+        "import os, sys\n"
+        "from verl_repro.cpu.launcher import run_main_ppo\n"
+        f"sys.exit(run_main_ppo([sys.executable, {str(child)!r}], dict(os.environ)))\n"
+    )
+    launcher = psutil.Popen([sys.executable, str(launcher_script)])
+    deadline = time.monotonic() + 120
+    while not pid_file.exists() or not pid_file.read_text():
+        assert time.monotonic() < deadline, "the child never started"
+        time.sleep(0.2)
+    launcher.terminate()
+    assert launcher.wait(timeout=60) == 143
+    _assert_gone(int(pid_file.read_text()))
