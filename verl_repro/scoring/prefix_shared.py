@@ -558,15 +558,14 @@ def naive_groups(batch: PrefixSharedBatch, max_tokens: Optional[int] = None) -> 
     return groups
 
 
-def _naive_log_probs(model, batch: PrefixSharedBatch, temperature: float, max_tokens: Optional[int] = None, min_forwards: int = 0) -> tuple[torch.Tensor, int]:
+def _naive_log_probs(model, batch: PrefixSharedBatch, temperature: float, max_tokens: Optional[int] = None) -> tuple[torch.Tensor, int]:
     """The values of :func:`prefix_shared_log_probs` computed the naive way: one sequence per copy,
     ``prefix[:s_j] + copy_j``, through the model's own attention.
 
     Sequences are left-padded in the groups of :func:`naive_groups` (by default the batch's own
     packed size, so the fallback needs no more activation memory than the tree pass), with explicit
     position ids, so every copy ends at the last column and only those columns reach the lm_head.
-    ``min_forwards``: one-token forwards are added up to this count (a sharded model needs the same
-    number of forwards on every rank). Returns ``([Q] float32, number of forwards)``.
+    Returns ``([Q] float32, number of forwards)``.
     """
     device = next(model.parameters()).device
     ids, lengths = naive_sequences(batch)
@@ -599,9 +598,7 @@ def _naive_log_probs(model, batch: PrefixSharedBatch, temperature: float, max_to
         chosen = logits[a_owner.to(device), column.to(device)]
         labels = padded[a_owner, longest - keep + column + 1].to(device)
         values[answer_offsets[group][a_owner] + a_position] = _log_probs_of(chosen, labels, temperature).cpu()
-    for _ in range(len(groups), min_forwards):
-        model(input_ids=torch.zeros(1, 1, dtype=torch.long, device=device), use_cache=False, logits_to_keep=1)
-    return values, max(len(groups), min_forwards)
+    return values, len(groups)
 
 
 @torch.no_grad()
