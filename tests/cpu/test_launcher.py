@@ -130,3 +130,10 @@ def test_sigterm_to_the_launcher_ends_the_run_too(tmp_path):
     launcher.terminate()
     assert launcher.wait(timeout=60) == 143
     _assert_gone(int(pid_file.read_text()))
+
+
+def test_cpu_runs_compute_in_fp32():
+    overrides = _as_dict(cpu_overrides())
+    for engine in ("actor_rollout_ref.actor.fsdp_config", "actor_rollout_ref.ref.fsdp_config", "critic.fsdp"):
+        assert overrides[f"{engine}.mixed_precision.param_dtype"] == "fp32"
+    assert overrides["actor_rollout_ref.rollout.dtype"] == "float32"
