@@ -291,3 +291,31 @@ def test_plugin_registers_on_import_of_the_fsdp_engine():
     assert "verl_repro.verl_ext.engine" not in payload["failures"]
     assert "engine:repro/fsdp2" in payload["registered"]
     assert payload["cls"] == "ReproFSDPEngineWithLMHead"
+
+
+def test_vendor_engine_routes_prefix_shared_batches_to_the_scoring_hook(monkeypatch):
+    """Prefix-shared scoring batches (issue 10) go through the tree-attention hook; others reach veRL."""
+    from verl_repro.scoring import engine_step
+    from verl_repro.scoring import prefix_shared as ps
+    from verl_repro.verl_ext.engine import engine_class_for
+
+    calls = []
+
+    class FakeBase:
+        def forward_step(self, micro_batch, loss_function, forward_only):
+            calls.append(("base", forward_only))
+            return "base"
+
+    def fake_hook(engine, micro_batch, loss_function, forward_only, base_forward_step):
+        calls.append(("hook", base_forward_step(micro_batch, loss_function, forward_only)))
+        return "hook"
+
+    monkeypatch.setattr(engine_step, "prefix_shared_forward_step", fake_hook)
+    engine = engine_class_for(FakeBase).__new__(engine_class_for(FakeBase))
+
+    class Batch(dict):
+        pass
+
+    assert engine.forward_step(Batch(input_ids=1), None, True) == "base"
+    assert engine.forward_step(Batch({"input_ids": 1, ps.PREFIX_LENGTHS_KEY: 2}), None, True) == "hook"
+    assert calls == [("base", True), ("base", True), ("hook", "base")]

@@ -198,6 +198,15 @@ class TokenStatsEngineMixin:
                 )
         return module
 
+    def forward_step(self, micro_batch, loss_function, forward_only):
+        # RePro's prefix-shared scoring batches (repro.scoring_mode=prefix_shared) need a tree
+        # attention layout on this forward; every other batch takes veRL's path unchanged.
+        from verl_repro.scoring.engine_step import is_prefix_shared_batch, prefix_shared_forward_step
+
+        if is_prefix_shared_batch(micro_batch):
+            return prefix_shared_forward_step(self, micro_batch, loss_function, forward_only, super().forward_step)
+        return super().forward_step(micro_batch, loss_function, forward_only)
+
     def _wants_logit_grad_norm(self, micro_batch, calculate_entropy: bool) -> bool:
         from verl.utils import tensordict_utils as tu
 
