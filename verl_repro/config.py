@@ -72,7 +72,7 @@ class ReproConfig:
     scoring_mode: str = "naive"
     """``naive`` scores one sequence per cut; ``prefix_shared`` scores all cuts in one pass."""
     scoring_micro_batch_size: int = 16
-    """Sequences per scoring micro-batch on each data-parallel rank."""
+    """Per data-parallel rank: sequences per scoring micro-batch (naive) or whole responses with all their answer copies (prefix_shared: size it like log_prob_micro_batch_size_per_gpu)."""
     answer_template: str = "\\boxed{" + ANSWER_PLACEHOLDER + "}"
     """How the ground truth is rendered after a cut; ``{ground_truth}`` is replaced literally."""
     max_answer_tokens: int = 64

@@ -235,19 +235,3 @@ def test_score_ground_truth_nothing_to_score_makes_no_worker_call(tiny_tokenizer
     assert scoring.stats["missing_ground_truth"] == 5  # the padding row is not counted
 
 
-def test_unknown_scoring_mode_is_refused(tiny_tokenizer, make_worker_group, rollout_batch):
-    batch = rollout_batch(tiny_tokenizer)
-    config = ReproConfig(scoring_mode="prefix_shared").validate()
-    from verl_repro.verl_ext.scoring import SCORING_MODES
-
-    if "prefix_shared" in SCORING_MODES:
-        pytest.skip("prefix_shared is available in this build")
-    with pytest.raises(ValueError, match="repro.scoring_mode='prefix_shared' is not available"):
-        score_ground_truth(
-            **{k: batch[k] for k in ("input_ids", "prompt_lengths", "responses", "response_mask", "entropy", "reward_models", "padding")},
-            tokenizer=tiny_tokenizer,
-            config=config,
-            boundary_ids=boundary_token_ids(tiny_tokenizer),
-            think_end_id=think_end_token_id(tiny_tokenizer),
-            backend=LogProbBackend(make_worker_group().compute_ref_log_prob, dp_size=2, temperature=1.0),
-        )

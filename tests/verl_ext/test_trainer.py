@@ -153,7 +153,7 @@ def test_each_bad_setting_names_its_key(base_config, updates, message):
         {"actor_rollout_ref.actor.use_kl_loss": False, "algorithm.use_kl_in_reward": True},
         {"algorithm.adv_estimator": "repro_ppo", "critic.enable": True},
         {"algorithm.adv_estimator": "corrpo", "actor_rollout_ref.actor.calculate_sum_pi_squared": True},
-        {"algorithm.adv_estimator": "corrpo", "+ray_kwargs.ray_init.runtime_env.env_vars.VERL_ENGINE_VENDOR": "repro"},
+        {"algorithm.adv_estimator": "corrpo", "ray_kwargs.ray_init.runtime_env.env_vars.VERL_ENGINE_VENDOR": "repro"},
         {"algorithm.adv_estimator": "grpo", "actor_rollout_ref.actor.use_kl_loss": False},  # not ours: nothing to check
     ],
 )
@@ -439,10 +439,11 @@ def test_other_verl_versions_are_refused_loudly(base_config, monkeypatch):
     assert not [entry for entry in listed if entry["layer"] == "verl_ext"]  # the glue patches nothing
 
 
-def test_unavailable_scoring_mode_is_refused_at_start_up(base_config):
-    from verl_repro.verl_ext.scoring import SCORING_MODES
-
-    if "prefix_shared" in SCORING_MODES:
-        pytest.skip("prefix_shared is available in this build")
-    with pytest.raises(ConfigError, match=r"repro\.scoring_mode='prefix_shared' is not available"):
+def test_prefix_shared_without_the_engine_vendor_is_refused_at_start_up(base_config):
+    with pytest.raises(ConfigError, match=r"repro\.scoring_mode=prefix_shared runs inside the repro engine vendor"):
         validate_repro_setup(make_config(base_config, **{"repro.scoring_mode": "prefix_shared"}))
+    with_vendor = make_config(
+        base_config,
+        **{"repro.scoring_mode": "prefix_shared", "ray_kwargs.ray_init.runtime_env.env_vars.VERL_ENGINE_VENDOR": "repro"},
+    )
+    assert validate_repro_setup(with_vendor).scoring_mode == "prefix_shared"

@@ -107,6 +107,13 @@ def validate_repro_setup(config: Any) -> ReproConfig:
                 f"repro.scoring_mode={repro.scoring_mode!r} is not available in this build; "
                 f"available: {sorted(SCORING_MODES)}"
             )
+        if repro.scoring_mode == "prefix_shared" and not engine_vendor_requested(config):
+            # The tree-attention forward lives in the repro engine vendor; stock engines can only
+            # score naive sequences, which would silently cost (m+1)·T/2 tokens per response.
+            raise ConfigError(
+                "repro.scoring_mode=prefix_shared runs inside the repro engine vendor: add "
+                "+ray_kwargs.ray_init.runtime_env.env_vars.VERL_ENGINE_VENDOR=repro, or set repro.scoring_mode=naive"
+            )
     if needs & {"repro_scoring", "entropy"} and _select(config, "algorithm.rollout_correction.bypass_mode", False):
         raise ConfigError(
             f"{estimator} needs the per-token entropy of veRL's old-log-prob pass, which "
