@@ -344,3 +344,33 @@ def test_group_curve_ends_are_mean_j_base_and_mean_j_end(curves, grid_points):
     assert curve["mean"][-1] == pytest.approx(np.mean([c[-1] for c in curves]), abs=1e-9)
     lows, highs = np.min([min(c) for c in curves]), np.max([max(c) for c in curves])
     assert all(lows - 1e-9 <= v <= highs + 1e-9 for v in curve["mean"])
+
+
+def test_sample_responses_cut_at_the_first_end_token():
+    """Any of several end ids ends a response (kept, as vLLM returns it); what follows becomes padding."""
+    from verl_repro.analysis.hf_scoring import sample_responses
+
+    class Stub(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.zeros(1))
+
+        def generate(self, input_ids, **kwargs):
+            assert kwargs["eos_token_id"] == [2, 7] and kwargs["top_k"] == 0
+            new = torch.tensor([[5, 7, 6, 2], [5, 5, 5, 5], [2, 9, 9, 9]])[: input_ids.shape[0]]
+            return torch.cat([input_ids, new], dim=1)
+
+    ids, mask = sample_responses(Stub(), [[1, 1], [1], [1, 1, 1]], max_new_tokens=4, temperature=1.0,
+                                 eos_token_id=[2, 7], pad_id=0, micro_batch_size=3)
+    assert ids.tolist() == [[5, 7, 0, 0], [5, 5, 5, 5], [2, 0, 0, 0]]
+    assert mask.tolist() == [[True, True, False, False], [True] * 4, [True, False, False, False]]
+
+
+def test_boundary_patterns_flag_takes_escapes():
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    tr.add_arguments(parser)
+    config, _ = tr._settings(parser.parse_args(["--boundary-patterns", "\\n", "; "]))
+    assert config.boundary_patterns == ["\n", "; "]
+    assert tr._settings(parser.parse_args([]))[0].boundary_patterns == ["\n\n", ".\n", "?\n"]

@@ -137,25 +137,29 @@ def sample_responses(
     *,
     max_new_tokens: int,
     temperature: float,
-    eos_token_id: int,
+    eos_token_id: int | Sequence[int],
     pad_id: int,
     micro_batch_size: int = 16,
     progress=None,
+    top_p: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sample one response per prompt with HF ``generate`` (left-padded micro-batches).
 
     Args:
         prompt_ids: N token lists (rendered prompts, no padding); repeat a prompt for n samples.
-        temperature: sampling temperature (> 0; top-p off).
+        temperature: sampling temperature (> 0; top-k off).
+        top_p: nucleus sampling threshold (1.0: off).
+        eos_token_id: the end-of-sequence id, or several (e.g. a model's ``generation_config``).
         progress: optional callable ``progress(num_done)`` called after each micro-batch.
     Returns:
         response_ids ``[N, T] long`` right-padded with ``pad_id`` and response_mask ``[N, T] bool``:
-        a response ends with its first ``eos_token_id`` (kept, as vLLM returns it) or after
+        a response ends with its first end-of-sequence token (kept, as vLLM returns it) or after
         ``max_new_tokens`` tokens.
     """
     if temperature <= 0:
         raise ValueError(f"sampling temperature must be > 0, got {temperature!r}")
     device = next(model.parameters()).device
+    eos_ids = torch.as_tensor([eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id), dtype=torch.long)
     chunks_ids, chunks_mask = [], []
     for start in range(0, len(prompt_ids), micro_batch_size):
         rows = [list(ids) for ids in prompt_ids[start : start + micro_batch_size]]
@@ -167,10 +171,10 @@ def sample_responses(
             attention[row, width - len(ids) :] = 1
         generated = model.generate(
             input_ids=input_ids.to(device), attention_mask=attention.to(device), do_sample=True,
-            temperature=temperature, top_p=1.0, top_k=0, max_new_tokens=max_new_tokens,
-            pad_token_id=pad_id, eos_token_id=eos_token_id,
+            temperature=temperature, top_p=top_p, top_k=0, max_new_tokens=max_new_tokens,
+            pad_token_id=pad_id, eos_token_id=eos_ids.tolist(),
         )[:, width:].cpu()
-        is_eos = generated == eos_token_id
+        is_eos = torch.isin(generated, eos_ids)
         after_eos = (is_eos.long().cumsum(1) - is_eos.long()) > 0  # keep the eos itself, drop the padding after it
         chunks_ids.append(generated.masked_fill(after_eos, pad_id))
         chunks_mask.append(~after_eos)

@@ -13,7 +13,8 @@ checkpoint as the policy:
   present.
 
 It writes ``trajectories.jsonl`` (one record per trajectory), ``summary.json`` (per-group means;
-the J̃ curve of each group on a grid of normalized step positions) and PNG plots. ``--compare A B``
+the J̃ curve of each group on a grid of normalized step positions) and PNG plots
+(:mod:`verl_repro.analysis.trajectory_plots`). ``--compare A B``
 does this for two checkpoints (or reads two earlier outputs) and adds one table and one figure.
 
 Inputs: veRL rollout dumps (``trainer.rollout_data_dir``: ``<step>.jsonl`` files with ``input``,
@@ -29,13 +30,14 @@ equally spaced points of ``[0, 1]``, and averaged per group (mean ± one standar
 from __future__ import annotations
 
 import argparse
+import codecs
 import json
 import math
 import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
@@ -545,123 +547,6 @@ def markdown_table(rows: Sequence[dict], labels: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
-# ----------------------------------------------------------------------------- plots
-
-
-def _subplots(nrows: int, ncols: int, width: float, height: float):
-    from verl_repro.analysis.plots import new_figure
-
-    figure, _ = new_figure(width, height)
-    figure.clf()
-    return figure, figure.subplots(nrows, ncols, squeeze=False)
-
-
-def _draw_j_curves(ax, summary: dict, records: Sequence[dict] | None = None, *, label: str = "", linestyle="-", color=None) -> None:
-    from verl_repro.analysis.plots import GROUP_COLORS
-
-    grid = np.asarray(summary["grid"])
-    groups = GROUPS if summary["num_graded"] else ("all",)
-    for name in groups:
-        curve = summary["groups"][name]["j_curve"]
-        if not curve["count"]:
-            continue
-        tint = color or GROUP_COLORS.get(name, GROUP_COLORS["unknown"])
-        style = linestyle if color is None else ("-" if name != "incorrect" else "--")
-        if records is not None and len(records) <= 100:
-            for r in group_records(records)[name]:
-                if r["j_curve"] is not None:
-                    ax.plot(grid, curve_on_grid(r["j_curve"], grid), color=tint, alpha=0.15, linewidth=0.8)
-        mean, std = np.asarray(curve["mean"]), np.asarray(curve["std"])
-        ax.plot(grid, mean, color=tint, linestyle=style, linewidth=2, label=f"{label}{name} (n={curve['count']})")
-        ax.fill_between(grid, mean - std, mean + std, color=tint, alpha=0.18, linewidth=0)
-    ax.set_xlabel("normalized step position (0: no reasoning, 1: after </think>)")
-    ax.set_ylabel("J̃: mean log-prob of the ground-truth answer")
-    ax.legend(loc="best", fontsize=8)
-
-
-def _values(records: Sequence[dict], key: str) -> dict[str, list[float]]:
-    groups = group_records(records)
-    names = GROUPS if any(r["correct"] is not None for r in records) else ("all",)
-    return {name if name != "all" else "unknown": [r[key] for r in groups[name] if r[key] is not None] for name in names}
-
-
-def plot_run(records: Sequence[dict], summary: dict, output_dir: Path, title: str = "") -> list[Path]:
-    """``j_curves.png``, ``scores.png`` (final magnitude / stability by correctness) and
-    ``backtracking.png`` (per response, and against length) in ``output_dir``."""
-    from verl_repro.analysis.plots import GROUP_COLORS, histogram_by_group, new_figure, save_figure
-
-    paths = []
-    figure, ax = new_figure(7.0, 4.5)
-    _draw_j_curves(ax, summary, records)
-    ax.set_title(f"{title}J̃ along the reasoning (mean ± 1 s.d.)")
-    paths.append(save_figure(figure, output_dir / "j_curves.png"))
-
-    figure, axes = _subplots(1, 2, 10.0, 4.0)
-    for ax, key, name in ((axes[0, 0], "final_magnitude", "magnitude S_magn"), (axes[0, 1], "final_stability", "stability S_stab")):
-        histogram_by_group(ax, _values(records, key), bins=20, value_range=(0.0, 1.0))
-        ax.set_xlabel(f"final {name} (at e+1, top-k cuts)")
-        ax.set_ylabel("responses")
-    figure.suptitle(f"{title}RePro scores by correctness")
-    paths.append(save_figure(figure, output_dir / "scores.png"))
-
-    figure, axes = _subplots(1, 2, 10.0, 4.0)
-    counts = _values(records, "backtracking")
-    highest = max([max(v) for v in counts.values() if v] + [1])
-    histogram_by_group(axes[0, 0], counts, bins=np.arange(highest + 2) - 0.5, value_range=None)
-    axes[0, 0].set_xlabel("backtracking phrases per response")
-    axes[0, 0].set_ylabel("responses")
-    lengths = _values(records, "response_tokens")
-    for name, values in counts.items():
-        axes[0, 1].scatter(lengths[name], values, s=14, alpha=0.6, color=GROUP_COLORS.get(name), label=name)
-    axes[0, 1].set_xlabel("response tokens")
-    axes[0, 1].set_ylabel("backtracking phrases")
-    axes[0, 1].legend(loc="best", fontsize=8)
-    figure.suptitle(f"{title}backtracking per response")
-    paths.append(save_figure(figure, output_dir / "backtracking.png"))
-    return paths
-
-
-def plot_compare(runs: Sequence[tuple[str, dict, list[dict]]], path: Path) -> Path:
-    """One figure: J̃ curves of both runs, final magnitude / stability, backtracking, length, accuracy."""
-    from verl_repro.analysis.plots import save_figure
-
-    colors = ["tab:blue", "tab:orange", "tab:purple", "tab:brown"]
-    figure, axes = _subplots(2, 3, 16.0, 8.5)
-    for (label, summary, _), color in zip(runs, colors):
-        _draw_j_curves(axes[0, 0], summary, None, label=f"{label} ", color=color)
-    axes[0, 0].set_title("J̃ vs normalized step (solid: correct, dashed: incorrect)")
-
-    def grouped_boxes(ax, key, ylabel):
-        data, ticks = [], []
-        for label, _, records in runs:
-            for name, values in _values(records, key).items():
-                data.append(values or [np.nan])
-                ticks.append(f"{label}\n{name}")
-        ax.boxplot(data, tick_labels=ticks)
-        ax.set_ylabel(ylabel)
-
-    grouped_boxes(axes[0, 1], "final_magnitude", "final magnitude S_magn")
-    grouped_boxes(axes[0, 2], "final_stability", "final stability S_stab")
-
-    def grouped_bars(ax, key, ylabel):
-        width = 0.8 / len(runs)
-        for i, ((label, summary, _), color) in enumerate(zip(runs, colors)):
-            names = GROUPS if summary["num_graded"] else ("all",)
-            means = [summary["groups"][n][key] or 0.0 for n in names]
-            ax.bar(np.arange(len(names)) + i * width, means, width, color=color, label=label)
-            ax.set_xticks(np.arange(len(names)) + width * (len(runs) - 1) / 2, names)
-        ax.set_ylabel(ylabel)
-        ax.legend(fontsize=8)
-
-    grouped_bars(axes[1, 0], "backtracking_mean", "backtracking phrases / response")
-    grouped_bars(axes[1, 1], "response_tokens_mean", "response tokens")
-    labels = [label for label, _, _ in runs]
-    axes[1, 2].bar(labels, [s["accuracy"] or 0.0 for _, s, _ in runs], color=colors[: len(runs)])
-    axes[1, 2].set_ylim(0, 1)
-    axes[1, 2].set_ylabel("accuracy")
-    return save_figure(figure, path)
-
-
 # ----------------------------------------------------------------------------- CLI
 
 
@@ -692,6 +577,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     repro.add_argument("--stability-ema", type=float, default=0.0, help="repro.stability_ema")
     repro.add_argument("--answer-template", default=None, help="repro.answer_template (default \\boxed{{ground_truth}})")
     repro.add_argument("--max-answer-tokens", type=int, default=64, help="repro.max_answer_tokens")
+    repro.add_argument("--boundary-patterns", nargs="+", default=None, metavar="TEXT",
+                       help="repro.boundary_patterns, with backslash escapes (default: '\\n\\n' '.\\n' '?\\n'; "
+                            "use '\\n' for tokenizers that keep newlines apart, e.g. SmolLM2)")
     repro.add_argument("--no-think-end", choices=("skip", "use_end"), default="use_end",
                        help="response without </think>: use its end as e (default, so every trajectory has a curve) or skip it")
     repro.add_argument("--scoring-mode", choices=SCORING_MODES, default="auto", help="J̃ scorer (auto: prefix-shared when available)")
@@ -717,6 +605,7 @@ def _settings(args):
         num_segments=args.num_segments, stability_weight=args.stability_weight, stability_ema=args.stability_ema,
         max_answer_tokens=args.max_answer_tokens, no_think_end=args.no_think_end,
         **({"answer_template": args.answer_template} if args.answer_template else {}),
+        **({"boundary_patterns": [codecs.decode(p, "unicode_escape") for p in args.boundary_patterns]} if args.boundary_patterns else {}),
     ).validate()
     counter = BacktrackingCounter(parse_phrases(args.backtracking_phrases), args.backtracking_scope, config.think_end_token)
     if args.grid_points < 2:
@@ -765,19 +654,27 @@ def _sample(model, tokenizer, problems: Sequence[Trajectory], args, prompt_forma
                            add_special_tokens=False)["input_ids"]
     rows = [ids for ids in prompt_ids for _ in range(n)]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    # The checkpoint's generation config knows its end-of-turn tokens; a converted tokenizer's
+    # eos_token can be wrong (SmolLM2's GGUF tokenizer says <|im_start|>).
+    eos_ids = model.generation_config.eos_token_id
+    eos_ids = [eos_ids] if isinstance(eos_ids, int) else list(eos_ids or [tokenizer.eos_token_id])
     with tqdm(total=len(rows), desc="sampling", unit="resp", disable=not progress) as bar:
         response_ids, response_mask = sample_responses(
-            model, rows, max_new_tokens=args.max_new_tokens, temperature=args.temperature, eos_token_id=tokenizer.eos_token_id,
+            model, rows, max_new_tokens=args.max_new_tokens, temperature=args.temperature, eos_token_id=eos_ids,
             pad_id=pad_id, micro_batch_size=args.batch_size, progress=bar.update,
         )
-    lengths = response_mask.sum(1).tolist()
-    responses = [response_ids[b, :n_b].tolist() for b, n_b in enumerate(lengths)]
+    lengths = response_mask.sum(1)
+    finished = response_ids.gather(1, (lengths - 1).clamp_min(0).unsqueeze(1)).squeeze(1)
+    finished = torch.isin(finished, torch.tensor(eos_ids)) & (lengths > 0)
+    # The end-of-turn token is not part of the reasoning (a dump's decoded text has none either).
+    responses = [response_ids[b, : n_b - int(f)].tolist() for b, (n_b, f) in enumerate(zip(lengths.tolist(), finished.tolist()))]
     # Keep special tokens: </think> may be one, and the grader strips the others itself.
     texts = tokenizer.batch_decode(responses, skip_special_tokens=False)
     return TokenizedBatch(
         ids=[f"{p.id}#{s}" for p in problems for s in range(n)], prompt_ids=rows, response_ids=responses, response_texts=texts,
         ground_truths=[p.ground_truth for p in problems for _ in range(n)],
-        meta=[{**p.meta, "prompt_id": p.id, "sample": s} for p in problems for s in range(n)],
+        meta=[{**p.meta, "prompt_id": p.id, "sample": s, "finished": bool(finished[i * n + s])}
+              for i, p in enumerate(problems) for s in range(n)],
     )
 
 
@@ -816,7 +713,7 @@ def analyze_run(model_path, args, trajectories_path: str | None, output_dir: Pat
         "source": source,
         "config": {"num_segments": config.num_segments, "stability_weight": config.stability_weight,
                    "stability_ema": config.stability_ema, "answer_template": config.answer_template,
-                   "no_think_end": config.no_think_end,
+                   "no_think_end": config.no_think_end, "boundary_patterns": list(config.boundary_patterns),
                    "backtracking_phrases": list(counter.phrases), "backtracking_scope": counter.scope},
         "scoring": scoring,
         "seconds": round(time.time() - started, 1),
@@ -831,6 +728,8 @@ def write_run(output_dir: Path, summary: dict, records: Sequence[dict], title: s
     with open(output_dir / "trajectories.jsonl", "w") as f:
         for record in records:
             f.write(json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n")
+    from verl_repro.analysis.trajectory_plots import plot_run
+
     return plot_run(records, summary, output_dir, title)
 
 
@@ -893,6 +792,8 @@ def run(args: argparse.Namespace) -> int:
     table = markdown_table(rows, labels)
     (output_dir / "compare.md").write_text(table + "\n")
     (output_dir / "compare.json").write_text(json.dumps({"labels": labels, "rows": rows}, indent=2, allow_nan=False))
+    from verl_repro.analysis.trajectory_plots import plot_compare
+
     plot_compare(runs, output_dir / "compare.png")
     print("\n" + table)
     print(f"\nwrote {output_dir}/compare.md, compare.json, compare.png (+ one folder per run) in {time.time() - started:.1f} s")
