@@ -185,32 +185,18 @@ def sample_responses(model, tokenizer, prompt_ids: list[list[int]], n: int, *, m
     import torch
     from tqdm.auto import tqdm
 
-    device = next(model.parameters()).device
+    from verl_repro.analysis import hf_scoring
+
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     eos_ids = model.generation_config.eos_token_id if model.generation_config.eos_token_id is not None else tokenizer.eos_token_id
-    eos_ids = set(eos_ids if isinstance(eos_ids, list) else [eos_ids])
-    out: list[list[list[int]]] = []
-    for start in tqdm(range(0, len(prompt_ids), batch_size), desc="sampling", unit="batch", disable=not progress):
-        chunk = prompt_ids[start : start + batch_size]
-        width = max(len(ids) for ids in chunk)
-        input_ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
-        attention = torch.zeros_like(input_ids)
-        for row, ids in enumerate(chunk):
-            input_ids[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
-            attention[row, width - len(ids) :] = 1
-        with torch.no_grad():
-            generated = model.generate(
-                input_ids=input_ids.to(device), attention_mask=attention.to(device), do_sample=True,
-                temperature=temperature, top_p=top_p, top_k=0, max_new_tokens=max_new_tokens,
-                num_return_sequences=n, pad_token_id=pad_id,
-            )[:, width:].cpu()
-        for row in range(len(chunk)):
-            responses = []
-            for ids in generated[row * n : (row + 1) * n].tolist():
-                end = next((i + 1 for i, token in enumerate(ids) if token in eos_ids), len(ids))
-                responses.append(ids[:end])
-            out.append(responses)
-    return out
+    rows = [list(ids) for ids in prompt_ids for _ in range(n)]
+    with tqdm(total=len(rows), desc="sampling", unit="response", disable=not progress) as bar, torch.no_grad():
+        response_ids, response_mask = hf_scoring.sample_responses(
+            model, rows, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+            eos_token_id=eos_ids, pad_id=pad_id, micro_batch_size=batch_size * n, progress=bar.update,
+        )
+    flat = [response_ids[row, : int(response_mask[row].sum())].tolist() for row in range(len(rows))]
+    return [flat[i * n : (i + 1) * n] for i in range(len(prompt_ids))]
 
 
 # ----------------------------------------------------------------------------- correctness
