@@ -52,7 +52,9 @@ def test_later_layers_win_and_new_keys_keep_their_plus():
 
 
 def test_user_overrides_win_and_worker_count_follows_n_gpus():
-    command = build_command(["actor_rollout_ref.rollout.name=hf", "trainer.n_gpus_per_node=2", "data.dataloader_num_workers=1"])
+    command = build_command(
+        ["actor_rollout_ref.rollout.name=hf", "trainer.n_gpus_per_node=2", "data.dataloader_num_workers=1"]
+    )
     assert command[1:3] == ["-m", "verl.trainer.main_ppo"]
     overrides = _as_dict(command[3:])
     assert overrides["trainer.n_gpus_per_node"] == "2" and overrides["ray_kwargs.ray_init.num_gpus"] == "2"
@@ -95,7 +97,8 @@ def test_run_leaves_no_process_of_its_session_behind(tmp_path):
 
     with (tmp_path / "log").open("w") as output:
         started = time.monotonic()
-        code = run_main_ppo([sys.executable, "-c", "import time; time.sleep(300)"], dict(os.environ), timeout=1, output=output)
+        sleeper = [sys.executable, "-c", "import time; time.sleep(300)"]
+        code = run_main_ppo(sleeper, dict(os.environ), timeout=1, output=output)
     assert code == TIMEOUT_EXIT_CODE and time.monotonic() - started < 60
 
 

@@ -21,7 +21,9 @@ from verl_repro.cpu.launcher import TIMEOUT_EXIT_CODE, build_command, cpu_enviro
 # A run takes ~1.5 min on a quiet 2-core machine and ~4 min when the cores are shared.
 RUN_TIMEOUT_S = 600
 
-SYNC_LINE = re.compile(r"\[hf-rollout\] weights synced: replica=(\d+) step=(\S+) tensors=(\d+) changed=(\d+) max_abs_delta=(\S+)")
+SYNC_LINE = re.compile(
+    r"\[hf-rollout\] weights synced: replica=(\d+) step=(\S+) tensors=(\d+) changed=(\d+) max_abs_delta=(\S+)"
+)
 
 
 @dataclass

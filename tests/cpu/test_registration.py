@@ -41,7 +41,9 @@ ON_SCRIPT = textwrap.dedent(
     result = {"report": registration_report(), "device": get_device_name(), "backend": get_nccl_backend(),
               "device_id": get_device_id(), "device_label": get_torch_device().get_device_name()}
     from verl.workers.engine import EngineRegistry
-    from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithLMHead, FSDPEngineWithValueHead, CPUOffloadPolicy
+    from verl.workers.engine.fsdp.transformer_impl import (
+        CPUOffloadPolicy, FSDPEngineWithLMHead, FSDPEngineWithValueHead,
+    )
     result["lm_engine"] = EngineRegistry.get_engine_cls("language_model", "fsdp2") is FSDPEngineWithLMHead
     result["value_engine"] = EngineRegistry.get_engine_cls("value_model", "fsdp2") is FSDPEngineWithValueHead
     result["ref_offload_pinned"] = CPUOffloadPolicy(pin_memory=True).pin_memory
@@ -87,13 +89,20 @@ def test_without_the_switch_nothing_is_registered_or_imported():
 def test_with_the_switch_platform_engines_rollout_and_gloo_resolve():
     result = _run(
         ON_SCRIPT,
-        {"VERL_PLATFORM": "cpu", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "RANK": "0", "WORLD_SIZE": "1"},
+        {
+            "VERL_PLATFORM": "cpu",
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(_free_port()),
+            "RANK": "0",
+            "WORLD_SIZE": "1",
+        },
     )
     assert result["report"]["failures"] == {}
     registered = set(result["report"]["registered"])
     assert {"platform:cpu", "rollout:hf", "engine:language_model/fsdp,fsdp2@cpu"} <= registered
     assert sum(name.startswith("patch:") for name in registered) == 5
-    assert (result["device"], result["backend"], result["device_id"], result["device_label"]) == ("cpu", "gloo", "cpu", "CPU")
+    identity = (result["device"], result["backend"], result["device_id"], result["device_label"])
+    assert identity == ("cpu", "gloo", "cpu", "CPU")
     assert result["lm_engine"] and result["value_engine"]
     assert result["ref_offload_pinned"] is False
     assert result["rollout_class"] == "HFRolloutAdapter" and result["replica_class"] == "HFReplica"

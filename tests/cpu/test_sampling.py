@@ -32,7 +32,9 @@ def prompts(tiny_tokenizer):
     texts = ["What is 2 plus 3?", "Hi", "Please reason step by step about 17 and 25."]
     return [
         tiny_tokenizer.encode(
-            tiny_tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True, tokenize=False)
+            tiny_tokenizer.apply_chat_template(
+                [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=False
+            )
         )
         for text in texts
     ]
@@ -105,7 +107,8 @@ def test_stops_after_end_of_sequence_and_reports_why(tiny_model, prompts, tiny_t
     assert greedy.finish_reason == "length" and len(greedy.token_ids) == 10
     stop_token = greedy.token_ids[2]
     first_stop = greedy.token_ids.index(stop_token)
-    stopped = sample_batch(tiny_model, prompts[:1], SamplingSettings(temperature=0.0, max_new_tokens=10), {stop_token}, pad)[0]
+    greedy_10 = SamplingSettings(temperature=0.0, max_new_tokens=10)
+    stopped = sample_batch(tiny_model, prompts[:1], greedy_10, {stop_token}, pad)[0]
     assert stopped.token_ids == greedy.token_ids[: first_stop + 1]
     assert stopped.finish_reason == "stop"
 

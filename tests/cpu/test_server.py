@@ -49,8 +49,13 @@ def test_concurrent_requests_are_batched_and_answered_within_budget(tiny_model_d
         params = {"temperature": 1.0, "top_p": 1.0, "top_k": -1, "logprobs": True}
         prompts = [_prompt(tiny_tokenizer, f"What is {i} plus {i}?") for i in range(6)]
         outputs = await asyncio.gather(
-            *[server.generate(prompt_ids=p, sampling_params=dict(params), request_id=str(i)) for i, p in enumerate(prompts)],
-            server.generate(prompt_ids=prompts[0], sampling_params={"temperature": 0, "max_tokens": 5}, request_id="greedy"),
+            *[
+                server.generate(prompt_ids=p, sampling_params=dict(params), request_id=str(i))
+                for i, p in enumerate(prompts)
+            ],
+            server.generate(
+                prompt_ids=prompts[0], sampling_params={"temperature": 0, "max_tokens": 5}, request_id="greedy"
+            ),
         )
         return prompts, outputs
 
@@ -131,7 +136,8 @@ def test_adapter_sends_copies_to_its_replica_server(monkeypatch):
         update_weights = _RemoteMethod()
 
     monkeypatch.setenv("RANK", "0")
-    adapter = HFRolloutAdapter(RolloutConfig(name="hf", tensor_model_parallel_size=1), model_config=None, device_mesh=None)
+    config = RolloutConfig(name="hf", tensor_model_parallel_size=1)
+    adapter = HFRolloutAdapter(config, model_config=None, device_mesh=None)
     adapter._server = _Server()
     weight = torch.ones(2, 2)
     asyncio.run(adapter.update_weights(iter([("w", weight)]), global_steps=3))

@@ -184,7 +184,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="build a tiny model, dataset and reward under DIR and run 2 GRPO steps on them",
     )
     parser.add_argument("--print-command", action="store_true", help="print the main_ppo command and exit")
-    parser.epilog = "Any other argument is a Hydra override for verl.trainer.main_ppo, e.g. trainer.total_training_steps=5"
+    parser.epilog = (
+        "Any other argument is a Hydra override for verl.trainer.main_ppo, e.g. trainer.total_training_steps=5"
+    )
     parser.set_defaults(accepts_extra_args=True)
 
 

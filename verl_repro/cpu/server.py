@@ -14,7 +14,6 @@ left-padded batch per group in a thread, so the actor keeps accepting calls mean
 from __future__ import annotations
 
 import asyncio
-import logging
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -27,12 +26,13 @@ from verl.workers.rollout.replica import RolloutReplica, TokenOutput
 
 from verl_repro.cpu.sampling import SampledSequence, SamplingSettings, sample_batch
 
-logger = logging.getLogger(__name__)
-
 SERVER_NAME_PREFIX = "hf_server_"
 
 # Log lines the end-to-end tests read; keep their format stable.
-WEIGHT_SYNC_LOG = "[hf-rollout] weights synced: replica={replica} step={step} tensors={tensors} changed={changed} max_abs_delta={delta:.6g}"
+WEIGHT_SYNC_LOG = (
+    "[hf-rollout] weights synced: replica={replica} step={step} tensors={tensors} changed={changed} "
+    "max_abs_delta={delta:.6g}"
+)
 
 
 def server_actor_name(replica_rank: int) -> str:
@@ -118,7 +118,9 @@ class HFRolloutServer:
             for name, incoming in named_tensors.items():
                 target = state[name]
                 if target.shape != incoming.shape:
-                    raise ValueError(f"hf rollout: {name} has shape {tuple(incoming.shape)}, expected {tuple(target.shape)}")
+                    raise ValueError(
+                        f"hf rollout: {name} has shape {tuple(incoming.shape)}, expected {tuple(target.shape)}"
+                    )
                 incoming = incoming.to(dtype=target.dtype)
                 delta = (incoming.float() - target.float()).abs().max().item() if target.numel() else 0.0
                 if delta > 0:
