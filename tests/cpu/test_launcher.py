@@ -58,6 +58,7 @@ def test_user_overrides_win_and_worker_count_follows_n_gpus():
     assert command[1:3] == ["-m", "verl.trainer.main_ppo"]
     overrides = _as_dict(command[3:])
     assert overrides["trainer.n_gpus_per_node"] == "2" and overrides["ray_kwargs.ray_init.num_gpus"] == "2"
+    assert int(overrides["ray_kwargs.ray_init.num_cpus"]) >= 16
     assert overrides["data.dataloader_num_workers"] == "1"
     assert len(command[3:]) == len(overrides)  # no key twice
 

@@ -22,6 +22,7 @@ from verl_repro.cpu.registration import PLATFORM_ENV
 # Ray places each veRL worker as a {CPU: 3, GPU: 1} bundle (plus Ray's own actors): declare enough
 # logical CPUs and one logical GPU per worker, or placement waits forever.
 RAY_LOGICAL_CPUS = 16
+RAY_LOGICAL_CPUS_PER_WORKER = 4
 
 
 def cpu_overrides(num_workers: int = 1) -> list[str]:
@@ -30,7 +31,7 @@ def cpu_overrides(num_workers: int = 1) -> list[str]:
         "trainer.device=cpu",
         "trainer.nnodes=1",
         f"trainer.n_gpus_per_node={num_workers}",
-        f"ray_kwargs.ray_init.num_cpus={RAY_LOGICAL_CPUS}",
+        f"ray_kwargs.ray_init.num_cpus={max(RAY_LOGICAL_CPUS, RAY_LOGICAL_CPUS_PER_WORKER * (num_workers + 1))}",
         f"+ray_kwargs.ray_init.num_gpus={num_workers}",
         # The dashboard's processes compete with training for the few cores.
         "+ray_kwargs.ray_init.include_dashboard=False",
@@ -99,6 +100,7 @@ def build_command(user_overrides: list[str], smoke_dir: str | None = None) -> li
 
 
 def cpu_environment(base: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment for main_ppo: ``base`` (default: this process's) with ``VERL_PLATFORM=cpu``."""
     env = dict(os.environ if base is None else base)
     env[PLATFORM_ENV] = "cpu"
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
