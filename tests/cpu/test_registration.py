@@ -82,8 +82,7 @@ def test_without_the_switch_nothing_is_registered_or_imported():
     assert result["register"] == []
     assert not [name for name in result["report"]["registered"] if name.startswith(("platform:", "rollout:", "patch:"))]
     # the entry point stays cheap: nothing of the backend beyond the switch check is imported
-    # (deferred is the import-hook helper, light, also used by verl_ext.engine)
-    assert set(result["cpu_modules"]) <= {"verl_repro.cpu", "verl_repro.cpu.registration", "verl_repro.cpu.deferred"}
+    assert set(result["cpu_modules"]) <= {"verl_repro.cpu", "verl_repro.cpu.registration"}
 
 
 def test_with_the_switch_platform_engines_rollout_and_gloo_resolve():

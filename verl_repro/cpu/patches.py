@@ -2,7 +2,7 @@
 
 Each :class:`Patch` names the veRL file and attribute it replaces and why. Patches are applied
 only in CPU mode (``VERL_PLATFORM=cpu``), each when its veRL module is first imported (see
-:mod:`verl_repro.cpu.deferred`), and only against the pinned veRL release: another version, or
+:mod:`verl_repro.import_hooks`), and only against the pinned veRL release: another version, or
 a target that has disappeared, stops with an error saying which patch to revisit.
 """
 
@@ -176,7 +176,7 @@ def install_patches() -> list[str]:
 
     Returns ``"patch:<file>:<target>"`` entries for the registration report.
     """
-    from verl_repro.cpu.deferred import when_imported
+    from verl_repro.import_hooks import when_imported
 
     check_verl_version()
     for patch in PATCHES:

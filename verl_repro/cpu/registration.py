@@ -34,7 +34,7 @@ def register() -> list[str]:
         return []
     from verl.plugin.platform import PlatformRegistry
 
-    from verl_repro.cpu.deferred import when_imported
+    from verl_repro.import_hooks import when_imported
     from verl_repro.cpu.engine import register_fsdp_engines
     from verl_repro.cpu.patches import install_patches
     from verl_repro.cpu.platform import PLATFORM_NAME, CPUPlatform
