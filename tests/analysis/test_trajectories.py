@@ -374,3 +374,23 @@ def test_boundary_patterns_flag_takes_escapes():
     config, _ = tr._settings(parser.parse_args(["--boundary-patterns", "\\n", "; "]))
     assert config.boundary_patterns == ["\n", "; "]
     assert tr._settings(parser.parse_args([]))[0].boundary_patterns == ["\n\n", ".\n", "?\n"]
+
+
+def test_documented_flags_exist():
+    """Every ``--flag`` the Analyze docs mention is an option of ``verl-repro analyze``."""
+    import argparse
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    docs = [root / "docs" / "readme" / "analyze.md"]
+    readme = (root / "README.md").read_text()
+    if "## Analyze" in readme:
+        docs.append(readme.split("## Analyze", 1)[1].split("\n## ", 1)[0])
+    parser = argparse.ArgumentParser()
+    tr.add_arguments(parser)
+    known = set(parser._option_string_actions)
+    texts = [d.read_text() if isinstance(d, Path) else d for d in docs if not isinstance(d, Path) or d.exists()]
+    assert texts, "the Analyze docs are missing"
+    mentioned = {flag for text in texts for flag in re.findall(r"(?<![\w-])--[a-z][a-z-]+", text)}
+    assert mentioned and mentioned <= known, sorted(mentioned - known)

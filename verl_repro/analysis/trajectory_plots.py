@@ -37,7 +37,7 @@ def _draw_j_curves(ax, summary: dict, records: Sequence[dict] | None = None, *, 
         mean, std = np.asarray(curve["mean"]), np.asarray(curve["std"])
         ax.plot(grid, mean, color=tint, linestyle=style, linewidth=2, label=f"{label}{name} (n={curve['count']})")
         ax.fill_between(grid, mean - std, mean + std, color=tint, alpha=0.18, linewidth=0)
-    ax.set_xlabel("normalized step position (0: no reasoning, 1: after </think>)")
+    ax.set_xlabel("normalized step position (0: no reasoning, 1: after </think> or the response end)")
     ax.set_ylabel("J̃: mean log-prob of the ground-truth answer")
     ax.legend(loc="best", fontsize=8)
 
@@ -115,7 +115,8 @@ def plot_compare(runs: Sequence[tuple[str, dict, list[dict]]], path: Path) -> Pa
     grouped_bars(axes[1, 0], "backtracking_mean", "backtracking phrases / response")
     grouped_bars(axes[1, 1], "response_tokens_mean", "response tokens")
     labels = [label for label, _, _ in runs]
-    axes[1, 2].bar(labels, [s["accuracy"] or 0.0 for _, s, _ in runs], color=colors[: len(runs)])
+    bars = axes[1, 2].bar(labels, [s["accuracy"] or 0.0 for _, s, _ in runs], color=colors[: len(runs)])
+    axes[1, 2].bar_label(bars, fmt="%.2f")
     axes[1, 2].set_ylim(0, 1)
     axes[1, 2].set_ylabel("accuracy")
     return save_figure(figure, path)
