@@ -394,3 +394,24 @@ def test_documented_flags_exist():
     assert texts, "the Analyze docs are missing"
     mentioned = {flag for text in texts for flag in re.findall(r"(?<![\w-])--[a-z][a-z-]+", text)}
     assert mentioned and mentioned <= known, sorted(mentioned - known)
+
+
+def test_fallbacks_are_counted_not_dropped(tiny_model_dir, tiny_tokenizer):
+    """``no_think_end=skip`` (training's default): the truncated response keeps its record, without a curve."""
+    from transformers import AutoModelForCausalLM
+
+    from verl_repro.analysis.backtracking import BacktrackingCounter
+    from verl_repro.config import ReproConfig
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    rows = TRAJECTORIES[:3] + [{"prompt": "q", "response": "", "ground_truth": "1"}]
+    batch = tr._tokenize_trajectories(tiny_tokenizer, [tr.to_trajectory(str(i), row) for i, row in enumerate(rows)], "chat", None, "")
+    config = ReproConfig(num_segments=NUM_SEGMENTS, no_think_end="skip").validate()
+    records, _ = tr.analyze_batch(model, tiny_tokenizer, batch, [True, False, False, False], config=config,
+                                  backtracking=BacktrackingCounter())
+    assert [r["fallback"] for r in records] == [None, None, "no_think_end", "empty_response"]
+    assert records[2]["j_curve"] is None and records[2]["boundaries"] == [] and records[2]["backtracking"] == 0
+    summary = tr.summarize(records)
+    assert summary["num_trajectories"] == 4
+    assert summary["fallbacks"] == {"empty_response": 1, "no_ground_truth": 0, "no_think_end": 1, "nonfinite_j": 0, "j_base_near_zero": 0}
+    assert summary["groups"]["incorrect"]["j_curve"]["count"] == 1  # only the scored one enters the curve

@@ -80,22 +80,11 @@ def _plain(value: Any) -> Any:
 
 
 def ground_truth_text(value: Any) -> str | None:
-    """A ground truth as text, or None when missing / empty / unusable (DESIGN §6: counted, not fatal).
+    """A ground truth (or a ``reward_model`` mapping holding one) as text, or None when missing,
+    empty or unusable (DESIGN §6: counted, not fatal) — the rule the training-time scorer applies."""
+    from verl_repro.verl_ext.scoring import ground_truth_text as from_reward_model
 
-    Strings are stripped; finite numbers print with ``str``; a non-empty list (several accepted
-    answers) gives its first entry; a ``{"ground_truth": ...}`` mapping is unwrapped.
-    """
-    if isinstance(value, dict):
-        value = value.get("ground_truth")
-    if isinstance(value, (list, tuple)):
-        value = value[0] if value else None
-    if value is None or isinstance(value, bool):
-        return None
-    if isinstance(value, (int, float)):
-        return str(value) if math.isfinite(float(value)) else None
-    if isinstance(value, str):
-        return value.strip() or None
-    return None
+    return from_reward_model(value if isinstance(value, dict) else {"ground_truth": value})
 
 
 def _step_of(path: Path) -> tuple[int, str]:
