@@ -196,11 +196,14 @@ def test_combine_written_out():
 # --------------------------------------------------------------------------- the chain
 
 
-def _chain_inputs(seed, batch, length, p_think_end, p_boundary, p_bad):
+def _chain_inputs(seed, batch, length, p_think_end, p_boundary, p_bad, allow_ties=True):
     ids, mask, entropy = oracle.random_batch(seed, batch, length, p_think_end=p_think_end, p_boundary=p_boundary)
     rng = np.random.default_rng(seed + 1)
     # J(c) for every cut position c = 0..T; J(0) is J_b. Half the time from a small value set (ties).
-    if rng.random() < 0.5:
+    # With EMA smoothing, exact ties stop being exact (torch's matrix EMA and the oracle's loop round
+    # differently), so a tie that τ_b sees in one is a tiny difference in the other: only real-valued
+    # J there, as a trained model produces.
+    if rng.random() < 0.5 and allow_ties:
         j_table = rng.choice([-3.0, -2.5, -2.0, -1.0, -0.5], size=(batch, length + 1))
     else:
         j_table = -rng.random((batch, length + 1)) * 3 - 1e-3
@@ -237,7 +240,9 @@ def _chain_inputs(seed, batch, length, p_think_end, p_boundary, p_bad):
 )
 def test_whole_chain_matches_the_oracle(seed, batch, length, k, p_think_end, p_boundary, p_bad, policy, mode,
                                         norm_by_std, w, beta, gamma):
-    ids, mask, entropy, j_table, groups, valid, padding = _chain_inputs(seed, batch, length, p_think_end, p_boundary, p_bad)
+    ids, mask, entropy, j_table, groups, valid, padding = _chain_inputs(
+        seed, batch, length, p_think_end, p_boundary, p_bad, allow_ties=not beta
+    )
     cuts, cut_mask, has_end = select_cuts(torch.from_numpy(ids), torch.from_numpy(mask), torch.from_numpy(entropy),
                                           torch.tensor(BOUNDARY), THINK_END, k, no_think_end=policy)
     j_table_t = torch.from_numpy(j_table)
