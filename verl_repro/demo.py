@@ -104,9 +104,12 @@ def run(args: argparse.Namespace) -> int:
     # 1. rollout: n samples per prompt (HF generate, left-padded batch)
     print(f"sampling {n} responses to each of {len(problems)} problems ...", flush=True)
     rows_prompt = [ids for ids in prompt_ids for _ in range(n)]
+    # The converted SmolLM2 tokenizer names <|im_start|> as eos; its generation config has the real end ids.
+    configured = model.generation_config.eos_token_id
+    end_ids = [tokenizer.eos_token_id] if configured is None else ([configured] if isinstance(configured, int) else list(configured))
     response_ids, response_mask = sample_responses(
         model, rows_prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-        eos_token_id=tokenizer.eos_token_id, pad_id=pad_id, micro_batch_size=len(rows_prompt),
+        eos_token_id=end_ids, pad_id=pad_id, micro_batch_size=len(rows_prompt),
     )
     texts = [tokenizer.decode(response_ids[b, : int(response_mask[b].sum())], skip_special_tokens=True) for b in range(len(rows_prompt))]
     group_ids = torch.arange(len(problems)).repeat_interleave(n)
@@ -117,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
 
     # 3. RePro: cuts, J at each cut, scores, process advantage. The answer is appended to the
     # reasoning text, so the end-of-turn token is not part of the last prefix.
-    reasoning_mask = response_mask & (response_ids != tokenizer.eos_token_id)
+    reasoning_mask = response_mask & ~torch.isin(response_ids, torch.tensor(end_ids))
     boundary_ids = alg.boundary_token_ids(tokenizer, config.boundary_patterns)
     cuts, cut_mask, has_think_end = alg.select_cuts(
         response_ids, reasoning_mask, stats.entropy, boundary_ids, think_end_id=-1,
