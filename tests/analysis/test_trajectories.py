@@ -383,10 +383,7 @@ def test_documented_flags_exist():
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[2]
-    docs = [root / "docs" / "readme" / "analyze.md"]
-    readme = (root / "README.md").read_text()
-    if "## Analyze" in readme:
-        docs.append(readme.split("## Analyze", 1)[1].split("\n## ", 1)[0])
+    docs = [root / "docs" / "analysis.md"]
     parser = argparse.ArgumentParser()
     tr.add_arguments(parser)
     known = set(parser._option_string_actions)

@@ -203,19 +203,14 @@ def test_readme_options_table_matches_the_dataclass():
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[2]
-    # The section lives in docs/readme/recipes.md until it is merged into README.md: check each copy.
-    docs = [p.read_text() for p in (root / "README.md", root / "docs" / "readme" / "recipes.md") if p.exists()]
-    docs = [d for d in docs if "### The math reward" in d]
-    assert docs, "the 'The math reward' section is missing from README.md and docs/readme/recipes.md"
-    for doc in docs:
-        _check_options_table(doc)
+    _check_options_table((root / "docs" / "reward.md").read_text())
 
 
 def _check_options_table(doc: str) -> None:
     import dataclasses
     import re
 
-    section = doc.split("### The math reward")[1].split("## Evaluate")[0]
+    section = doc
     documented: dict[str, str] = {}
     for keys, defaults in re.findall(r"^\| `([^|]+?)` \| ([^|]+?) \|", section, flags=re.M):
         for key, default in zip(keys.split("` / `"), defaults.split(" / ")):

@@ -230,11 +230,8 @@ def test_readme_keys_table_matches_the_dataclass():
     from verl_repro.config import config_table
 
     root = Path(__file__).resolve().parents[2]
-    # The section lives in docs/readme/corrpo.md until it is merged into README.md: check each copy.
-    docs = [p.read_text() for p in (root / "README.md", root / "docs" / "readme" / "corrpo.md") if p.exists() and "## CorR-PO" in p.read_text()]
-    assert docs, "the 'CorR-PO' section is missing from README.md and docs/readme/corrpo.md"
-    for text in docs:
-        for key, default, _ in config_table(CorrConfig, "repro.corr"):
-            assert f"| `{key}` | `{default}` |" in text, f"{key} (default {default}) missing from the CorR-PO keys table"
-        for metric in ("corr/rho_mean", "corr/rho_correct_mean", "corr/rho_incorrect_mean", "corr/skipped", "corr/regularizer_abs_mean"):
-            assert f"`{metric}`" in text
+    text = (root / "docs" / "corrpo.md").read_text()
+    for key, default, _ in config_table(CorrConfig, "repro.corr"):
+        assert f"| `{key}` | `{default}` |" in text, f"{key} (default {default}) missing from the CorR-PO keys table"
+    for metric in ("corr/rho_mean", "corr/rho_correct_mean", "corr/rho_incorrect_mean", "corr/skipped", "corr/regularizer_abs_mean"):
+        assert f"`{metric}`" in text
