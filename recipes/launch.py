@@ -304,9 +304,9 @@ def cpu_smoke(recipe: str, overrides: list[str], workdir: str, print_command: bo
         # smoke run exercises the ground-truth scoring too.
         keep.append("repro.no_think_end=use_end")
     workers = 1
-    merged = launcher.merge_overrides(
-        launcher.cpu_overrides(workers), smoke.smoke_overrides(smoke.prepare_smoke_workspace(workdir)), keep, overrides
-    )
+    # --print-command runs nothing, so it only names the workspace's paths.
+    workspace = smoke.smoke_workspace_paths(workdir) if print_command else smoke.prepare_smoke_workspace(workdir)
+    merged = launcher.merge_overrides(launcher.cpu_overrides(workers), smoke.smoke_overrides(workspace), keep, overrides)
     # Hydra's own options go first: argparse stops collecting overrides at the first option.
     command = [sys.executable, "-m", "verl.trainer.main_ppo", f"--config-path={RECIPE_DIR}", f"--config-name={recipe}", *merged]
     if print_command:

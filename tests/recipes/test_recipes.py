@@ -140,3 +140,5 @@ def test_cpu_smoke_hook(tmp_path):
     assert "algorithm.adv_estimator=repro_grpo" in command and "trainer.v1.trainer_mode=repro_sync" in command
     assert "trainer.device=cpu" in command and "trainer.total_training_steps=1" in command
     assert "repro.no_think_end=use_end" in command
+    assert f"actor_rollout_ref.model.path={tmp_path.resolve() / 'model'}" in command
+    assert not any(tmp_path.iterdir())  # --print-command runs nothing: no workspace built

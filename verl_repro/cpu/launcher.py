@@ -83,17 +83,25 @@ def merge_overrides(*layers: list[str]) -> list[str]:
 def _requested_workers(overrides: list[str]) -> int:
     for override in overrides:
         if override_key(override) == "trainer.n_gpus_per_node":
-            return int(override.split("=", 1)[1])
+            value = override.split("=", 1)[1]
+            try:
+                workers = int(value)
+            except ValueError:
+                workers = 0
+            if workers < 1:
+                raise SystemExit(f"verl-repro cpu-run: trainer.n_gpus_per_node must be an int >= 1, got {value!r}")
+            return workers
     return 1
 
 
-def build_command(user_overrides: list[str], smoke_dir: str | None = None) -> list[str]:
-    """The full ``python -m verl.trainer.main_ppo ...`` command line."""
+def build_command(user_overrides: list[str], smoke_dir: str | None = None, prepare: bool = True) -> list[str]:
+    """The full ``python -m verl.trainer.main_ppo ...`` command line; ``prepare=False`` only names
+    the smoke workspace's paths (for ``--print-command``, which must not write anything)."""
     smoke = []
     if smoke_dir is not None:
-        from verl_repro.cpu.smoke import prepare_smoke_workspace, smoke_overrides
+        from verl_repro.cpu.smoke import prepare_smoke_workspace, smoke_overrides, smoke_workspace_paths
 
-        smoke = smoke_overrides(prepare_smoke_workspace(smoke_dir))
+        smoke = smoke_overrides(prepare_smoke_workspace(smoke_dir) if prepare else smoke_workspace_paths(smoke_dir))
     workers = _requested_workers(user_overrides)
     overrides = merge_overrides(cpu_overrides(workers), smoke, user_overrides)
     return [sys.executable, "-m", "verl.trainer.main_ppo", *overrides]
@@ -193,7 +201,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    command = build_command(list(getattr(args, "extra_args", []) or []), smoke_dir=args.smoke)
+    command = build_command(list(getattr(args, "extra_args", []) or []), smoke_dir=args.smoke, prepare=not args.print_command)
     if args.print_command:
         print(f"{PLATFORM_ENV}=cpu " + " ".join(command))
         return 0

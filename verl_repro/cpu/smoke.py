@@ -60,15 +60,20 @@ def prepare_smoke_workspace(directory: str | Path) -> dict[str, Path]:
     including where veRL's file logger writes the metrics (``metrics.jsonl``, one line per step)."""
     from verl_repro.testing import build_tiny_checkpoint
 
+    workspace = smoke_workspace_paths(directory)
+    if not (workspace["model"] / "config.json").exists():
+        build_tiny_checkpoint(workspace["model"])
+    write_smoke_dataset(workspace["train"].parent)
+    return workspace
+
+
+def smoke_workspace_paths(directory: str | Path) -> dict[str, Path]:
+    """Where :func:`prepare_smoke_workspace` puts each file under ``directory``; writes nothing."""
     directory = Path(directory).resolve()
-    model_dir = directory / "model"
-    if not (model_dir / "config.json").exists():
-        build_tiny_checkpoint(model_dir)
-    train_path, val_path = write_smoke_dataset(directory / "data")
     return {
-        "model": model_dir,
-        "train": train_path,
-        "val": val_path,
+        "model": directory / "model",
+        "train": directory / "data" / "train.parquet",
+        "val": directory / "data" / "val.parquet",
         "checkpoints": directory / "checkpoints",
         "metrics": directory / "metrics.jsonl",
     }
