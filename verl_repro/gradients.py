@@ -1,0 +1,477 @@
+"""Per-token strength of the gradient of a generated token's raw logit with respect to the model's
+attention projection matrices: the quantity behind the entropy-gradient inversion (docs/corrpo.md).
+
+For token ``t`` with target ``y_t`` and raw logits ``z_t`` (no temperature, no log-softmax), and a
+projection matrix ``W`` (``q_proj``, ``k_proj``, ``v_proj`` or ``o_proj`` of a decoder layer),
+
+    G_t(W) = ∂ z[t, y_t] / ∂ W,        strength = ||G_t(W)||_*  (nuclear)  or  ||G_t(W)||_F.
+
+Two methods, ``exact`` beside ``fast`` (the exact one is the oracle of the fast one):
+
+* ``exact`` — one ``torch.autograd.grad`` call per token, any layer, any matrix. Offline use and tests.
+* ``fast`` — every token at once, for ``q_proj``, ``v_proj`` and ``o_proj`` of the *last* decoder
+  layer, from one re-run of that layer with autograd and one attention-weighted pass:
+
+  * ``q_proj`` and ``o_proj`` act on position ``t`` alone, and in the last layer position ``t`` feeds
+    only ``z_t``; so ``G_t(W_Q) = (∂z_t/∂q_t) x_tᵀ`` and ``G_t(W_O) = (∂z_t/∂o_t) a_tᵀ`` are rank one
+    (their nuclear and Frobenius norms are a product of two vector norms), and a single backward of
+    ``Σ_t z[t, y_t]`` to ``q`` and ``o`` yields every ``∂z_t/∂q_t`` and ``∂z_t/∂o_t``;
+  * ``v_proj``: ``G_t(W_V) = Σ_h E_h u_t^h (x̄_t^h)ᵀ`` with ``u_t^h = ∂z_t/∂a_t^h`` (gradient at head
+    ``h``'s attention output, placed in the rows of its key-value head by ``E_h``) and
+    ``x̄_t^h = Σ_τ A^h_{tτ} x_τ`` (the attention of head ``h`` applied to the layer's normalized input).
+    Its rank is at most the number of heads, and its singular values are the square roots of the
+    eigenvalues of ``M_t N_t``, where ``M_t = UᵀU`` (head-by-head inner products of the ``u``, zero
+    across key-value groups) and ``N_t = X̄ᵀX̄``: an ``heads × heads`` eigenproblem per token.
+
+  ``k_proj`` (under RoPE ``G_t(W_K)`` is not low-rank) and deeper layers have no fast form; ``auto``
+  picks ``fast`` when it applies and ``exact`` otherwise.
+
+Supported families: decoder layers laid out as Llama / Qwen2 / Qwen3 (``input_layernorm`` →
+``self_attn`` (``q_proj``/``k_proj``/``v_proj``/``o_proj``, optional ``q_norm``/``k_norm``, biases, GQA,
+RoPE) → residual → ``post_attention_layernorm`` → ``mlp`` → residual), a final ``norm`` and an
+``lm_head``. The fast method re-runs the last layer from its captured input and checks that it
+reproduces the layer's own output, so a layer that does something else is refused, never
+silently mis-measured.
+"""
+
+from __future__ import annotations
+
+import sys
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Callable, Iterator, Optional, Sequence
+
+import torch
+from torch import nn
+
+MATRICES = ("q_proj", "k_proj", "v_proj", "o_proj")
+FAST_MATRICES = ("q_proj", "v_proj", "o_proj")
+NORMS = ("nuc", "fro")
+METHODS = ("auto", "fast", "exact")
+CAPTURE_ATTENTION = "verl_repro_capture"
+# Bytes of attention scratch (probabilities and attention-weighted inputs) per chunk of queries.
+ATTENTION_CHUNK_BYTES = 64 * 2**20
+
+
+class UnsupportedModelError(ValueError):
+    """The model's layout is not one the fast method knows; ``method="exact"`` still works."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Model layout
+# ----------------------------------------------------------------------------------------------
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The decoder layers of a causal LM (``model.model.layers`` for Llama / Qwen2 / Qwen3)."""
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else getattr(model, "model", None)
+    layers = getattr(decoder, "layers", None)
+    if not isinstance(layers, nn.ModuleList):
+        raise UnsupportedModelError(f"{type(model).__name__} has no decoder layer list at model.model.layers")
+    return layers
+
+
+def final_norm(model: nn.Module) -> nn.Module:
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else model.model
+    norm = getattr(decoder, "norm", None)
+    if not isinstance(norm, nn.Module):
+        raise UnsupportedModelError(f"{type(model).__name__} has no final norm at model.model.norm")
+    return norm
+
+
+def fast_support_error(model: nn.Module, layers: Sequence[int], matrices: Sequence[str]) -> Optional[str]:
+    """Why ``method="fast"`` cannot serve this request, or None when it can."""
+    num_layers = len(decoder_layers(model))
+    resolved = {layer % num_layers for layer in layers}
+    if resolved != {num_layers - 1}:
+        return f"the fast method covers the last decoder layer only (asked for layers {list(layers)})"
+    unknown = sorted(set(matrices) - set(FAST_MATRICES))
+    if unknown:
+        return f"the fast method covers {list(FAST_MATRICES)} only, not {unknown} (k_proj under RoPE has no low-rank form)"
+    layer = decoder_layers(model)[-1]
+    attention = getattr(layer, "self_attn", None)
+    needed = ("input_layernorm", "post_attention_layernorm", "mlp")
+    if attention is None or any(not hasattr(layer, name) for name in needed):
+        return f"{type(layer).__name__} is not laid out as a Llama / Qwen2 / Qwen3 decoder layer"
+    if any(not isinstance(getattr(attention, name, None), nn.Linear) for name in MATRICES):
+        return f"{type(attention).__name__} has no q_proj / k_proj / v_proj / o_proj linear layers"
+    if getattr(attention, "sliding_window", None):
+        return "the last layer uses sliding-window attention, which the fast method does not model"
+    config = getattr(model, "config", None)
+    for key in ("final_logit_softcapping", "attn_logit_softcapping", "logit_scale"):
+        if getattr(config, key, None):
+            return f"the model's config sets {key}, which the fast method does not model"
+    if not hasattr(model, "lm_head"):
+        return f"{type(model).__name__} has no lm_head"
+    return None
+
+
+def resolve_method(model: nn.Module, layers: Sequence[int], matrices: Sequence[str], method: str) -> str:
+    """``auto`` → ``fast`` when it applies, else ``exact``; ``fast`` that cannot apply is an error."""
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if method == "exact":
+        return method
+    reason = fast_support_error(model, layers, matrices)
+    if reason is None:
+        return "fast"
+    if method == "fast":
+        raise UnsupportedModelError(f"method='fast' is unavailable: {reason}; use method='exact'")
+    return "exact"
+
+
+def _validate(matrices: Sequence[str], norm: str, layers: Sequence[int]) -> None:
+    if not matrices or any(m not in MATRICES for m in matrices):
+        raise ValueError(f"matrices must be a non-empty subset of {MATRICES}, got {list(matrices)}")
+    if norm not in NORMS:
+        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+    if not layers or any(not isinstance(layer, int) for layer in layers):
+        raise ValueError(f"layers must be a non-empty sequence of ints, got {layers!r}")
+
+
+def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """``[B, T]`` position ids counted over real tokens (0 on left padding), as veRL builds them."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def sequence_ids(position_ids: torch.Tensor) -> torch.Tensor:
+    """``[B, T]`` packed-sequence index of each token: a new sequence starts wherever the position does
+    not follow the previous one by 1 (the rule transformers applies to packed inputs)."""
+    first = position_ids[:, :1] - 1
+    return (torch.diff(position_ids, prepend=first, dim=-1) != 1).long().cumsum(-1)
+
+
+# ----------------------------------------------------------------------------------------------
+# Public entry point
+# ----------------------------------------------------------------------------------------------
+
+
+def logit_gradient_norms(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    target_ids: torch.Tensor,
+    attention_mask: Optional[torch.Tensor] = None,
+    *,
+    position_ids: Optional[torch.Tensor] = None,
+    layers: Sequence[int] = (-1,),
+    matrices: Sequence[str] = FAST_MATRICES,
+    norm: str = "nuc",
+    method: str = "auto",
+) -> torch.Tensor:
+    """Per-token ``||∂ z[b, t, target_ids[b, t]] / ∂ W||`` for each selected projection matrix.
+
+    Args:
+        model: a Hugging Face causal LM (Llama / Qwen2 / Qwen3 layout), any dtype.
+        input_ids: ``[B, T]`` long.
+        target_ids: ``[B, T]`` long — the token whose raw logit at position ``t`` is differentiated
+            (usually the next input token).
+        attention_mask: ``[B, T]`` — 1 on real tokens; masked positions give 0. None: all real.
+        position_ids: ``[B, T]`` long — for packed rows (several sequences in one row, ``attention_mask``
+            None); default: counted over ``attention_mask``.
+        layers: decoder layer indices (negative counts from the end).
+        matrices: subset of ``("q_proj", "k_proj", "v_proj", "o_proj")``.
+        norm: ``"nuc"`` (sum of singular values) or ``"fro"``.
+        method: ``"exact"`` (one autograd call per token), ``"fast"`` (last layer, q/v/o, all tokens at
+            once) or ``"auto"`` (fast when it applies).
+
+    Returns:
+        ``[B, T, len(layers), len(matrices)]`` float in the model's dtype (float32 for bf16 / fp16
+        models), zero where ``attention_mask`` is 0.
+    """
+    layers = tuple(int(layer) for layer in layers)
+    matrices = tuple(matrices)
+    _validate(matrices, norm, layers)
+    if input_ids.shape != target_ids.shape or input_ids.dim() != 2:
+        raise ValueError(f"input_ids {tuple(input_ids.shape)} and target_ids {tuple(target_ids.shape)} must both be [B, T]")
+    valid = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+    if position_ids is None:
+        position_ids = positions_from_mask(valid)
+    method = resolve_method(model, layers, matrices, method)
+    if method == "exact":
+        return _exact_norms(model, input_ids, target_ids, attention_mask, position_ids, valid, layers, matrices, norm)
+    return _fast_norms_of_model(model, input_ids, target_ids, attention_mask, position_ids, valid, matrices, norm)
+
+
+# ----------------------------------------------------------------------------------------------
+# exact: one autograd call per token (the oracle)
+# ----------------------------------------------------------------------------------------------
+
+
+def _matrix_norm(gradient: torch.Tensor, norm: str) -> torch.Tensor:
+    return torch.linalg.matrix_norm(gradient.float() if gradient.dtype in (torch.bfloat16, torch.float16) else gradient, ord=norm)
+
+
+def _exact_norms(model, input_ids, target_ids, attention_mask, position_ids, valid, layers, matrices, norm):
+    all_layers = decoder_layers(model)
+    weights = [getattr(all_layers[layer].self_attn, name).weight for layer in layers for name in matrices]
+    saved = [w.requires_grad for w in weights]
+    out_dtype = _output_dtype(weights[0].dtype)
+    result = torch.zeros(*input_ids.shape, len(layers), len(matrices), dtype=out_dtype, device=input_ids.device)
+    try:
+        for w in weights:
+            w.requires_grad_(True)
+        with torch.enable_grad():
+            logits = model(
+                input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+            ).logits
+            chosen = logits.gather(-1, target_ids.unsqueeze(-1)).squeeze(-1)  # [B, T]
+            rows, cols = valid.nonzero(as_tuple=True)
+            for b, t in zip(rows.tolist(), cols.tolist()):
+                grads = torch.autograd.grad(chosen[b, t], weights, retain_graph=True, allow_unused=True)
+                values = [
+                    torch.zeros((), dtype=out_dtype, device=result.device) if g is None else _matrix_norm(g, norm).to(out_dtype)
+                    for g in grads
+                ]
+                result[b, t] = torch.stack(values).view(len(layers), len(matrices))
+    finally:
+        for w, flag in zip(weights, saved):
+            w.requires_grad_(flag)
+    return result
+
+
+def _output_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float32 if dtype in (torch.bfloat16, torch.float16) else dtype
+
+
+# ----------------------------------------------------------------------------------------------
+# fast: the last layer, every token at once
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LastLayerCapture:
+    """What a forward pass leaves behind for :func:`last_layer_norms` (filled by :func:`capture_last_layer`)."""
+
+    hidden_in: Optional[torch.Tensor] = None
+    """``[B, T, H]`` — input of the last decoder layer."""
+    hidden_out: Optional[torch.Tensor] = None
+    """``[B, T, H]`` — its output (the re-run is checked against it)."""
+    layer_kwargs: Optional[dict] = None
+    """Keyword arguments the model passed to the layer (position embeddings, mask, ...)."""
+
+
+@contextmanager
+def capture_last_layer(model: nn.Module, on_output: Optional[Callable[[LastLayerCapture], None]] = None) -> Iterator[LastLayerCapture]:
+    """Record the last decoder layer's input, keyword arguments and output during a forward.
+
+    ``on_output`` runs inside the layer's forward hook, before any hook registered earlier (such as
+    FSDP's reshard), so the layer's and the model's root parameters are still materialized there.
+    """
+    layer = decoder_layers(model)[-1]
+    capture = LastLayerCapture()
+
+    def before(module, args, kwargs):
+        capture.hidden_in = args[0] if args else kwargs["hidden_states"]
+        capture.layer_kwargs = {key: value for key, value in kwargs.items() if key != "hidden_states"}
+
+    def after(module, args, kwargs, output):
+        capture.hidden_out = output[0] if isinstance(output, tuple) else output
+        if on_output is not None:
+            on_output(capture)
+
+    handles = [
+        layer.register_forward_pre_hook(before, with_kwargs=True),
+        layer.register_forward_hook(after, with_kwargs=True, prepend=True),
+    ]
+    try:
+        yield capture
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _fast_norms_of_model(model, input_ids, target_ids, attention_mask, position_ids, valid, matrices, norm):
+    with torch.no_grad(), capture_last_layer(model) as capture:
+        model.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
+    lm_rows = model.lm_head.weight[target_ids]  # [B, T, H]
+    if attention_mask is None:
+        segments = sequence_ids(position_ids)
+    else:  # one sequence per row; padding is a segment of its own that no query sees
+        segments = torch.where(valid, 0, -1).to(position_ids.dtype)
+    norms = last_layer_norms(
+        decoder_layers(model)[-1], final_norm(model), capture, lm_rows, valid, segments, matrices=matrices, norm=norm
+    )
+    return norms.unsqueeze(2)
+
+
+def last_layer_norms(
+    layer: nn.Module,
+    norm_module: nn.Module,
+    capture: LastLayerCapture,
+    lm_head_rows: torch.Tensor,
+    valid: torch.Tensor,
+    segments: torch.Tensor,
+    *,
+    matrices: Sequence[str] = FAST_MATRICES,
+    norm: str = "nuc",
+) -> torch.Tensor:
+    """The fast method from a captured forward: ``[B, T, len(matrices)]`` norms for the last layer.
+
+    Args:
+        layer: the last decoder layer (parameters materialized).
+        norm_module: the model's final norm.
+        capture: the layer's input, keyword arguments and output from the forward.
+        lm_head_rows: ``[B, T, H]`` — ``lm_head.weight[target]`` per token (``z_t = lm_head_rows_t · n_t``).
+        valid: ``[B, T]`` bool — tokens to measure (others give 0 and take no part in the backward).
+        segments: ``[B, T]`` long — sequence index within a row (several for packed rows, negative on
+            padding); a key is visible to a query of the same row and segment at or before it.
+        matrices: subset of ``("q_proj", "v_proj", "o_proj")``.
+        norm: ``"nuc"`` or ``"fro"``.
+    """
+    attention = layer.self_attn
+    hidden_in = capture.hidden_in.detach()
+    out_dtype = _output_dtype(hidden_in.dtype)
+    saved: dict[str, torch.Tensor] = {}
+
+    def keep(name):
+        def hook(module, args, output):
+            saved[name + "_in"] = args[0]
+            saved[name + "_out"] = output
+
+        return hook
+
+    handles = [getattr(attention, name).register_forward_hook(keep(name)) for name in ("q_proj", "o_proj")]
+    try:
+        with torch.enable_grad(), _capture_attention(attention) as scores_inputs:
+            x = layer.input_layernorm(hidden_in)
+            if not x.requires_grad:
+                x = x.detach().requires_grad_(True)
+            attn_out = attention(hidden_states=x, **_attention_kwargs(capture.layer_kwargs))[0]
+            residual = hidden_in + attn_out
+            hidden_out = residual + layer.mlp(layer.post_attention_layernorm(residual))
+            if capture.hidden_out is not None:
+                _check_rerun(hidden_out.detach(), capture.hidden_out.detach())
+            chosen = (norm_module(hidden_out) * lm_head_rows.to(hidden_out.dtype)).sum(-1)  # z[t, y_t]
+            total = chosen.masked_fill(~valid, 0).sum()
+            grad_q, grad_a, grad_o = torch.autograd.grad(total, [saved["q_proj_out"], saved["o_proj_in"], saved["o_proj_out"]])
+    finally:
+        for handle in handles:
+            handle.remove()
+
+    with torch.no_grad():
+        x = saved["q_proj_in"].detach().to(out_dtype)
+        results = []
+        for name in matrices:
+            if name == "q_proj":
+                values = grad_q.to(out_dtype).norm(dim=-1) * x.norm(dim=-1)
+            elif name == "o_proj":
+                values = grad_o.to(out_dtype).norm(dim=-1) * saved["o_proj_in"].detach().to(out_dtype).norm(dim=-1)
+            else:
+                values = _value_norms(attention, scores_inputs, x, grad_a.to(out_dtype), valid, segments, norm)
+            results.append(values)
+        return torch.stack(results, dim=-1).masked_fill(~valid.unsqueeze(-1), 0)
+
+
+def _attention_kwargs(layer_kwargs: Optional[dict]) -> dict:
+    kwargs = dict(layer_kwargs or {})
+    kwargs.pop("past_key_values", None)
+    kwargs.pop("past_key_value", None)
+    kwargs["use_cache"] = False
+    return kwargs
+
+
+def _check_rerun(recomputed: torch.Tensor, actual: torch.Tensor) -> None:
+    scale = actual.abs().amax().clamp(min=1e-6)
+    tolerance = 1e-3 if actual.dtype == torch.float64 else 5e-2
+    error = (recomputed.to(actual.dtype) - actual).abs().amax() / scale
+    if not bool(error <= tolerance):
+        raise UnsupportedModelError(
+            f"re-running the last decoder layer as input_layernorm → self_attn → mlp does not reproduce its "
+            f"output (relative error {float(error):.3g}); this layer layout is not supported by the fast method"
+        )
+
+
+@dataclass
+class _AttentionInputs:
+    query: Optional[torch.Tensor] = None  # [B, heads, T, d] after norms and RoPE
+    key: Optional[torch.Tensor] = None  # [B, kv_heads, T, d]
+    scaling: Optional[float] = None
+
+
+@contextmanager
+def _capture_attention(attention: nn.Module) -> Iterator[_AttentionInputs]:
+    """Route one attention module's kernel call through a recorder of its (post-RoPE) queries and keys;
+    the model's own kernel still computes the output."""
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterface
+
+    config = attention.config
+    previous = config._attn_implementation
+    eager = getattr(sys.modules[type(attention).__module__], "eager_attention_forward")
+    original = eager if previous in (None, "eager") else ALL_ATTENTION_FUNCTIONS[previous]
+    inputs = _AttentionInputs()
+
+    def recorder(module, query, key, value, attention_mask, scaling=None, **kwargs):
+        if module is attention:
+            inputs.query, inputs.key = query.detach(), key.detach()
+            inputs.scaling = module.scaling if scaling is None else scaling
+        return original(module, query, key, value, attention_mask, scaling=scaling, **kwargs)
+
+    AttentionInterface.register(CAPTURE_ATTENTION, recorder)
+    config._attn_implementation_internal = CAPTURE_ATTENTION
+    try:
+        yield inputs
+    finally:
+        config._attn_implementation_internal = previous
+    if inputs.query is None:
+        raise UnsupportedModelError(f"{type(attention).__name__} did not call the attention interface")
+
+
+def _value_norms(attention, scores_inputs: _AttentionInputs, x, grad_a, valid, segments, norm):
+    """``||Σ_h E_h u^h (x̄^h)ᵀ||`` per token: ``[B, T]``."""
+    query, key = scores_inputs.query.to(x.dtype), scores_inputs.key.to(x.dtype)
+    batch, heads, length, head_dim = query.shape
+    kv_heads = key.shape[1]
+    group = heads // kv_heads
+    u = grad_a.view(batch, length, heads, head_dim)
+    # M = UᵀU: heads of different key-value groups write to disjoint rows of W_V.
+    same_group = torch.arange(heads, device=x.device) // group
+    same_group = same_group[:, None] == same_group[None, :]
+    gram_u = torch.einsum("bthd,btgd->bthg", u, u) * same_group
+    gram_x = _attended_input_gram(query, key, x, valid, segments, scores_inputs.scaling)  # [B, T, h, h]
+    if norm == "fro":
+        return (gram_u * gram_x).sum((-1, -2)).clamp(min=0).sqrt()
+    # singular values of U X̄ᵀ = sqrt(eig(N^½ M N^½))
+    eigenvalues, eigenvectors = torch.linalg.eigh(gram_x)
+    root = (eigenvectors * eigenvalues.clamp(min=0).sqrt().unsqueeze(-2)) @ eigenvectors.transpose(-1, -2)
+    return torch.linalg.eigvalsh(root @ gram_u @ root).clamp(min=0).sqrt().sum(-1)
+
+
+def _attended_input_gram(query, key, x, valid, segments, scaling):
+    """``N[b, t] = X̄ᵀX̄`` with ``x̄^h_t = Σ_τ A^h_{tτ} x_τ``: ``[B, T, heads, heads]``, by chunks of queries."""
+    batch, heads, length, _ = query.shape
+    group = heads // key.shape[1]
+    key = key.repeat_interleave(group, dim=1)
+    position = torch.arange(length, device=x.device)
+    chunk = max(1, ATTENTION_CHUNK_BYTES // max(1, batch * heads * (length + x.shape[-1]) * x.element_size()))
+    grams = []
+    for start in range(0, length, chunk):
+        stop = min(length, start + chunk)
+        scores = torch.einsum("bhqd,bhkd->bhqk", query[:, :, start:stop], key) * scaling
+        visible = (
+            (position[None, start:stop, None] >= position[None, None, :])
+            & (segments[:, start:stop, None] == segments[:, None, :])
+            & (segments[:, None, :] >= 0)
+        )
+        scores = scores.masked_fill(~visible.unsqueeze(1), float("-inf"))
+        probs = torch.softmax(scores.float(), dim=-1).to(x.dtype).nan_to_num(0.0)
+        attended = torch.einsum("bhqk,bkc->bqhc", probs, x)  # [B, q, heads, H]
+        grams.append(torch.einsum("bqhc,bqgc->bqhg", attended, attended))
+    return torch.cat(grams, dim=1)
+
+
+__all__ = [
+    "FAST_MATRICES",
+    "MATRICES",
+    "METHODS",
+    "NORMS",
+    "LastLayerCapture",
+    "UnsupportedModelError",
+    "capture_last_layer",
+    "decoder_layers",
+    "fast_support_error",
+    "last_layer_norms",
+    "logit_gradient_norms",
+    "positions_from_mask",
+    "resolve_method",
+    "sequence_ids",
+]
