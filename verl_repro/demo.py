@@ -20,8 +20,19 @@ import json
 import time
 from pathlib import Path
 
-SYSTEM_PROMPT = "You are a careful math tutor. Solve the problem step by step, one step per line."
-USER_SUFFIX = "\nPut the final answer in \\boxed{}."
+from verl_repro.analysis import figures
+from verl_repro.analysis.frontend import (
+    SYSTEM_PROMPT,
+    USER_SUFFIX,
+    bundled_problems,
+    encode,
+    end_token_ids,
+    grade_responses,
+    load_model,
+    load_trajectories,
+    pad_token_id,
+    render_prompt,
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,32 +51,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output-dir", default="outputs/demo")
 
 
-def _load_problems(path: str | None, limit: int) -> list[dict]:
+def load_problems(path: str | None, limit: int):
+    """``limit`` problems (question + answer) of ``path``, or of the bundled problems."""
     if path is None:
-        from importlib.resources import files
-
-        text = files("verl_repro").joinpath("data/demo_problems.jsonl").read_text()
-    else:
-        text = Path(path).read_text()
-    problems = [json.loads(line) for line in text.splitlines() if line.strip()]
-    return problems[:limit]
-
-
-def _grade_all(responses: list[str], ground_truths: list[str]) -> list[float]:
-    """The ``repro_math`` reward manager's verifier; SmolLM2 writes no ``</think>``, so the whole
-    response is graded (``require_think_end=False``)."""
-    from verl_repro.rewards import MathRewardConfig, MathVerifier
-
-    verifier = MathVerifier(MathRewardConfig(require_think_end=False, num_processes=1)).start()
-    try:
-        return [verifier.score(text, gt).score for text, gt in zip(responses, ground_truths)]
-    finally:
-        verifier.close()
+        return bundled_problems(limit)
+    return load_trajectories(path, need_response=False, limit=limit, flag="--problems")
 
 
 def run(args: argparse.Namespace) -> int:
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from verl_repro import algorithms as alg
     from verl_repro.analysis.hf_scoring import response_token_stats, sample_responses
@@ -78,42 +72,24 @@ def run(args: argparse.Namespace) -> int:
         num_segments=args.num_segments, stability_weight=args.stability_weight, alpha=args.alpha, no_think_end="use_end",
         boundary_patterns=[p.encode().decode("unicode_escape") for p in args.boundary_patterns],
     ).validate()
-    if args.model is None:
-        from verl_repro.demo_model import smollm2_checkpoint
+    model, tokenizer, model_path = load_model(args.model, device="cpu", dtype="float32")
+    pad_id = pad_token_id(tokenizer)
 
-        print("loading embedded SmolLM2-135M-Instruct (first run converts the GGUF, ~40 s) ...", flush=True)
-        model_path = smollm2_checkpoint()
-    else:
-        model_path = Path(args.model)
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-
-    problems = _load_problems(args.problems, args.num_problems)
+    problems = load_problems(args.problems, args.num_problems)
     n = args.samples_per_prompt
-    prompts = [
-        tokenizer.apply_chat_template(
-            [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": p["question"] + USER_SUFFIX}],
-            add_generation_prompt=True,
-            tokenize=False,
-        )
-        for p in problems
-    ]
-    prompt_ids = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in prompts]
+    prompt_ids = encode(tokenizer, [render_prompt(tokenizer, p.prompt, "chat", SYSTEM_PROMPT, USER_SUFFIX) for p in problems])
 
     # 1. rollout: n samples per prompt (HF generate, left-padded batch)
     print(f"sampling {n} responses to each of {len(problems)} problems ...", flush=True)
     rows_prompt = [ids for ids in prompt_ids for _ in range(n)]
-    # The converted SmolLM2 tokenizer names <|im_start|> as eos; its generation config has the real end ids.
-    configured = model.generation_config.eos_token_id
-    end_ids = [tokenizer.eos_token_id] if configured is None else ([configured] if isinstance(configured, int) else list(configured))
+    end_ids = end_token_ids(model, tokenizer)
     response_ids, response_mask = sample_responses(
         model, rows_prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
         eos_token_id=end_ids, pad_id=pad_id, micro_batch_size=len(rows_prompt),
     )
     texts = [tokenizer.decode(response_ids[b, : int(response_mask[b].sum())], skip_special_tokens=True) for b in range(len(rows_prompt))]
     group_ids = torch.arange(len(problems)).repeat_interleave(n)
-    ground_truths = [p["answer"] for p in problems for _ in range(n)]
+    ground_truths = [p.ground_truth for p in problems for _ in range(n)]
 
     # 2. old-log-prob pass: per-token entropy and logit-gradient norm
     stats = response_token_stats(model, rows_prompt, response_ids, response_mask, pad_id=pad_id)
@@ -139,7 +115,8 @@ def run(args: argparse.Namespace) -> int:
     )
 
     # 4. outcome: verifier score, GRPO advantage, RePro-merged advantage
-    outcome = torch.tensor(_grade_all(texts, ground_truths), dtype=torch.float32)
+    # SmolLM2 writes no </think>: the whole response is graded.
+    outcome = torch.tensor([float(c is True) for c in grade_responses(texts, ground_truths, require_think_end=False, num_processes=1)])
     group_mean = torch.zeros(len(problems)).index_add_(0, group_ids, outcome) / n
     group_var = torch.zeros(len(problems)).index_add_(0, group_ids, (outcome - group_mean[group_ids]) ** 2) / max(n - 1, 1)
     outcome_adv = (outcome - group_mean[group_ids]) / (group_var[group_ids].sqrt() + 1e-6)
@@ -156,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
         scores = repro.scores[b][valid]
         rows.append(
             {
-                "problem": problems[b // n]["id"],
+                "problem": problems[b // n].id,
                 "sample": b % n,
                 "correct": bool(outcome[b] > 0),
                 "tokens": int(response_mask[b].sum()),
@@ -188,7 +165,8 @@ def run(args: argparse.Namespace) -> int:
         "responses": rows,
     }
     (output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    plots = _plot(rows, stats, response_mask, output_dir)
+    mask = response_mask.bool()
+    plots = figures.plot_demo(rows, stats.entropy[mask].numpy(), stats.grad_norm[mask].numpy(), output_dir)
     counts = repro.counts
     print(
         f"\naccuracy {summary['accuracy']:.2f} | responses with process reward {counts.with_process_reward}/{counts.rows}"
@@ -209,35 +187,3 @@ def _print_table(rows: list[dict]) -> None:
             f"{r['j_base']:7.2f} {r['j_final']:7.2f} {r['score_final']:6.3f} {r['process_adv_abs_mean']:6.3f} "
             f"{r['final_adv_mean']:6.2f} {r['entropy_mean']:5.2f} {r['grad_norm_mean']:5.2f} {rho}"
         )
-
-
-def _plot(rows, stats, response_mask, output_dir: Path) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for r in rows:
-        curve = r["j_curve"]
-        xs = [i / max(len(curve) - 1, 1) for i in range(len(curve))]
-        ax.plot(xs, curve, color="tab:green" if r["correct"] else "tab:red", alpha=0.6, marker="o", markersize=3)
-    ax.set_xlabel("normalized step position (0 = no reasoning)")
-    ax.set_ylabel("J: mean log-prob of the ground-truth answer")
-    ax.set_title("RePro J along each response (green: correct)")
-    fig.tight_layout()
-    curves = output_dir / "j_curves.png"
-    fig.savefig(curves, dpi=120)
-    plt.close(fig)
-
-    fig, ax = plt.subplots(figsize=(5, 4))
-    mask = response_mask.bool()
-    ax.scatter(stats.entropy[mask].numpy(), stats.grad_norm[mask].numpy(), s=4, alpha=0.4)
-    ax.set_xlabel("token entropy H (nats)")
-    ax.set_ylabel("logit-gradient norm g")
-    ax.set_title("entropy vs gradient norm, all response tokens")
-    fig.tight_layout()
-    scatter = output_dir / "entropy_vs_grad_norm.png"
-    fig.savefig(scatter, dpi=120)
-    plt.close(fig)
-    return [curves, scatter]

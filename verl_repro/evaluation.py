@@ -115,13 +115,12 @@ def generate_hf(model_path: str, messages_list: Sequence[list[dict]], n: int, ma
                 top_p: float, seed: int = 0, batch_size: int = 8) -> list[list[Completion]]:
     """Sample ``n`` responses per prompt with HF ``generate`` (CPU or a single GPU; for small models)."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).to(device).eval()
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    from verl_repro.analysis.frontend import load_model, pad_token_id
+
+    model, tokenizer, _ = load_model(model_path)
+    device = model.device
+    pad_id = pad_token_id(tokenizer)
     generation_eos = model.generation_config.eos_token_id
     eos_ids = {tokenizer.eos_token_id, *(generation_eos if isinstance(generation_eos, list) else [generation_eos])} - {None}
     torch.manual_seed(seed)

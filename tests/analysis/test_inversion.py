@@ -229,13 +229,13 @@ def test_nuclear_norm_of_a_gradient():
 
 
 def test_bad_inputs_fail_clearly(tiny_model_dir, tmp_path):
-    from verl_repro.analysis.inversion import load_records
+    from verl_repro.analysis.inversion import load_rows
 
     with pytest.raises(FileNotFoundError, match="--data"):
-        load_records(tmp_path / "missing.jsonl")
+        load_rows(tmp_path / "missing.jsonl")
     (tmp_path / "bad.jsonl").write_text('{"prompt": "a"}\nnot json\n')
     with pytest.raises(ValueError, match="bad.jsonl:2"):
-        load_records(tmp_path / "bad.jsonl")
+        load_rows(tmp_path / "bad.jsonl")
     _write_jsonl(tmp_path / "noprompt.jsonl", [{"response": "x"}])
     with pytest.raises(ValueError, match="row 0: no prompt"):
         main(["inversion", "--model", str(tiny_model_dir), "--data", str(tmp_path / "noprompt.jsonl"), "--output-dir", str(tmp_path / "o"), "--no-progress"])

@@ -18,6 +18,8 @@ from hypothesis import strategies as st
 
 from verl_repro.analysis import trajectories as tr
 from verl_repro.analysis.backtracking import BacktrackingCounter, parse_phrases
+from verl_repro.analysis.frontend import to_trajectory
+from verl_repro.analysis.summary import summarize
 from verl_repro.cli import main
 
 NUM_SEGMENTS = 2
@@ -237,7 +239,7 @@ def test_scoring_modes_agree(tiny_model_dir, tiny_tokenizer):
     from verl_repro import algorithms as alg
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
-    batch = tr._tokenize_trajectories(tiny_tokenizer, [tr.to_trajectory(str(i), row) for i, row in enumerate(TRAJECTORIES[:2])], "chat", None, "")
+    batch = tr._tokenize_trajectories(tiny_tokenizer, [to_trajectory(str(i), row) for i, row in enumerate(TRAJECTORIES[:2])], "chat", None, "")
     response_ids, response_mask = tr._pad(batch.response_ids, tiny_tokenizer.pad_token_id)
     cuts, cut_mask, _ = alg.select_cuts(response_ids, response_mask, torch.zeros(response_ids.shape), alg.boundary_token_ids(tiny_tokenizer),
                                         alg.think_end_token_id(tiny_tokenizer), 100)
@@ -248,55 +250,6 @@ def test_scoring_modes_agree(tiny_model_dir, tiny_tokenizer):
     torch.testing.assert_close(shared[1], naive[1], atol=1e-5, rtol=0, equal_nan=True)
     assert naive[2]["mode"] == "naive" and shared[2]["mode"] == "prefix_shared"
     assert shared[2]["naive_tokens"] == naive[2]["scored_tokens"] > shared[2]["scored_tokens"]
-
-
-# ----------------------------------------------------------------------------- inputs
-
-
-def test_verl_rollout_dump_and_step_filter(tmp_path):
-    """veRL 0.9.1's ``trainer.rollout_data_dir`` writes ``<step>.jsonl`` rows with input/output/gts/score/step."""
-    dump = tmp_path / "rollouts"
-    dump.mkdir()
-    for step in (1, 10, 2):
-        _write_jsonl(dump / f"{step}.jsonl", [{"input": f"user\nq{step}-{i}\nassistant\n", "output": f"r{step}-{i}", "gts": 7 + i,
-                                               "score": 1.0, "step": step, "uid": f"u{step}_0_{i}"} for i in range(2)])
-    everything = tr.load_trajectories(dump)
-    assert [t.meta["step"] for t in everything] == [1, 1, 2, 2, 10, 10]  # numeric step order, not "10" < "2"
-    last = tr.load_trajectories(dump, step="last")
-    assert [(t.prompt, t.response, t.ground_truth, t.id) for t in last] == [
-        ("user\nq10-0\nassistant\n", "r10-0", "7", "u10_0_0"), ("user\nq10-1\nassistant\n", "r10-1", "8", "u10_0_1")]
-    assert [t.response for t in tr.load_trajectories(dump, step="2")] == ["r2-0", "r2-1"]
-    with pytest.raises(ValueError, match="no rows of step 3"):
-        tr.load_trajectories(dump, step="3")
-
-
-def test_parquet_with_chat_messages_and_reward_model(tmp_path, tiny_tokenizer):
-    import pandas as pd
-
-    path = tmp_path / "data.parquet"
-    pd.DataFrame([{"prompt": [{"role": "user", "content": "What is 2 plus 3?"}], "response": "5", "reward_model": {"ground_truth": "5"}},
-                  {"prompt": [{"role": "user", "content": "?"}], "response": "x", "reward_model": {"ground_truth": "  "}}]).to_parquet(path)
-    first, second = tr.load_trajectories(path)
-    assert first.ground_truth == "5" and second.ground_truth is None  # blank: unusable, counted later
-    assert tr.render_prompt(tiny_tokenizer, first.prompt, "raw") == (
-        "<|im_start|>user\nWhat is 2 plus 3?<|im_end|>\n<|im_start|>assistant\n<think>\n")
-
-
-@pytest.mark.parametrize(
-    "row, message",
-    [({"response": "x"}, "no prompt"), ({"prompt": "q"}, "no response"), ([1, 2], "expected a JSON object")],
-)
-def test_bad_rows_name_the_row(tmp_path, row, message):
-    path = _write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "q", "response": "r"}, row])
-    with pytest.raises(ValueError, match=f"bad.jsonl:2: {message}"):
-        tr.load_trajectories(path)
-
-
-@pytest.mark.parametrize("value, expected", [("  42 ", "42"), (3, "3"), (2.5, "2.5"), (float("nan"), None), ("", None),
-                                             (None, None), (True, None), (["1/2", "0.5"], "1/2"), ([], None),
-                                             ({"ground_truth": "x"}, "x")])
-def test_ground_truth_text(value, expected):
-    assert tr.ground_truth_text(value) == expected
 
 
 # ----------------------------------------------------------------------------- backtracking and summary maths
@@ -331,19 +284,6 @@ def test_backtracking_matches_word_scan(pieces):
     text = "".join(word + sep for word, sep in pieces)
     expected = sum(word.lower() in ("wait", "hmm", "alternatively") for word, _ in pieces)
     assert BacktrackingCounter(("wait", "hmm", "alternatively"), scope="all").total(text) == expected
-
-
-@settings(max_examples=100, deadline=None)
-@given(st.lists(st.lists(st.floats(-20, 0), min_size=2, max_size=12), min_size=1, max_size=6), st.integers(2, 21))
-def test_group_curve_ends_are_mean_j_base_and_mean_j_end(curves, grid_points):
-    records = [{"j_curve": c, "correct": True, "response_tokens": 1, "thinking_tokens": 1, "has_think_end": True,
-                "backtracking": 0, "boundaries": c[1:], "j_base": c[0], "final_magnitude": None, "final_stability": None,
-                "final_score": None} for c in curves]
-    curve = tr.summarize_group(records, np.linspace(0, 1, grid_points))["j_curve"]
-    assert curve["mean"][0] == pytest.approx(np.mean([c[0] for c in curves]), abs=1e-9)
-    assert curve["mean"][-1] == pytest.approx(np.mean([c[-1] for c in curves]), abs=1e-9)
-    lows, highs = np.min([min(c) for c in curves]), np.max([max(c) for c in curves])
-    assert all(lows - 1e-9 <= v <= highs + 1e-9 for v in curve["mean"])
 
 
 def test_sample_responses_cut_at_the_first_end_token():
@@ -402,13 +342,13 @@ def test_fallbacks_are_counted_not_dropped(tiny_model_dir, tiny_tokenizer):
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
     rows = TRAJECTORIES[:3] + [{"prompt": "q", "response": "", "ground_truth": "1"}]
-    batch = tr._tokenize_trajectories(tiny_tokenizer, [tr.to_trajectory(str(i), row) for i, row in enumerate(rows)], "chat", None, "")
+    batch = tr._tokenize_trajectories(tiny_tokenizer, [to_trajectory(str(i), row) for i, row in enumerate(rows)], "chat", None, "")
     config = ReproConfig(num_segments=NUM_SEGMENTS, no_think_end="skip").validate()
     records, _ = tr.analyze_batch(model, tiny_tokenizer, batch, [True, False, False, False], config=config,
                                   backtracking=BacktrackingCounter())
     assert [r["fallback"] for r in records] == [None, None, "no_think_end", "empty_response"]
     assert records[2]["j_curve"] is None and records[2]["boundaries"] == [] and records[2]["backtracking"] == 0
-    summary = tr.summarize(records)
+    summary = summarize(records)
     assert summary["num_trajectories"] == 4
     assert summary["fallbacks"] == {"empty_response": 1, "no_ground_truth": 0, "no_think_end": 1, "nonfinite_j": 0, "j_base_near_zero": 0}
     assert summary["groups"]["incorrect"]["j_curve"]["count"] == 1  # only the scored one enters the curve

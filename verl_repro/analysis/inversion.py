@@ -15,13 +15,11 @@ exactly as veRL's old-log-prob pass does, the per-token entropy ``H_t`` and logi
 
 It writes ``summary.json`` (NaN-free: undefined statistics are ``null``) and PNG plots.
 
-Input rows (jsonl or parquet), field names tried in order:
-
-* prompt: ``prompt`` / ``input`` (a rendered string used as is, or a list of chat messages that gets
-  the chat template), ``question`` / ``problem`` (a bare question: chat template, user turn);
-* response: ``response`` / ``output`` — absent: ``--samples-per-prompt`` responses are sampled;
-* ground truth: ``ground_truth`` / ``gts`` / ``answer`` / ``reward_model.ground_truth``;
-* outcome score: ``score`` (veRL's rollout dumps: ``input``, ``output``, ``gts``, ``score``).
+Input rows are read by :mod:`verl_repro.analysis.frontend` (jsonl / json / parquet; its docstring
+lists the field names): a rendered ``prompt`` / ``input`` string is used as is, a message list gets
+the chat template, a bare ``question`` / ``problem`` becomes the user turn with the boxed-answer
+hint; a row without a response gets ``--samples-per-prompt`` sampled ones; ``score`` (veRL's
+rollout dumps) is the outcome score.
 
 Correctness: a row's ``score`` when given (correct when > 0, as in the ``corrpo`` metrics), else the
 math verifier (``verl_repro.rewards.MathVerifier``: last ``\\boxed{}`` after the first ``</think>``,
@@ -38,17 +36,26 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Optional
 
+from verl_repro.analysis import figures
+from verl_repro.analysis.frontend import (
+    USER_SUFFIX,
+    Trajectory,
+    bundled_problems,
+    encode,
+    end_token_ids,
+    grade_responses,
+    load_model,
+    pad_token_id,
+    read_rows,
+    render_prompt,
+    to_trajectory,
+)
 from verl_repro.config import CORRELATION_KINDS, TOKEN_SCOPES, CorrConfig
 
 DEFAULT_FINGERPRINT_PARAMS = r"self_attn\.(q_proj|k_proj|v_proj|o_proj)\.weight$"
 FINGERPRINT_NORMS = ("fro", "nuc")
-PROMPT_KEYS = ("prompt", "input", "question", "problem")
-BARE_QUESTION_KEYS = ("question", "problem")
-RESPONSE_KEYS = ("response", "output")
-GROUND_TRUTH_KEYS = ("ground_truth", "gts", "answer")
-BOXED_HINT = "\nPut the final answer in \\boxed{}."
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -92,87 +99,18 @@ class Sample:
     score: Optional[float]
 
 
-def _first(record: dict, keys: Iterable[str]) -> tuple[Optional[str], Any]:
-    for key in keys:
-        value = record.get(key)
-        if value is not None and not (isinstance(value, float) and math.isnan(value)):
-            return key, value
-    return None, None
-
-
-def _plain(value: Any) -> Any:
-    """numpy arrays / scalars from parquet → Python lists / numbers, recursively."""
-    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):
-        value = value.tolist()
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
-
-
-def load_records(path: str | Path | None) -> list[dict]:
-    """Rows of a ``.jsonl`` / ``.json`` (list) / ``.parquet`` file; ``None``: the bundled demo problems."""
+def load_rows(path: str | Path | None) -> list[Trajectory]:
+    """The rows of ``--data`` as trajectories (a response is optional); ``None``: the bundled demo problems."""
     if path is None:
-        from importlib.resources import files
-
-        text = files("verl_repro").joinpath("data/demo_problems.jsonl").read_text()
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"--data {path} does not exist")
-    if path.suffix == ".parquet":
-        import pandas as pd
-
-        return [_plain(row) for row in pd.read_parquet(path).to_dict(orient="records")]
-    text = path.read_text()
-    if path.suffix == ".json":
-        rows = json.loads(text)
-        if not isinstance(rows, list):
-            raise ValueError(f"--data {path}: a .json file must hold a list of rows")
-        return rows
-    rows = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as error:
-                raise ValueError(f"--data {path}:{number}: not a JSON line ({error.msg})") from None
-    return rows
+        return bundled_problems()
+    return [to_trajectory(f"row {row}", record, need_response=False) for row, (_, record) in enumerate(read_rows(path, "--data"))]
 
 
-def render_prompt(record: dict, tokenizer, row: int) -> list[int]:
-    """Prompt token ids of a row (see the module docstring for the accepted fields)."""
-    key, prompt = _first(record, PROMPT_KEYS)
-    if prompt is None:
-        raise ValueError(f"row {row}: no prompt (looked for {', '.join(PROMPT_KEYS)})")
-    if isinstance(prompt, list) or key in BARE_QUESTION_KEYS:
-        messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": str(prompt) + BOXED_HINT}]
-        if getattr(tokenizer, "chat_template", None):
-            text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        else:
-            text = "\n".join(str(m.get("content", "")) for m in messages) + "\n"
-    else:
-        text = str(prompt)
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
-
-
-def _ground_truth(record: dict) -> Optional[str]:
-    _, value = _first(record, GROUND_TRUTH_KEYS)
-    if value is None and isinstance(record.get("reward_model"), dict):
-        value = record["reward_model"].get("ground_truth")
-    if isinstance(value, list):
-        value = value[0] if value else None
-    return None if value is None else str(value)
-
-
-def _score(record: dict) -> Optional[float]:
-    value = record.get("score")
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        return None
-    return value if math.isfinite(value) else None
+def render_prompt_ids(tokenizer, trajectory: Trajectory) -> list[int]:
+    """Prompt token ids: a bare question is the chat's user turn with the boxed-answer hint, a
+    rendered prompt is used as is, a message list gets the chat template."""
+    text = render_prompt(tokenizer, trajectory.prompt, "chat" if trajectory.is_question else "raw", suffix=USER_SUFFIX)
+    return encode(tokenizer, [text])[0]
 
 
 def sample_responses(model, tokenizer, prompt_ids: list[list[int]], n: int, *, max_new_tokens: int, temperature: float,
@@ -187,8 +125,7 @@ def sample_responses(model, tokenizer, prompt_ids: list[list[int]], n: int, *, m
 
     from verl_repro.analysis import hf_scoring
 
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    eos_ids = model.generation_config.eos_token_id if model.generation_config.eos_token_id is not None else tokenizer.eos_token_id
+    pad_id, eos_ids = pad_token_id(tokenizer), end_token_ids(model, tokenizer)
     rows = [list(ids) for ids in prompt_ids for _ in range(n)]
     with tqdm(total=len(rows), desc="sampling", unit="response", disable=not progress) as bar, torch.no_grad():
         response_ids, response_mask = hf_scoring.sample_responses(
@@ -202,43 +139,19 @@ def sample_responses(model, tokenizer, prompt_ids: list[list[int]], n: int, *, m
 # ----------------------------------------------------------------------------- correctness
 
 
-def _fallback_correct(response: str, ground_truth: str, think_end_token: Optional[str]) -> bool:
-    """Without ``verl_repro.rewards``: last ``\\boxed{}`` after ``</think>`` equals the ground truth as a string."""
-    if think_end_token and think_end_token in response:
-        response = response.split(think_end_token, 1)[1]
-    start = max(response.rfind("\\boxed{"), -1)
-    if start < 0:
-        return False
-    depth, begin = 0, start + len("\\boxed{")
-    for position in range(begin, len(response)):
-        if response[position] == "{":
-            depth += 1
-        elif response[position] == "}":
-            if depth == 0:
-                return response[begin:position].replace(" ", "") == ground_truth.replace(" ", "")
-            depth -= 1
-    return False
-
-
 def grade(samples: list[Sample], tokenizer, think_end_token: Optional[str]) -> tuple[list[Optional[bool]], str]:
     """Correctness per sample (``None``: unknown) and a word on how it was decided."""
     correct: list[Optional[bool]] = [None if s.score is None else s.score > 0 for s in samples]
     to_grade = [i for i, s in enumerate(samples) if s.score is None and s.ground_truth]
     if not to_grade:
         return correct, "score" if any(c is not None for c in correct) else "unknown"
-    try:
-        from verl_repro.rewards import MathRewardConfig, MathVerifier
-    except ImportError:
-        for i in to_grade:
-            correct[i] = _fallback_correct(samples[i].response_text, samples[i].ground_truth, think_end_token)
-        return correct, "boxed string match"
-    config = MathRewardConfig(require_think_end=think_end_token is not None, think_end_token=think_end_token or "</think>")
-    verifier = MathVerifier(config, strip_texts=tuple(tokenizer.all_special_tokens))
-    try:
-        for i in to_grade:
-            correct[i] = verifier.score(samples[i].response_text, samples[i].ground_truth).acc > 0
-    finally:
-        verifier.close()
+    graded = grade_responses(
+        [samples[i].response_text for i in to_grade], [samples[i].ground_truth for i in to_grade],
+        require_think_end=think_end_token is not None, think_end_token=think_end_token or "</think>",
+        strip_texts=tokenizer.all_special_tokens,
+    )
+    for i, value in zip(to_grade, graded):
+        correct[i] = value
     return correct, "math-verify"
 
 
@@ -353,17 +266,10 @@ def fingerprint(model, samples: list[Sample], occurrences: list[tuple[int, int]]
 # ----------------------------------------------------------------------------- the command
 
 
-def _progress_note(message: str, progress: bool) -> None:
-    if progress:
-        print(message, flush=True)
-
-
 def run(args: argparse.Namespace) -> int:
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from verl_repro.algorithms import masked_correlation, scope_mask
-    from verl_repro.analysis import plots
     from verl_repro.analysis.hf_scoring import response_token_stats
 
     CorrConfig(kind=args.kind, scope=args.scope, min_tokens=args.min_tokens).validate()
@@ -377,17 +283,9 @@ def run(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
 
     # 1. model and data
-    if args.model is None:
-        from verl_repro.demo_model import smollm2_checkpoint
-
-        _progress_note("loading embedded SmolLM2-135M-Instruct (the first run converts the GGUF) ...", progress)
-        model_path = smollm2_checkpoint()
-    else:
-        model_path = Path(args.model)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, args.dtype)).to(device).eval()
-    records = load_records(args.data)[: args.limit]
+    model, tokenizer, model_path = load_model(args.model, device=args.device, dtype=args.dtype, progress=progress)
+    device = next(model.parameters()).device
+    records = load_rows(args.data)[: args.limit]
     if not records:
         raise SystemExit(f"--data {args.data}: no rows")
     think_end_id: Optional[int] = None
@@ -404,13 +302,12 @@ def run(args: argparse.Namespace) -> int:
     samples: list[Sample] = []
     to_sample: list[tuple[int, list[int]]] = []
     for row, record in enumerate(records):
-        prompt_ids = render_prompt(record, tokenizer, row)
-        _, response = _first(record, RESPONSE_KEYS)
-        if response is None:
-            to_sample.append((row, prompt_ids))
+        ids = render_prompt_ids(tokenizer, record)
+        if record.response is None:
+            to_sample.append((row, ids))
             continue
-        response_ids = list(tokenizer(str(response), add_special_tokens=False)["input_ids"])
-        samples.append(Sample(row, 0, prompt_ids, response_ids, str(response), _ground_truth(record), _score(record)))
+        response_ids = encode(tokenizer, [record.response])[0]
+        samples.append(Sample(row, 0, ids, response_ids, record.response, record.ground_truth, record.score))
     if to_sample:
         sampled = sample_responses(
             model, tokenizer, [ids for _, ids in to_sample], args.samples_per_prompt,
@@ -420,7 +317,7 @@ def run(args: argparse.Namespace) -> int:
         for (row, prompt_ids), responses in zip(to_sample, sampled):
             for k, response_ids in enumerate(responses):
                 text = tokenizer.decode(response_ids, skip_special_tokens=False)
-                samples.append(Sample(row, k, prompt_ids, response_ids, text, _ground_truth(records[row]), None))
+                samples.append(Sample(row, k, prompt_ids, response_ids, text, records[row].ground_truth, None))
         samples.sort(key=lambda s: (s.row, s.sample))
     timings["sample"] = time.perf_counter() - phase
     empty = sum(1 for s in samples if not s.response_ids)
@@ -528,7 +425,7 @@ def run(args: argparse.Namespace) -> int:
     # 6. summary and plots
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    plot_paths = _plot(output_dir, flat_entropy, flat_grad, responses, args.kind, fingerprint_points, args.fingerprint_norm, plots)
+    plot_paths = figures.plot_inversion(output_dir, flat_entropy.numpy(), flat_grad.numpy(), responses, args.kind, fingerprint_points, args.fingerprint_norm)
     timings["total"] = time.perf_counter() - started
     summary = {
         "model": str(model_path),
@@ -574,38 +471,6 @@ def run(args: argparse.Namespace) -> int:
     summary_path.write_text(json.dumps(summary, indent=2, allow_nan=False))
     _print_summary(summary, summary_path)
     return 0
-
-
-def _plot(output_dir: Path, entropy, grad_norm, responses: list[dict], kind: str, fingerprint_points: list[dict], norm: str, plots) -> list[Path]:
-    paths = []
-    figure, ax = plots.new_figure()
-    plots.scatter_with_trend(ax, entropy.numpy(), grad_norm.numpy())
-    ax.set_xlabel("token entropy H (nats)")
-    ax.set_ylabel("logit-gradient norm g = ||p − onehot(y)||")
-    ax.set_title("entropy vs logit-gradient norm (in-scope tokens)")
-    paths.append(plots.save_figure(figure, output_dir / "entropy_vs_grad_norm.png"))
-
-    figure, ax = plots.new_figure()
-    groups = {"correct": [], "incorrect": [], "unknown": []}
-    for r in responses:
-        if r[f"rho_{kind}"] is not None:
-            groups[{True: "correct", False: "incorrect", None: "unknown"}[r["correct"]]].append(r[f"rho_{kind}"])
-    plots.histogram_by_group(ax, groups, bins=20, value_range=(-1.0, 1.0))
-    ax.set_xlabel(f"per-response ρ(H, g) ({kind})")
-    ax.set_ylabel("responses")
-    ax.set_title("per-response entropy–gradient correlation")
-    paths.append(plots.save_figure(figure, output_dir / "rho_histogram.png"))
-
-    if fingerprint_points:
-        figure, ax = plots.new_figure()
-        xs = [p["entropy"] for p in fingerprint_points]
-        ys = [p["param_grad_norm"] for p in fingerprint_points]
-        plots.scatter_with_trend(ax, xs, ys, num_bins=8, point_size=14, label=f"{len(xs)} unique tokens")
-        ax.set_xlabel("token entropy H at the occurrence (nats)")
-        ax.set_ylabel(f"||∂z_y/∂θ|| ({norm})")
-        ax.set_title("parameter-gradient fingerprint")
-        paths.append(plots.save_figure(figure, output_dir / "fingerprint.png"))
-    return paths
 
 
 def _format(value: Optional[float]) -> str:

@@ -13,18 +13,16 @@ checkpoint as the policy:
   present.
 
 It writes ``trajectories.jsonl`` (one record per trajectory), ``summary.json`` (per-group means;
-the J̃ curve of each group on a grid of normalized step positions) and PNG plots
-(:mod:`verl_repro.analysis.trajectory_plots`). ``--compare A B``
-does this for two checkpoints (or reads two earlier outputs) and adds one table and one figure.
+the J̃ curve of each group on ``--grid-points`` normalized step positions, see
+:mod:`verl_repro.analysis.summary`) and PNG plots (:func:`verl_repro.analysis.figures.plot_run`).
+``--compare A B`` does this for two checkpoints (or reads two earlier outputs) and adds one table
+and one figure.
 
-Inputs: veRL rollout dumps (``trainer.rollout_data_dir``: ``<step>.jsonl`` files with ``input``,
-``output``, ``gts``, ``score``, ``step``), plain jsonl / parquet with ``prompt`` / ``response`` /
-``ground_truth`` (``prompt`` may be a chat message list, ``reward_model.ground_truth`` is read
-too), or prompts to sample responses from (``--prompts``; veRL's dataset parquet works).
-
-Normalized step position: the curve ``[J_b, J̃(c_1), .., J̃(c_m)]`` of a trajectory sits at
-``j / m`` for ``j = 0..m`` (``c_m = e + 1``), is linearly interpolated onto ``--grid-points``
-equally spaced points of ``[0, 1]``, and averaged per group (mean ± one standard deviation).
+Inputs (read by :mod:`verl_repro.analysis.frontend`): veRL rollout dumps
+(``trainer.rollout_data_dir``: ``<step>.jsonl`` files with ``input``, ``output``, ``gts``,
+``score``, ``step``), plain jsonl / parquet with ``prompt`` / ``response`` / ``ground_truth``
+(``prompt`` may be a chat message list, ``reward_model.ground_truth`` is read too), or prompts to
+sample responses from (``--prompts``; veRL's dataset parquet works).
 """
 
 from __future__ import annotations
@@ -35,148 +33,31 @@ import json
 import math
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Sequence
 
-import numpy as np
+from verl_repro.analysis import figures
+from verl_repro.analysis.frontend import (
+    PROMPT_FORMATS,
+    SYSTEM_PROMPT,
+    USER_SUFFIX,
+    Trajectory,
+    bundled_problems,
+    encode,
+    end_token_ids,
+    grade_responses,
+    load_model,
+    load_trajectories,
+    pad_token_id,
+    render_prompt,
+)
+from verl_repro.analysis.summary import FALLBACK_REASONS, compare_table, markdown_table, summarize
 
-GROUPS = ("correct", "incorrect")
-PROMPT_KEYS = ("prompt", "input", "question", "problem")
-RESPONSE_KEYS = ("response", "output")
-GROUND_TRUTH_KEYS = ("ground_truth", "gts", "answer")
-META_KEYS = ("id", "uid", "step", "score", "data_source")
-PROMPT_FORMATS = ("auto", "raw", "chat")
 SCORING_MODES = ("auto", "naive", "prefix_shared")
-FALLBACK_REASONS = ("empty_response", "no_ground_truth", "no_think_end", "nonfinite_j", "j_base_near_zero")
 
 
-# ----------------------------------------------------------------------------- inputs
-
-
-@dataclass
-class Trajectory:
-    """One input row: ``prompt`` is rendered text or a chat message list; ``response`` may be None
-    (a prompt to sample from)."""
-
-    id: str
-    prompt: Any
-    response: str | None
-    ground_truth: str | None
-    meta: dict = field(default_factory=dict)
-
-
-def _plain(value: Any) -> Any:
-    """numpy containers from parquet → lists / dicts / Python scalars."""
-    if isinstance(value, np.ndarray):
-        return [_plain(v) for v in value.tolist()]
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
-
-
-def ground_truth_text(value: Any) -> str | None:
-    """A ground truth (or a ``reward_model`` mapping holding one) as text, or None when missing,
-    empty or unusable (DESIGN §6: counted, not fatal) — the rule the training-time scorer applies."""
-    from verl_repro.verl_ext.scoring import ground_truth_text as from_reward_model
-
-    return from_reward_model(value if isinstance(value, dict) else {"ground_truth": value})
-
-
-def _step_of(path: Path) -> tuple[int, str]:
-    return (int(path.stem), path.name) if path.stem.isdigit() else (-1, path.name)
-
-
-def read_rows(path: str | Path) -> list[tuple[str, dict]]:
-    """``(source, row)`` pairs from a ``.jsonl`` / ``.json`` / ``.parquet`` file, or from every such
-    file of a directory (veRL's ``rollout_data_dir``: ``<step>.jsonl``, read in step order)."""
-    path = Path(path)
-    if path.is_dir():
-        files = sorted((p for p in path.iterdir() if p.suffix in (".jsonl", ".json", ".parquet")), key=_step_of)
-        if not files:
-            raise FileNotFoundError(f"{path} holds no .jsonl / .json / .parquet files")
-        return [row for file in files for row in read_rows(file)]
-    if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist")
-    if path.suffix == ".parquet":
-        import pandas as pd
-
-        frame = pd.read_parquet(path)
-        return [(f"{path}:{i}", _plain(row)) for i, row in enumerate(frame.to_dict("records"))]
-    text = path.read_text()
-    if path.suffix == ".json" and text.lstrip().startswith("["):
-        return [(f"{path}:{i}", row) for i, row in enumerate(json.loads(text))]
-    rows = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if line.strip():
-            try:
-                rows.append((f"{path}:{number}", json.loads(line)))
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{number} is not valid JSON: {exc}") from exc
-    return rows
-
-
-def _first(row: dict, keys: Sequence[str]) -> Any:
-    return next((row[k] for k in keys if k in row and row[k] is not None), None)
-
-
-def to_trajectory(source: str, row: dict, need_response: bool = True) -> Trajectory:
-    """One row of any supported schema → :class:`Trajectory` (errors name the row and the keys)."""
-    if not isinstance(row, dict):
-        raise ValueError(f"{source}: expected a JSON object, got {type(row).__name__}")
-    prompt = _first(row, PROMPT_KEYS)
-    if prompt is None:
-        raise ValueError(f"{source}: no prompt (looked for {', '.join(PROMPT_KEYS)})")
-    response = _first(row, RESPONSE_KEYS)
-    if need_response and not isinstance(response, str):
-        raise ValueError(f"{source}: no response text (looked for {', '.join(RESPONSE_KEYS)})")
-    ground_truth = _first(row, GROUND_TRUTH_KEYS)
-    if ground_truth is None and isinstance(row.get("reward_model"), dict):
-        ground_truth = row["reward_model"].get("ground_truth")
-    meta = {k: row[k] for k in META_KEYS if k in row}
-    return Trajectory(
-        id=str(row.get("id", row.get("uid", source))), prompt=prompt, response=response,
-        ground_truth=ground_truth_text(ground_truth), meta=meta,
-    )
-
-
-def load_trajectories(path: str | Path, *, need_response: bool = True, step: str | None = None, limit: int | None = None) -> list[Trajectory]:
-    """Trajectories (or prompts, ``need_response=False``) from ``path``; ``step`` keeps one training
-    step of a veRL dump (an int, or ``"last"``)."""
-    trajectories = [to_trajectory(source, row, need_response) for source, row in read_rows(path)]
-    if step is not None:
-        steps = [t.meta.get("step") for t in trajectories]
-        if all(s is None for s in steps):
-            raise ValueError(f"--step {step}: the rows of {path} have no 'step' field")
-        wanted = max(s for s in steps if s is not None) if step == "last" else int(step)
-        trajectories = [t for t in trajectories if t.meta.get("step") == wanted]
-        if not trajectories:
-            raise ValueError(f"--step {step}: no rows of step {wanted} in {path}")
-    return trajectories[:limit] if limit else trajectories
-
-
-def render_prompt(tokenizer, prompt: Any, prompt_format: str, system_prompt: str | None = None, suffix: str = "") -> str:
-    """The text the policy sees before its response.
-
-    A message list always goes through the tokenizer's chat template; a string is used as is
-    (``raw``: e.g. a veRL dump's decoded prompt) or wrapped as the user message (``chat``).
-    """
-    if isinstance(prompt, list):
-        messages = [dict(m) for m in prompt]
-    elif prompt_format == "chat":
-        messages = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + [
-            {"role": "user", "content": str(prompt) + suffix}
-        ]
-    else:
-        return str(prompt)
-    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-
-
-# ----------------------------------------------------------------------------- scoring and grading
+# ----------------------------------------------------------------------------- scoring
 
 
 def _prefix_shared_scorer():
@@ -217,39 +98,6 @@ def score_j(model, prompt_ids, response_ids, cuts, cut_mask, answer_ids, *, mode
     per_row = (cut_mask.sum(1) + 1) * (prompt_lengths + answer_lengths) + (cuts * cut_mask).sum(1)
     tokens = int(per_row[scored].sum())
     return j_base, j_cuts, {"mode": "naive", "scored_tokens": tokens, "naive_tokens": tokens}
-
-
-def grade_responses(
-    responses: Sequence[str],
-    ground_truths: Sequence[str | None],
-    *,
-    require_think_end: bool,
-    think_end_token: str = "</think>",
-    strip_texts: Sequence[str] = (),
-    num_processes: int = 2,
-) -> list[bool | None]:
-    """Correctness by the math reward manager's grader (last ``\\boxed{}`` after ``</think>`` vs the
-    ground truth, math-verify, per-sample deadline); None where there is no ground truth."""
-    try:
-        from verl_repro.rewards import MathRewardConfig, MathVerifier
-    except ImportError as exc:  # pragma: no cover - the grader ships with the package
-        raise RuntimeError(f"correctness needs the math-verify grader verl_repro.rewards, which failed to import: {exc}") from exc
-    from concurrent.futures import ThreadPoolExecutor
-
-    todo = [i for i, gt in enumerate(ground_truths) if gt is not None]
-    correct: list[bool | None] = [None] * len(responses)
-    if not todo:
-        return correct
-    config = MathRewardConfig(require_think_end=require_think_end, think_end_token=think_end_token, num_processes=num_processes)
-    verifier = MathVerifier(config, strip_texts=tuple(strip_texts))
-    try:
-        with ThreadPoolExecutor(num_processes) as pool:
-            scores = list(pool.map(lambda i: verifier.score(responses[i], ground_truths[i]), todo))
-    finally:
-        verifier.close()
-    for i, score in zip(todo, scores):
-        correct[i] = bool(score.acc > 0)
-    return correct
 
 
 # ----------------------------------------------------------------------------- the analysis
@@ -308,7 +156,7 @@ def analyze_batch(model, tokenizer, batch: TokenizedBatch, correct: Sequence[boo
     from verl_repro import algorithms as alg
     from verl_repro.analysis.hf_scoring import response_token_stats
 
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad_id = pad_token_id(tokenizer)
     response_ids, response_mask = _pad(batch.response_ids, pad_id)
     think_end_id = _think_end_id(tokenizer, config.think_end_token)
     boundary_ids = alg.boundary_token_ids(tokenizer, config.boundary_patterns)
@@ -427,115 +275,6 @@ def analyze(model, tokenizer, batch: TokenizedBatch, *, config, backtracking, te
     return records, totals
 
 
-# ----------------------------------------------------------------------------- summary
-
-
-def _mean(values: Iterable[float | None]) -> float | None:
-    values = [float(v) for v in values if v is not None]
-    return float(np.mean(values)) if values else None
-
-
-def curve_on_grid(curve: Sequence[float], grid: np.ndarray) -> np.ndarray:
-    """``[J_b, J̃_1, .., J̃_m]`` placed at ``j / m`` and linearly interpolated at ``grid``."""
-    values = np.asarray(curve, dtype=np.float64)
-    positions = np.linspace(0.0, 1.0, values.size) if values.size > 1 else np.zeros(1)
-    return np.interp(grid, positions, values)
-
-
-def group_records(records: Sequence[dict]) -> dict[str, list[dict]]:
-    """``all`` plus ``correct`` / ``incorrect`` (ungraded records only in ``all``)."""
-    return {
-        "all": list(records),
-        "correct": [r for r in records if r["correct"] is True],
-        "incorrect": [r for r in records if r["correct"] is False],
-    }
-
-
-def summarize_group(records: Sequence[dict], grid: np.ndarray) -> dict:
-    """Means over one group of records, and its J̃ curve on ``grid`` (mean, std, count)."""
-    curves = np.array([curve_on_grid(r["j_curve"], grid) for r in records if r["j_curve"] is not None]).reshape(-1, grid.size)
-    tokens = sum(r["response_tokens"] for r in records)
-    return {
-        "count": len(records),
-        "response_tokens_mean": _mean(r["response_tokens"] for r in records),
-        "thinking_tokens_mean": _mean(r["thinking_tokens"] for r in records if r["has_think_end"]),
-        "think_end_rate": _mean(float(r["has_think_end"]) for r in records),
-        "backtracking_mean": _mean(r["backtracking"] for r in records),
-        "backtracking_per_1k_tokens": 1000.0 * sum(r["backtracking"] for r in records) / tokens if tokens else None,
-        "responses_with_backtracking": _mean(float(r["backtracking"] > 0) for r in records),
-        "boundaries_mean": _mean(len(r["boundaries"]) for r in records if r["j_curve"] is not None),
-        "j_base_mean": _mean(r["j_base"] for r in records),
-        "j_end_mean": _mean(r["j_curve"][-1] for r in records if r["j_curve"] is not None),
-        "final_magnitude_mean": _mean(r["final_magnitude"] for r in records),
-        "final_stability_mean": _mean(r["final_stability"] for r in records),
-        "final_score_mean": _mean(r["final_score"] for r in records),
-        "j_curve": {
-            "count": int(curves.shape[0]),
-            "mean": curves.mean(axis=0).tolist() if curves.shape[0] else None,
-            "std": curves.std(axis=0).tolist() if curves.shape[0] else None,
-        },
-    }
-
-
-def summarize(records: Sequence[dict], grid_points: int = 11) -> dict:
-    """The run's statistics: per group (``all`` / ``correct`` / ``incorrect``), accuracy, fallbacks."""
-    grid = np.linspace(0.0, 1.0, grid_points)
-    graded = [r for r in records if r["correct"] is not None]
-    phrases: dict[str, int] = {}
-    for r in records:
-        for phrase, n in r["backtracking_by_phrase"].items():
-            phrases[phrase] = phrases.get(phrase, 0) + n
-    return {
-        "num_trajectories": len(records),
-        "num_graded": len(graded),
-        "accuracy": _mean(float(r["correct"]) for r in graded),
-        "grid": grid.tolist(),
-        "groups": {name: summarize_group(group, grid) for name, group in group_records(records).items()},
-        "backtracking_by_phrase": dict(sorted(phrases.items(), key=lambda kv: -kv[1])),
-        "fallbacks": {reason: sum(r["fallback"] == reason for r in records) for reason in FALLBACK_REASONS},
-        "answers_truncated": sum(bool(r["answer_truncated"]) for r in records),
-    }
-
-
-COMPARE_METRICS: tuple[tuple[str, str, str], ...] = (
-    ("accuracy", "", "accuracy"),
-    ("response tokens", "all", "response_tokens_mean"),
-    ("response tokens (correct)", "correct", "response_tokens_mean"),
-    ("response tokens (incorrect)", "incorrect", "response_tokens_mean"),
-    ("</think> rate", "all", "think_end_rate"),
-    ("backtracking / response", "all", "backtracking_mean"),
-    ("backtracking / response (correct)", "correct", "backtracking_mean"),
-    ("backtracking / response (incorrect)", "incorrect", "backtracking_mean"),
-    ("backtracking / 1k tokens", "all", "backtracking_per_1k_tokens"),
-    ("step boundaries / response", "all", "boundaries_mean"),
-    ("J_b", "all", "j_base_mean"),
-    ("J̃ at e+1 (correct)", "correct", "j_end_mean"),
-    ("J̃ at e+1 (incorrect)", "incorrect", "j_end_mean"),
-    ("final magnitude (correct)", "correct", "final_magnitude_mean"),
-    ("final magnitude (incorrect)", "incorrect", "final_magnitude_mean"),
-    ("final stability (correct)", "correct", "final_stability_mean"),
-    ("final stability (incorrect)", "incorrect", "final_stability_mean"),
-)
-
-
-def compare_table(summaries: Sequence[dict]) -> list[dict]:
-    """Rows ``{"metric", "values": [one per run], "delta": last - first}`` (None where undefined)."""
-    rows = []
-    for name, group, key in COMPARE_METRICS:
-        values = [s.get(key) if not group else s["groups"][group].get(key) for s in summaries]
-        delta = values[-1] - values[0] if values[0] is not None and values[-1] is not None else None
-        rows.append({"metric": name, "values": values, "delta": delta})
-    return rows
-
-
-def markdown_table(rows: Sequence[dict], labels: Sequence[str]) -> str:
-    fmt = lambda v: "–" if v is None else f"{v:.3f}" if abs(v) < 100 else f"{v:.1f}"
-    lines = ["| metric | " + " | ".join(labels) + " | Δ |", "|---|" + "---:|" * (len(labels) + 1)]
-    for row in rows:
-        lines.append(f"| {row['metric']} | " + " | ".join(fmt(v) for v in row["values"]) + f" | {fmt(row['delta'])} |")
-    return "\n".join(lines)
-
-
 # ----------------------------------------------------------------------------- CLI
 
 
@@ -602,31 +341,12 @@ def _settings(args):
     return config, counter
 
 
-def _load_model(path, device: str, dtype: str):
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
-    if dtype == "auto":
-        dtype = "bfloat16" if device.startswith("cuda") else "float32"
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)).to(device).eval()
-    return model, tokenizer
-
-
-def _bundled_problems() -> list[Trajectory]:
-    from importlib.resources import files
-
-    rows = [json.loads(line) for line in files("verl_repro").joinpath("data/demo_problems.jsonl").read_text().splitlines() if line.strip()]
-    return [to_trajectory(f"demo_problems.jsonl:{i}", row, need_response=False) for i, row in enumerate(rows, start=1)]
-
-
 def _tokenize_trajectories(tokenizer, trajectories: Sequence[Trajectory], prompt_format: str, system_prompt, suffix) -> TokenizedBatch:
     prompts = [render_prompt(tokenizer, t.prompt, prompt_format, system_prompt, suffix) for t in trajectories]
     responses = [t.response for t in trajectories]
-    encode = lambda texts: tokenizer(list(texts), add_special_tokens=False)["input_ids"] if texts else []
     return TokenizedBatch(
-        ids=[t.id for t in trajectories], prompt_ids=encode(prompts), response_ids=encode(responses), response_texts=responses,
+        ids=[t.id for t in trajectories], prompt_ids=encode(tokenizer, prompts), response_ids=encode(tokenizer, responses),
+        response_texts=responses,
         ground_truths=[t.ground_truth for t in trajectories], meta=[dict(t.meta) for t in trajectories],
     )
 
@@ -639,14 +359,10 @@ def _sample(model, tokenizer, problems: Sequence[Trajectory], args, prompt_forma
 
     torch.manual_seed(args.seed)
     n = args.samples_per_prompt
-    prompt_ids = tokenizer([render_prompt(tokenizer, p.prompt, prompt_format, system_prompt, suffix) for p in problems],
-                           add_special_tokens=False)["input_ids"]
+    prompt_ids = encode(tokenizer, [render_prompt(tokenizer, p.prompt, prompt_format, system_prompt, suffix) for p in problems])
     rows = [ids for ids in prompt_ids for _ in range(n)]
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    # The checkpoint's generation config knows its end-of-turn tokens; a converted tokenizer's
-    # eos_token can be wrong (SmolLM2's GGUF tokenizer says <|im_start|>).
-    eos_ids = model.generation_config.eos_token_id
-    eos_ids = [eos_ids] if isinstance(eos_ids, int) else list(eos_ids or [tokenizer.eos_token_id])
+    pad_id = pad_token_id(tokenizer)
+    eos_ids = end_token_ids(model, tokenizer)
     with tqdm(total=len(rows), desc="sampling", unit="resp", disable=not progress) as bar:
         response_ids, response_mask = sample_responses(
             model, rows, max_new_tokens=args.max_new_tokens, temperature=args.temperature, eos_token_id=eos_ids,
@@ -672,7 +388,7 @@ def analyze_run(model_path, args, trajectories_path: str | None, output_dir: Pat
     started = time.time()
     config, counter = _settings(args)
     progress = not args.no_progress
-    model, tokenizer = _load_model(model_path, args.device, args.dtype)
+    model, tokenizer, model_path = load_model(model_path, device=args.device, dtype=args.dtype, progress=progress)
     if trajectories_path is not None:
         trajectories = load_trajectories(trajectories_path, step=args.step, limit=args.limit)
         prompt_format = "raw" if args.prompt_format == "auto" else args.prompt_format
@@ -681,13 +397,11 @@ def analyze_run(model_path, args, trajectories_path: str | None, output_dir: Pat
     else:
         system_prompt, suffix = args.system_prompt, args.prompt_suffix
         if args.prompts is None:
-            from verl_repro.demo import SYSTEM_PROMPT, USER_SUFFIX
-
-            problems = _bundled_problems()[: args.limit] if args.limit else _bundled_problems()
+            problems = bundled_problems(args.limit)
             system_prompt = SYSTEM_PROMPT if system_prompt is None else system_prompt
             suffix = USER_SUFFIX if suffix is None else suffix
         else:
-            problems = load_trajectories(args.prompts, need_response=False, limit=args.limit)
+            problems = load_trajectories(args.prompts, need_response=False, limit=args.limit, flag="--prompts")
         prompt_format = "chat" if args.prompt_format == "auto" else args.prompt_format
         batch = _sample(model, tokenizer, problems, args, prompt_format, system_prompt, suffix or "", progress)
         source = {"prompts": args.prompts or "bundled demo problems", "samples_per_prompt": args.samples_per_prompt,
@@ -717,9 +431,7 @@ def write_run(output_dir: Path, summary: dict, records: Sequence[dict], title: s
     with open(output_dir / "trajectories.jsonl", "w") as f:
         for record in records:
             f.write(json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n")
-    from verl_repro.analysis.trajectory_plots import plot_run
-
-    return plot_run(records, summary, output_dir, title)
+    return figures.plot_run(records, summary, output_dir, title)
 
 
 def load_run(directory: str | Path) -> tuple[dict, list[dict]]:
@@ -752,13 +464,8 @@ def run(args: argparse.Namespace) -> int:
     if args.trajectories and len(args.trajectories) > (2 if args.compare else 1):
         raise SystemExit(f"--trajectories takes {'one or two paths with --compare' if args.compare else 'one path'}, got {len(args.trajectories)}")
     if args.compare is None:
-        model_path = args.model
-        if model_path is None:
-            from verl_repro.demo_model import smollm2_checkpoint
-
-            model_path = smollm2_checkpoint()
         trajectories = args.trajectories[0] if args.trajectories else None
-        summary, _ = analyze_run(model_path, args, trajectories, output_dir)
+        summary, _ = analyze_run(args.model, args, trajectories, output_dir)
         _print_summary(summary)
         print(f"wrote {output_dir}/summary.json, trajectories.jsonl, j_curves.png, scores.png, backtracking.png "
               f"in {time.time() - started:.1f} s")
@@ -781,9 +488,7 @@ def run(args: argparse.Namespace) -> int:
     table = markdown_table(rows, labels)
     (output_dir / "compare.md").write_text(table + "\n")
     (output_dir / "compare.json").write_text(json.dumps({"labels": labels, "rows": rows}, indent=2, allow_nan=False))
-    from verl_repro.analysis.trajectory_plots import plot_compare
-
-    plot_compare(runs, output_dir / "compare.png")
+    figures.plot_compare(runs, output_dir / "compare.png")
     print("\n" + table)
     print(f"\nwrote {output_dir}/compare.md, compare.json, compare.png (+ one folder per run) in {time.time() - started:.1f} s")
     return 0
