@@ -66,6 +66,12 @@ def parse_args(argv):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    try:  # before any model is loaded: an empty or foreign benchmark file is one line, not a traceback
+        for path in args.benchmarks.values():
+            evaluation.load_benchmark(path, args.max_problems)
+    except evaluation.BenchmarkError as error:
+        print(f"evaluate.py: error: {error}", file=sys.stderr)
+        return 2
     evaluation.check_model_path(args.model)
     backend = evaluation.resolve_backend(args.backend)
     sampling = dict(n=args.n, max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed)

@@ -21,6 +21,16 @@ from pathlib import Path
 from verl_repro import datasets as repro_datasets
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an int >= 1, got {text!r}")
+    return value
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     groups = {"train": repro_datasets.TRAIN_SETS, "test": repro_datasets.TEST_SETS, "all": repro_datasets.TEST_SETS + repro_datasets.TRAIN_SETS}
     epilog = "\n".join(f"  {name:<14} {spec.hub_id:<42} {spec.description}" for name, spec in repro_datasets.SOURCES.items())
@@ -36,7 +46,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--prompt-template", default=repro_datasets.DEFAULT_PROMPT_TEMPLATE, help="must contain {problem}")
     parser.add_argument("--exclude", action="append", default=[], type=Path, help="parquet whose problems are dropped (repeatable)")
     parser.add_argument("--no-decontaminate", action="store_true", help="keep training problems that appear in test sets in --out")
-    parser.add_argument("--max-rows", type=int, default=None, help="keep at most this many rows per set (after dedup)")
+    parser.add_argument("--max-rows", type=_positive_int, default=None, help="keep at most this many rows per set (after dedup)")
     args = parser.parse_args(argv)
 
     names: list[str] = []
@@ -69,10 +79,15 @@ def main(argv: list[str] | None = None) -> int:
         exclude = list(args.exclude)
         if name in repro_datasets.TRAIN_SETS and not args.no_decontaminate:
             exclude += [args.out / f"{test}.parquet" for test in repro_datasets.TEST_SETS if (args.out / f"{test}.parquet").exists()]
-        path, stats = repro_datasets.prepare(
-            name, args.out, source=args.sources.get(name), prompt_template=args.prompt_template,
-            exclude=exclude, max_rows=args.max_rows,
-        )
+        try:
+            path, stats = repro_datasets.prepare(
+                name, args.out, source=args.sources.get(name), prompt_template=args.prompt_template,
+                exclude=exclude, max_rows=args.max_rows,
+            )
+        except (ValueError, KeyError, FileNotFoundError) as error:  # bad input files: one line naming the file or column
+            message = error.args[0] if isinstance(error, KeyError) and error.args else error
+            print(f"prepare_data.py: error: {name}: {message}", file=sys.stderr)
+            return 2
         print(repro_datasets.stats_json(name, path, stats), flush=True)
     return 0
 

@@ -11,6 +11,11 @@ test problems out of training), and written as the rows veRL's ``RLHFDataset`` r
     reward_model  {"style": "rule", "ground_truth": answer}
     extra_info    {"split", "index", "source_id", "problem", "answer"}
 
+Answers are read with :func:`verl_repro.rewards.ground_truth_answers`, the rule training,
+evaluation and scoring use: ``answer`` is one canonical string, or, in a set where some problem
+has several accepted answers, a list of strings for every row (a parquet column has one type);
+an unusable answer (None, NaN, bool, dict, empty list) counts as missing and the row is dropped.
+
 Hub ids and column names were checked against the dataset cards (see ``SOURCES``). DAPO-Math-17k
 ships every problem about 100 times and wraps it in its own "Answer:" instruction; that wrapper
 is removed so all sets share the R1-style prompt the recipes use. MATH (train) has no answer
@@ -19,6 +24,7 @@ column: the answer is the last ``\\boxed{}`` of the reference solution.
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import json
 import os
@@ -47,7 +53,8 @@ class Problem:
     """One math problem: statement, ground-truth answer and where it came from."""
 
     problem: str
-    answer: str
+    answer: str | tuple[str, ...]
+    """One accepted answer, or several (see :func:`answer_text`); ``""`` when unusable."""
     source_id: str
 
 
@@ -64,16 +71,16 @@ class SourceSpec:
     description: str = ""
 
 
-def answer_text(value: Any) -> str:
-    """Ground truth as text: ``None`` → ``""``, integral floats without ``.0`` (AMC answers come as floats)."""
-    if value is None:
+def answer_text(value: Any) -> str | tuple[str, ...]:
+    """A source's answer by the package's ground-truth rule (:func:`verl_repro.rewards.ground_truth_answers`):
+    one text (integral floats without ``.0``: AMC answers come as floats), a tuple when there are
+    several accepted answers, ``""`` when unusable (None, NaN, bool, dict, empty)."""
+    from verl_repro.rewards.ground_truth import ground_truth_answers
+
+    answers = ground_truth_answers(value)
+    if not answers:
         return ""
-    if isinstance(value, float):
-        if value != value:  # NaN: a missing answer in a float column
-            return ""
-        if value.is_integer():
-            return str(int(value))
-    return str(value).strip()
+    return answers[0] if len(answers) == 1 else answers
 
 
 def _column(row: dict, key: str) -> Any:
@@ -85,9 +92,13 @@ def _column(row: dict, key: str) -> Any:
 def _simple(problem_key: str, answer_key: str, id_key: str | None = None, id_prefix: str = "") -> Callable[[dict, int], Problem]:
     def to_problem(row: dict, index: int) -> Problem:
         source_id = f"{id_prefix}{row[id_key]}" if id_key and row.get(id_key) is not None else f"{id_prefix}{index}"
-        return Problem(str(_column(row, problem_key) or "").strip(), answer_text(_column(row, answer_key)), source_id)
+        return Problem(_problem_text(_column(row, problem_key)), answer_text(_column(row, answer_key)), source_id)
 
     return to_problem
+
+
+def _problem_text(value: Any) -> str:
+    return "" if value is None or (isinstance(value, float) and value != value) else str(value).strip()
 
 
 def _dapo_problem(row: dict, index: int) -> Problem:
@@ -171,16 +182,35 @@ def _load_local(path: Path, split: str) -> list[dict]:
         builder = LOCAL_EXTENSIONS.get(Path(file).suffix)
         if builder is None:
             raise ValueError(f"{file}: unsupported file type; use one of {sorted(LOCAL_EXTENSIONS)}")
+        if os.path.getsize(file) == 0:  # datasets' json builder dies with a bare StopIteration on it
+            raise ValueError(f"{file}: the file is empty")
         dataset = datasets.load_dataset(builder, data_files=file, split="train")
         config = Path(file).stem
         rows.extend(dict(row, _config=config) for row in dataset)
     return rows
 
 
+def looks_like_path(source: str | os.PathLike) -> bool:
+    """A hub id is ``owner/name``; anything else (``./x``, ``/x``, ``~/x``, ``a/b/c``, ``x.parquet``) is a path."""
+    text = os.fspath(source)
+    return (
+        isinstance(source, os.PathLike)
+        or text.startswith((".", "/", "~"))
+        or text.count("/") != 1
+        or Path(text).suffix in LOCAL_EXTENSIONS
+    )
+
+
 def load_rows(spec: SourceSpec, source: str | os.PathLike | None = None) -> list[dict]:
-    """Raw rows of ``spec`` from ``source``: a local file / directory, a hub id, or None (``spec.hub_id``)."""
+    """Raw rows of ``spec`` from ``source``: a local file / directory, a hub id, or None (``spec.hub_id``).
+
+    A ``source`` that looks like a path (:func:`looks_like_path`) but does not exist is an error,
+    not a hub id to try.
+    """
     if source is not None and Path(source).expanduser().exists():
         return _load_local(Path(source).expanduser(), spec.split)
+    if source is not None and looks_like_path(source):
+        raise FileNotFoundError(f"--source {os.fspath(source)}: no such file or directory (a hub id is written owner/name)")
     import datasets
 
     hub_id = str(source) if source is not None else spec.hub_id
@@ -239,6 +269,12 @@ def verl_rows(problems: list[Problem], data_source: str, split: str, prompt_temp
     """veRL RL-dataset rows (see the module docstring) with the recipes' R1-style prompt."""
     if PROBLEM_PLACEHOLDER not in prompt_template:
         raise ValueError(f"prompt template must contain {PROBLEM_PLACEHOLDER}, got {prompt_template!r}")
+    if any(isinstance(record.answer, tuple) for record in problems):
+        # Several accepted answers somewhere: every row stores a list (one parquet type per column).
+        problems = [
+            dataclasses.replace(record, answer=list(record.answer) if isinstance(record.answer, tuple) else [record.answer])
+            for record in problems
+        ]
     return [
         {
             "data_source": data_source,
@@ -282,6 +318,8 @@ def prepare(
 
     if name not in SOURCES:
         raise ValueError(f"unknown data set {name!r}; known: {sorted(SOURCES)}")
+    if max_rows is not None and (isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 1):
+        raise ValueError(f"max_rows must be an int >= 1, got {max_rows!r}")
     spec = SOURCES[name]
     stats = PrepareStats()
     raw = load_rows(spec, source)

@@ -10,7 +10,8 @@ per-sample deadline). Reported per benchmark:
 * ``pass@k`` for k = 1, 2, 4, ... ≤ n: the unbiased estimator of Chen et al. (2021),
   ``1 − C(n−c, k) / C(n, k)`` per problem with ``c`` correct samples, averaged over problems;
 * mean response length in tokens, and the shares of responses with ``</think>``, with a found
-  answer, and that hit the grading deadline.
+  answer, and that hit the grading deadline; the number of problems whose ground truth is unusable
+  (``no_ground_truth_problems``: graded wrong, as in training).
 """
 
 from __future__ import annotations
@@ -77,6 +78,8 @@ class BenchmarkResult:
     answer_found_share: float
     timed_out_share: float
     per_problem_correct: list[int] = field(default_factory=list)
+    no_ground_truth_problems: int = 0
+    """Problems whose ground truth is unusable (None, NaN, empty, ...): every sample graded wrong."""
 
 
 def summarize(name: str, correct: np.ndarray, num_tokens: np.ndarray, has_think_end: np.ndarray,
@@ -195,15 +198,32 @@ def check_model_path(model: str) -> None:
 # ----------------------------------------------------------------------------- evaluation
 
 
-def load_benchmark(path: str | os.PathLike, max_problems: int | None = None) -> tuple[list[list[dict]], list[str]]:
-    """Chat prompts and ground truths of a veRL parquet (``prompt``, ``reward_model.ground_truth``)."""
+class BenchmarkError(ValueError):
+    """A benchmark file cannot be evaluated (empty, or not a veRL RL parquet); the message names the file."""
+
+
+def load_benchmark(path: str | os.PathLike, max_problems: int | None = None) -> tuple[list[list[dict]], list]:
+    """Chat prompts and raw ground truths of a veRL parquet (``prompt``, ``reward_model.ground_truth``).
+
+    The ground truths are left raw: the verifier reads each with
+    :func:`verl_repro.rewards.ground_truth_answers` (a list matches when any entry does; None, NaN
+    and other unusable values are wrong and counted as ``no_ground_truth``).
+    """
     import pandas as pd
 
-    frame = pd.read_parquet(path)
+    try:
+        frame = pd.read_parquet(path)
+    except Exception as error:  # pyarrow's messages do not say which file
+        raise BenchmarkError(f"{path}: not a readable parquet file ({type(error).__name__}: {error})") from error
+    missing = [column for column in ("prompt", "reward_model") if column not in frame.columns]
+    if missing:
+        raise BenchmarkError(f"{path}: no {missing} column; expected a veRL RL parquet (scripts/prepare_data.py writes one)")
     if max_problems is not None:
         frame = frame.head(max_problems)
+    if len(frame) == 0:
+        raise BenchmarkError(f"{path}: the benchmark has no problems")
     prompts = [[{"role": str(m["role"]), "content": str(m["content"])} for m in messages] for messages in frame["prompt"]]
-    truths = [str(rm["ground_truth"]) for rm in frame["reward_model"]]
+    truths = [rm.get("ground_truth") if hasattr(rm, "get") else None for rm in frame["reward_model"]]
     return prompts, truths
 
 
@@ -250,6 +270,7 @@ def evaluate(benchmarks: dict[str, str | os.PathLike], generate: GenerateFn, n: 
 
         tokens = np.array([[c.num_tokens for c in row] for row in texts], dtype=np.float64).reshape(count, n)
         results[name] = summarize(name, field_of("acc") > 0.5, tokens, field_of("has_think_end"), field_of("answer_found"), field_of("timed_out"), ks)
+        results[name].no_ground_truth_problems = int((field_of("no_ground_truth") > 0.5).any(axis=1).sum())
         for i in range(count):
             for j in range(n):
                 samples.append({"benchmark": name, "problem": i, "sample": j, "num_tokens": texts[i][j].num_tokens,

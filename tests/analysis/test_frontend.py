@@ -55,6 +55,6 @@ def test_bad_rows_name_the_row(tmp_path, row, message):
 
 @pytest.mark.parametrize("value, expected", [("  42 ", "42"), (3, "3"), (2.5, "2.5"), (float("nan"), None), ("", None),
                                              (None, None), (True, None), (["1/2", "0.5"], "1/2"), ([], None),
-                                             ({"ground_truth": "x"}, "x")])
+                                             ({"ground_truth": "x"}, None)])
 def test_ground_truth_text(value, expected):
     assert fe.ground_truth_text(value) == expected

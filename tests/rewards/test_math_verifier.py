@@ -64,7 +64,8 @@ def test_real_looking_outputs(verifier, name):
     result = verifier.score(response, ground_truth)
     assert (result.acc, result.answer_found, result.has_think_end, result.timed_out) == (acc, answer_found, has_think_end, 0)
     assert result.score == float(acc)
-    assert result.extra_info() == {"acc": acc, "has_think_end": has_think_end, "answer_found": answer_found, "timed_out": 0.0}
+    assert result.extra_info() == {"acc": acc, "has_think_end": has_think_end, "answer_found": answer_found, "timed_out": 0.0,
+                                   "no_ground_truth": 0.0 if ground_truth else 1.0}
 
 
 def test_truncated_response_scores_as_configured():

@@ -101,7 +101,7 @@ def test_scores_through_verls_reward_loop_worker(verl_config, tiny_tokenizer):
     assert [e["acc"] for e in extra] == [1.0, 0.0, 0.0, 0.0]
     assert [e["has_think_end"] for e in extra] == [1.0, 1.0, 1.0, 0.0]
     assert [e["answer_found"] for e in extra] == [1.0, 1.0, 0.0, 0.0]
-    assert all(set(e) == {"acc", "has_think_end", "answer_found", "timed_out"} for e in extra)
+    assert all(set(e) == {"acc", "has_think_end", "answer_found", "timed_out", "no_ground_truth"} for e in extra)
 
     # veRL places each score on the last valid response token.
     rm_scores = ReproMathRewardManager.assemble_rm_scores(data, [o["reward_score"] for o in outputs])
@@ -109,6 +109,50 @@ def test_scores_through_verls_reward_loop_worker(verl_config, tiny_tokenizer):
     assert rm_scores[0, valid[0] - 1] == 1.0 and rm_scores[3, valid[3] - 1] == -0.5
     assert rm_scores.sum().item() == 0.5
     worker.reward_manager.verifier.close()
+
+
+# Ground truths as data sets store them: (value, boxed answer the model writes, reward, text RePro scores).
+GROUND_TRUTH_VARIANTS = [
+    ("42", "42", 1.0, "42"),
+    (["42", "43"], "42", 1.0, "42"),
+    (["42", "43"], "43", 1.0, "42"),  # any entry grades correct; RePro scores the first
+    (("42",), "42", 1.0, "42"),
+    (b"42", "42", 1.0, "42"),
+    (["1,000"], "1000", 1.0, "1,000"),
+    (np.array(["42"], dtype=object), "42", 1.0, "42"),
+    ("\\boxed{42}", "42", 1.0, "42"),  # RePro used to render \boxed{\boxed{42}}
+    (42, "42", 1.0, "42"),
+    (float("nan"), "nan", 0.0, None),  # used to earn 1.0
+    (None, "None", 0.0, None),
+    (True, "True", 0.0, None),
+    ({"answer": "42"}, "42", 0.0, None),
+    ([], "42", 0.0, None),
+]
+
+
+def test_ground_truth_variants_grade_as_repro_scores_them(verl_config, tiny_tokenizer):
+    """The reward manager and RePro's answer rendering read every ground-truth shape by the same rule."""
+    from verl.experimental.reward_loop.reward_loop import RewardLoopWorker
+
+    from verl_repro.config import ReproConfig
+    from verl_repro.verl_ext.scoring import render_answers
+
+    worker = RewardLoopWorker(verl_config)
+    prompt = "<|im_start|>user\nWhat is 6 times 7?<|im_end|>\n<|im_start|>assistant\n<think>\n"
+    responses = [f"6 times 7.\n</think>\n\n\\boxed{{{answer}}}" for _, answer, _, _ in GROUND_TRUTH_VARIANTS]
+    data = make_batch(tiny_tokenizer, [prompt] * len(responses), responses, [v for v, _, _, _ in GROUND_TRUTH_VARIANTS])
+    try:
+        outputs = asyncio.run(worker.compute_score_batch(data))
+    finally:
+        worker.reward_manager.verifier.close()
+    assert [o["reward_score"] for o in outputs] == [reward for _, _, reward, _ in GROUND_TRUTH_VARIANTS]
+    assert [o["reward_extra_info"]["no_ground_truth"] for o in outputs] == [
+        float(text is None) for _, _, _, text in GROUND_TRUTH_VARIANTS]
+
+    rendered = render_answers(tiny_tokenizer, list(data.non_tensor_batch["reward_model"]), ReproConfig())
+    texts = [tiny_tokenizer.decode(ids) if valid else None for ids, valid in zip(rendered.token_ids, rendered.valid.tolist())]
+    assert texts == [None if text is None else f"\\boxed{{{text}}}" for _, _, _, text in GROUND_TRUTH_VARIANTS]
+    assert rendered.missing_ground_truth == sum(text is None for _, _, _, text in GROUND_TRUTH_VARIANTS)
 
 
 def test_bad_reward_kwargs_fail_at_construction_naming_the_key(verl_config, tiny_tokenizer):

@@ -125,3 +125,36 @@ def test_cli_on_the_tiny_model_with_hf_generate(tiny_model_dir, tmp_path):
     samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     assert len(samples) == 12 and all(1 <= s["num_tokens"] <= 12 for s in samples)
     assert "| aime_2024 | 2 | 4 |" in result.stdout
+
+
+def test_ground_truths_are_read_by_the_one_rule(tmp_path):
+    """None is no answer (it used to become the text "None"), a list matches any entry, NaN is unusable."""
+    rows = rd.verl_rows([rd.Problem("What is 6 times 7?", ("42", "forty-two"), "0"), rd.Problem("Q2", ("1",), "1"),
+                         rd.Problem("Q3", ("2",), "2")], "b", "test")
+    rows[1]["reward_model"]["ground_truth"] = None
+    rows[2]["reward_model"]["ground_truth"] = ["nan"]
+    path = tmp_path / "b.parquet"
+    pd.DataFrame(rows).to_parquet(path)
+    prompts, truths = ev.load_benchmark(path)
+    assert truths[1] is None and list(truths[0]) == ["42", "forty-two"]
+    boxed = lambda v: ev.Completion(f"<think>\n</think>\\boxed{{{v}}}", 3)  # noqa: E731
+    scripted = {"What is 6 times 7?": [boxed("42")], "Q2": [boxed("None")], "Q3": [boxed("2")]}
+    results, samples = ev.evaluate({"b": path}, lambda ps: [scripted[p[0]["content"].split("\n")[0]] for p in ps], n=1,
+                                   reward_config=MathRewardConfig(num_processes=1))
+    assert results["b"].per_problem_correct == [1, 0, 0]
+    assert results["b"].no_ground_truth_problems == 1 and [s["no_ground_truth"] for s in samples] == [0.0, 1.0, 0.0]
+
+
+@pytest.mark.parametrize("columns", [["prompt", "reward_model"], ["question"]])
+def test_empty_or_foreign_benchmark_is_one_line_before_any_model_loads(tmp_path, columns):
+    path = tmp_path / "aime_2024.parquet"
+    pd.DataFrame({column: pd.Series([], dtype=object) for column in columns}).to_parquet(path)
+    with pytest.raises(ev.BenchmarkError, match="aime_2024.parquet: "):
+        ev.load_benchmark(path)
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "--model", str(tmp_path / "no-such-model"), "--data", f"aime_2024={path}",
+         "--out", str(tmp_path / "out")],
+        capture_output=True, text=True, env=dict(os.environ, HF_HUB_OFFLINE="1"), cwd=REPO, timeout=120,
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith(f"evaluate.py: error: {path}: ")

@@ -236,3 +236,55 @@ def test_verl_rl_dataset_reads_the_written_parquet(sources, tmp_path, tiny_token
     item = dataset[2]
     assert item["raw_prompt"] == [{"role": "user", "content": "Find $2^5$.\n" + rd.R1_INSTRUCTION}]
     assert item["reward_model"]["ground_truth"] == "32" and item["data_source"] == "aime_2025"
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+
+
+def test_answers_are_written_by_the_one_ground_truth_rule(tmp_path):
+    """A list answer is written as a list, not its Python repr; an empty list counts as missing; \\boxed is unwrapped."""
+    source = tmp_path / "mirror.jsonl"
+    rows = [{"problem": "Two roots?", "answer": ["4", "5"]}, {"problem": "One root?", "answer": ["6"]},
+            {"problem": "No answer?", "answer": []}, {"problem": "Boxed?", "answer": ["\\boxed{7}"]}]
+    source.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    path, stats = rd.prepare("math_500", tmp_path / "out", source=source)
+    written = _read(path)
+    assert [list(r["reward_model"]["ground_truth"]) for r in written] == [["4", "5"], ["6"], ["7"]]
+    assert stats.missing_problem_or_answer == 1 and stats.written == 3
+    assert rd.answer_text(["4", "5"]) == ("4", "5") and rd.answer_text(["6"]) == "6" and rd.answer_text(None) == ""
+    assert rd.answer_text(27.0) == "27" and rd.answer_text(float("nan")) == "" and rd.answer_text(True) == ""
+
+
+def test_single_answer_sets_keep_plain_strings(sources, tmp_path):
+    path, _ = rd.prepare("amc_2023", tmp_path, source=sources["amc_2023"])
+    assert [r["reward_model"]["ground_truth"] for r in _read(path)] == ["27", "2.5"]
+
+
+def test_bad_inputs_are_one_line_errors(tmp_path):
+    out = tmp_path / "out"
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    result = _cli("math_500", "--out", str(out), "--source", str(empty))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == f"prepare_data.py: error: math_500: {empty}: the file is empty"
+
+    # a mistyped local path is not sent to the hub as a dataset id
+    for typo in ("./MATH-500/test.jsnol", str(tmp_path / "nothere.parquet"), "data/math500/test.jsonl"):
+        result = _cli("math_500", "--out", str(out), "--source", typo)
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+        assert f"--source {typo}: no such file or directory" in result.stderr
+    assert not rd.looks_like_path("someone/MATH-500-mirror") and rd.looks_like_path("x.parquet")
+
+    for bad in ("-1", "0", "two"):
+        result = _cli("math_500", "--out", str(out), "--max-rows", bad)
+        assert result.returncode == 2 and f"--max-rows: must be an int >= 1, got '{bad}'" in result.stderr
+    with pytest.raises(ValueError, match="max_rows must be an int >= 1, got -1"):
+        rd.prepare("math_500", out, source=empty, max_rows=-1)
+    assert not out.exists()
+
+
+def test_max_rows_keeps_exactly_that_many(sources, tmp_path):
+    path, stats = rd.prepare("aime_2025", tmp_path, source=sources["aime_2025"], max_rows=2)
+    assert stats.written == 2 and len(_read(path)) == 2

@@ -23,8 +23,8 @@ from verl_repro.verl_ext.scoring import (
     LogProbBackend,
     ScoringSequences,
     dp_layout,
-    ground_truth_text,
     render_answers,
+    reward_model_ground_truth,
     score_ground_truth,
 )
 
@@ -54,8 +54,8 @@ from verl_repro.verl_ext.scoring import (
         ("7", None),
     ],
 )
-def test_ground_truth_text(reward_model, expected):
-    assert ground_truth_text(reward_model) == expected
+def test_reward_model_ground_truth(reward_model, expected):
+    assert reward_model_ground_truth(reward_model) == expected
 
 
 def test_render_answers_template_truncation_and_counts(tiny_tokenizer):

@@ -10,7 +10,8 @@ Input rows (``.jsonl``, ``.json`` list, ``.parquet``, or a directory of them suc
   ``problem`` (a bare question: it becomes the user turn of the chat template);
 * response: ``response`` / ``output`` (absent: a prompt to sample from);
 * ground truth: ``ground_truth`` / ``gts`` / ``answer`` / ``reward_model.ground_truth``, read by
-  the training-time rule (stripped text; several accepted answers: the first; blank or NaN: none);
+  :func:`verl_repro.rewards.ground_truth_text`, the rule training uses (several accepted answers: the
+  first; blank, NaN, bool or dict: none);
 * kept as metadata: ``id``, ``uid``, ``step``, ``score``, ``data_source``.
 """
 
@@ -23,6 +24,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+
+from verl_repro.rewards.ground_truth import ground_truth_text
 
 PROMPT_KEYS = ("prompt", "input", "question", "problem")
 QUESTION_KEYS = ("question", "problem")
@@ -78,14 +81,6 @@ def _plain(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
     return value
-
-
-def ground_truth_text(value: Any) -> str | None:
-    """A ground truth (or a ``reward_model`` mapping holding one) as text, or None when missing,
-    empty or unusable (counted by the caller, not fatal): the rule the training-time scorer applies."""
-    from verl_repro.verl_ext.scoring import ground_truth_text as from_reward_model
-
-    return from_reward_model(value if isinstance(value, dict) else {"ground_truth": value})
 
 
 def _step_of(path: Path) -> tuple[int, str]:

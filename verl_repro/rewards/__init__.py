@@ -3,8 +3,11 @@
 :class:`MathVerifier` grades decoded responses (text after the first ``</think>``, last ``\\boxed{}``)
 with a hard per-sample deadline enforced by :class:`GuardedPool` child processes; veRL's reward
 manager (``verl_repro.verl_ext.reward_managers``) and ``scripts/evaluate.py`` both use it.
+:func:`ground_truth_text` / :func:`ground_truth_answers` are the one rule every part of the
+package reads a ground truth with (grading, RePro scoring, evaluation, data preparation, analysis).
 """
 
+from .ground_truth import ground_truth_answers, ground_truth_text
 from .guarded import GuardedPool, ScoringCrash, ScoringError, ScoringTimeout
 from .math_verifier import (
     MathRewardConfig,
@@ -28,6 +31,8 @@ __all__ = [
     "ScoringTimeout",
     "grade_answer_region",
     "grade_boxed_answer",
+    "ground_truth_answers",
+    "ground_truth_text",
     "last_boxed_answer",
     "split_at_think_end",
 ]

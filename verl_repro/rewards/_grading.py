@@ -18,5 +18,6 @@ for _name in ("math_verify.parser", "math_verify.grader"):
 grade_boxed_answer("\\frac{1}{2}", "0.5")
 
 
-def grade(answer: str, ground_truth: str) -> bool:
+def grade(answer: str, ground_truth) -> bool:
+    """``ground_truth``: a raw value or a tuple of accepted answers (any match counts)."""
     return grade_boxed_answer(answer, ground_truth)

@@ -6,7 +6,8 @@ earns nothing; a response without ``</think>`` was cut off by the length limit a
 ``no_think_end_reward`` (unless ``require_think_end`` is off). In the graded text the *last*
 ``\\boxed{...}`` (or ``\\fbox{...}``) is the answer. Equivalence is decided by math-verify: both sides
 are parsed from LaTeX into SymPy and compared symbolically and numerically (``\\frac{1}{2}`` = ``0.5``,
-``\\dfrac``, trailing units, set / interval / matrix forms). Nothing is ever ``eval``-ed: only
+``\\dfrac``, trailing units, set / interval / matrix forms), after the rewrites of
+:mod:`~verl_repro.rewards.normalization` (thousands separators, percent, trailing period). Nothing is ever ``eval``-ed: only
 math-verify's LaTeX parser runs, never its plain-expression extractor (which goes through SymPy's
 ``parse_expr``).
 
@@ -25,7 +26,9 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from .ground_truth import ground_truth_answers
 from .guarded import GuardedPool, ScoringCrash, ScoringError, ScoringTimeout
+from .normalization import comparison_pairs
 
 BOXED_COMMANDS = ("\\boxed", "\\fbox")
 
@@ -95,9 +98,14 @@ class MathScore:
     """1.0 when a complete ``\\boxed{}`` answer (within ``max_answer_chars``) was found in the graded text."""
     timed_out: float
     """1.0 when grading hit the deadline (or the grading process died)."""
+    no_ground_truth: float = 0.0
+    """1.0 when the ground truth is unusable (None, NaN, bool, dict, empty): scored ``incorrect_reward``."""
 
     def extra_info(self) -> dict[str, float]:
-        return {"acc": self.acc, "has_think_end": self.has_think_end, "answer_found": self.answer_found, "timed_out": self.timed_out}
+        return {
+            "acc": self.acc, "has_think_end": self.has_think_end, "answer_found": self.answer_found,
+            "timed_out": self.timed_out, "no_ground_truth": self.no_ground_truth,
+        }
 
 
 def split_at_think_end(response: str, think_end_token: str = "</think>") -> tuple[bool, str]:
@@ -145,13 +153,24 @@ def last_boxed_answer(text: str, max_chars: int = 1000) -> str | None:
     return None
 
 
-def grade_boxed_answer(answer: str, ground_truth: str) -> bool:
+def grade_boxed_answer(answer: str, ground_truth: Any) -> bool:
     """Is the boxed ``answer`` (its content, without ``\\boxed``) equal to ``ground_truth``? Pure, no deadline.
 
-    Both sides are parsed as LaTeX by math-verify and compared with ``math_verify.verify(gold,
+    ``ground_truth`` is a raw value read by :func:`~verl_repro.rewards.ground_truth.ground_truth_answers`
+    (a list matches when any entry does). Both sides go through
+    :func:`~verl_repro.rewards.normalization.comparison_pairs` (thousands separators, percent,
+    trailing period), are parsed as LaTeX by math-verify and compared with ``math_verify.verify(gold,
     prediction)``. Can run for unbounded time on hostile input: call it through
     :class:`MathVerifier` (or a :class:`GuardedPool`) in training and evaluation.
     """
+    return any(
+        _verify(normalized_answer, normalized_gold)
+        for gold in ground_truth_answers(ground_truth)
+        for normalized_answer, normalized_gold in comparison_pairs(answer, gold)
+    )
+
+
+def _verify(answer: str, ground_truth: str) -> bool:
     from math_verify import LatexExtractionConfig, parse, verify
 
     extraction = [LatexExtractionConfig(boxed_match_priority=0)]
@@ -165,7 +184,7 @@ def grade_boxed_answer(answer: str, ground_truth: str) -> bool:
     return bool(verify(gold, prediction, timeout_seconds=None))
 
 
-def grade_answer_region(answer_region: str, ground_truth: str, max_answer_chars: int = 1000) -> tuple[bool, bool]:
+def grade_answer_region(answer_region: str, ground_truth: Any, max_answer_chars: int = 1000) -> tuple[bool, bool]:
     """``(answer_found, correct)`` for the text after ``</think>``; pure, no deadline (see :func:`grade_boxed_answer`)."""
     answer = last_boxed_answer(answer_region, max_answer_chars)
     if not answer:
@@ -220,26 +239,38 @@ class MathVerifier:
             reward = cfg.correct_reward if correct else cfg.incorrect_reward
         return MathScore(reward, float(correct), float(has_think_end), float(answer is not None), float(timed_out))
 
-    def score(self, response: str, ground_truth: str) -> MathScore:
-        """Grade one decoded response (blocking; bounded by ``timeout_s`` plus waiting for a free process)."""
+    def _unusable(self, has_think_end: bool, answer: str | None) -> MathScore:
+        """An unusable ground truth: ``incorrect_reward`` whatever the response, counted."""
+        return MathScore(self.config.incorrect_reward, 0.0, float(has_think_end), float(answer is not None), 0.0, 1.0)
+
+    def score(self, response: str, ground_truth: Any) -> MathScore:
+        """Grade one decoded response against a raw ground truth (read by
+        :func:`~verl_repro.rewards.ground_truth.ground_truth_answers`: a list matches when any entry
+        does); blocking, bounded by ``timeout_s`` plus waiting for a free process."""
         has_think_end, answer = self._prepare(response)
-        if answer is None or not str(ground_truth).strip():  # nothing to grade (empty ground truth: counted as wrong)
+        answers = ground_truth_answers(ground_truth)
+        if not answers:
+            return self._unusable(has_think_end, answer)
+        if answer is None:  # nothing to grade
             return self._result(has_think_end, answer, False)
         try:
-            correct = self.pool.call(answer, str(ground_truth))
+            correct = self.pool.call(answer, answers)
         except (ScoringTimeout, ScoringCrash):
             return self._result(has_think_end, answer, False, timed_out=True)
         except ScoringError:  # the grader raised on this input: a found but unusable answer
             correct = False
         return self._result(has_think_end, answer, correct)
 
-    async def ascore(self, response: str, ground_truth: str) -> MathScore:
+    async def ascore(self, response: str, ground_truth: Any) -> MathScore:
         """Awaitable :meth:`score`; the wait for the grading process runs on the pool's threads."""
         has_think_end, answer = self._prepare(response)
-        if answer is None or not str(ground_truth).strip():  # nothing to grade (empty ground truth: counted as wrong)
+        answers = ground_truth_answers(ground_truth)
+        if not answers:
+            return self._unusable(has_think_end, answer)
+        if answer is None:
             return self._result(has_think_end, answer, False)
         try:
-            correct = await self.pool.acall(answer, str(ground_truth))
+            correct = await self.pool.acall(answer, answers)
         except (ScoringTimeout, ScoringCrash):
             return self._result(has_think_end, answer, False, timed_out=True)
         except ScoringError:

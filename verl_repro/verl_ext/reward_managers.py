@@ -10,8 +10,9 @@ veRL 0.9.1 builds one manager per ``RewardLoopWorker`` Ray actor
 reward_router_address=, reward_model_tokenizer=)``) and awaits ``run_single`` once per sample,
 all samples of a chunk concurrently (``asyncio.gather``). Grading runs in the manager's
 :class:`~verl_repro.rewards.MathVerifier` processes with a hard deadline, so one hostile response
-delays only itself. ``reward_extra_info`` carries ``acc``, ``has_think_end``, ``answer_found`` and
-``timed_out`` for veRL's metrics.
+delays only itself. ``reward_extra_info`` carries ``acc``, ``has_think_end``, ``answer_found``,
+``timed_out`` and ``no_ground_truth`` (an unusable ground truth, see
+:func:`verl_repro.rewards.ground_truth_text`) for veRL's metrics.
 """
 
 from __future__ import annotations
@@ -60,8 +61,8 @@ class _ReproMathMixin:
         valid_length = int(data_item.batch["attention_mask"][-response_length:].sum())
         valid_ids = response_ids[:valid_length]
         reward_model = data_item.non_tensor_batch.get("reward_model") or {}
-        ground_truth = reward_model.get("ground_truth", "") if hasattr(reward_model, "get") else ""
-        ground_truth = "" if ground_truth is None else str(ground_truth)
+        # The raw value: the verifier reads it with ground_truth_answers (lists, bytes, NaN, ...).
+        ground_truth = reward_model.get("ground_truth") if hasattr(reward_model, "get") else None
 
         # skip_special_tokens=False: </think> is a special token in some tokenizers and must survive.
         response_text = await asyncio.get_running_loop().run_in_executor(

@@ -22,17 +22,16 @@ Pieces, so a scoring mode can be swapped (``repro.scoring_mode``; ``prefix_share
 
 from __future__ import annotations
 
-import math
 import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional, Protocol, Sequence
 
-import numpy as np
 import torch
 from tensordict import TensorDict
 
 from verl_repro.algorithms import select_cuts
 from verl_repro.config import ReproConfig
+from verl_repro.rewards.ground_truth import ground_truth_text
 
 GROUND_TRUTH_KEY = "ground_truth"
 
@@ -40,29 +39,10 @@ GROUND_TRUTH_KEY = "ground_truth"
 # ----------------------------------------------------------------------------- answers
 
 
-def ground_truth_text(reward_model: Any) -> Optional[str]:
-    """``reward_model["ground_truth"]`` as text, or None when it is missing, empty or unusable.
-
-    Strings are stripped; finite numbers are printed with ``str``; a non-empty list/tuple (several
-    accepted answers) uses its first entry. Anything else (None, dicts, NaN, bools) is unusable.
-    """
-    if not isinstance(reward_model, Mapping):
-        return None
-    value = reward_model.get(GROUND_TRUTH_KEY)
-    if isinstance(value, np.ndarray):
-        value = value.tolist()
-    if isinstance(value, (list, tuple)):
-        value = value[0] if len(value) > 0 else None
-    if isinstance(value, (bool, np.bool_)) or value is None:
-        return None
-    if isinstance(value, (int, float, np.integer, np.floating)):
-        return str(value) if math.isfinite(float(value)) else None
-    if isinstance(value, bytes):
-        value = value.decode("utf-8", errors="replace")
-    if isinstance(value, str):
-        value = value.strip()
-        return value or None
-    return None
+def reward_model_ground_truth(reward_model: Any) -> Optional[str]:
+    """``reward_model["ground_truth"]`` read by :func:`verl_repro.rewards.ground_truth_text` (a list's
+    first entry; None when missing or unusable)."""
+    return ground_truth_text(reward_model.get(GROUND_TRUTH_KEY)) if isinstance(reward_model, Mapping) else None
 
 
 @dataclass
@@ -86,7 +66,7 @@ def render_answers(tokenizer, reward_models: Sequence[Any], config: ReproConfig)
     right after the cut, and truncated to ``config.max_answer_tokens``. Each distinct text is
     tokenized once (the ``n`` responses of a prompt share it).
     """
-    texts = [ground_truth_text(item) for item in reward_models]
+    texts = [reward_model_ground_truth(item) for item in reward_models]
     unique = sorted({config.render_answer(text) for text in texts if text is not None})
     encoded: dict[str, list[int]] = {}
     if unique:

@@ -1,0 +1,93 @@
+"""One rule for reading a ground truth, shared by grading, RePro scoring, CorR-PO, evaluation,
+data preparation and the analysis tools (``docs/reward.md``, "Ground truth").
+
+Data sets store the answer in many shapes: a string, a number (AMC answers come as floats), a
+list of accepted answers (a numpy array once read back from parquet), bytes, ``None`` / NaN for
+a missing value, or an answer already wrapped in ``\\boxed{}``. The rule:
+
+* a string is stripped; one enclosing ``\\boxed{...}`` / ``\\fbox{...}`` is unwrapped;
+* bytes are decoded as UTF-8 (undecodable bytes are unusable);
+* a finite int / float / numpy number is printed (an integral float without ``.0``: ``27.0`` → ``27``);
+* a list, tuple or array holds several accepted answers: each entry is read by this rule and the
+  unusable ones are dropped; grading accepts a match with **any** of them, RePro scores the first;
+* everything else — ``None``, NaN / inf, bools, dicts, empty strings and lists — is unusable:
+  such a sample scores ``incorrect_reward``, gets no process reward, and is counted.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any, Optional
+
+BOXED_COMMANDS = ("\\boxed", "\\fbox")
+
+
+def _unwrap_boxed(text: str) -> str:
+    """``\\boxed{X}`` → ``X`` when the whole text is one boxed command; otherwise unchanged."""
+    for command in BOXED_COMMANDS:
+        if not text.startswith(command + "{") or not text.endswith("}"):
+            continue
+        depth = 0
+        index = len(command)
+        while index < len(text):
+            char = text[index]
+            if char == "\\":
+                index += 2
+                continue
+            if char == "{":
+                depth += 1
+            elif char == "}":
+                depth -= 1
+                if depth == 0:
+                    # The closing brace of the command must be the last character: "\boxed{1}+\boxed{2}" stays.
+                    return text[len(command) + 1:index].strip() if index == len(text) - 1 else text
+            index += 1
+    return text
+
+
+def _scalar_text(value: Any) -> Optional[str]:
+    if isinstance(value, bytes):
+        try:
+            value = value.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+    if isinstance(value, str):
+        text = _unwrap_boxed(value.strip())
+        return text or None
+    # bool is a Number (and numpy's bool_ is not): both are excluded, neither is an answer.
+    if isinstance(value, bool) or type(value).__name__ == "bool_":
+        return None
+    if isinstance(value, numbers.Real):
+        number = float(value)
+        if not math.isfinite(number):
+            return None
+        if isinstance(value, numbers.Integral):
+            return str(int(value))
+        if number.is_integer():
+            return str(int(number))
+        # numpy prints float32 0.1 as "0.1" (a Python float of it would be 0.10000000149011612);
+        # exact types (Fraction, Decimal) print themselves.
+        return repr(number) if isinstance(value, float) and type(value).__module__ != "numpy" else str(value)
+    return None
+
+
+def ground_truth_answers(value: Any) -> tuple[str, ...]:
+    """Every accepted answer of a raw ground truth as text, in order, without duplicates; ``()``
+    when the value is unusable (see the module docstring)."""
+    if type(value).__name__ == "ndarray":  # a list column read back from parquet; entries stay numpy scalars
+        value = list(value) if value.ndim > 0 else [value[()]]
+    entries = value if isinstance(value, (list, tuple)) else [value]
+    answers: list[str] = []
+    for entry in entries:
+        for text in ground_truth_answers(entry) if isinstance(entry, (list, tuple)) else (_scalar_text(entry),):
+            if text is not None and text not in answers:
+                answers.append(text)
+    return tuple(answers)
+
+
+def ground_truth_text(value: Any) -> Optional[str]:
+    """The ground truth as one text — the first accepted answer, which RePro scores — or None when
+    it is unusable (None, NaN, bool, dict, empty; see the module docstring)."""
+    answers = ground_truth_answers(value)
+    return answers[0] if answers else None
