@@ -1,4 +1,5 @@
-"""benchmarks/bench_kernel.py runs end to end at its --smoke size on a CPU and writes its report."""
+"""benchmarks/bench_kernel.py runs end to end at its --smoke size on a CPU, writes its report, and
+checks what it times: a kernel with a wrong statistic or a wrong gradient makes it fail."""
 
 from __future__ import annotations
 
@@ -6,7 +7,13 @@ import importlib.util
 import sys
 from pathlib import Path
 
+import pytest
+import torch
+
+from verl_repro.kernels import TokenStats, token_stats_from_hidden, token_stats_from_logits
+
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_kernel.py"
+SMOKE = ["--smoke", "--repeats", "3", "--backend", "torch"]
 
 
 def load_bench():
@@ -17,29 +24,90 @@ def load_bench():
     return bench
 
 
-def test_bench_kernel_smoke_writes_report(tmp_path):
+def test_bench_kernel_smoke_writes_report(tmp_path, capsys):
     bench = load_bench()
     out = tmp_path / "report.md"
-    assert bench.main(["--smoke", "--backend", "torch", "--out", str(out)]) == 0
+    assert bench.main([*SMOKE, "--out", str(out)]) == 0
     report = out.read_text()
-    assert "from logits: N=32, V=500" in report
+    for title in ("from logits, forward: N=32, V=500", "from logits, forward+backward", "from hidden, forward: N=32, H=32",
+                  "from hidden, forward+backward"):
+        assert title in report, title
     assert "ours (a) [torch]" in report and "ours (b) [torch]" in report
-    assert "forward+backward" in report
-    # Every row was measured (no error text in the time column).
+    assert "machine: CPU only" in report and "torch threads 1" in report and "median of 3" in report
+    assert "all outputs match the float64 reference" in report
+    # Every row was measured (no error text in the time column), and ours was checked.
     for line in report.splitlines():
         if line.startswith("| eager") or line.startswith("| ours"):
             assert line.split("|")[2].strip().replace(".", "", 1).isdigit(), line
+        if line.startswith("| ours"):
+            assert "| ok: max |Δ|" in line, line
+    assert "machine: CPU only" in capsys.readouterr().out
+
+
+def _wrong_entropy(logits, labels, **kwargs):
+    stats = token_stats_from_logits(logits, labels, **kwargs)
+    return stats._replace(entropy=stats.entropy * 1.001)
+
+
+def _wrong_grad_norm(hidden, weight, labels, **kwargs):
+    stats = token_stats_from_hidden(hidden, weight, labels, **kwargs)
+    return stats._replace(grad_norm=stats.grad_norm + 1e-3)
+
+
+class _ScaleGradient(torch.autograd.Function):
+    """Identity forward, a 1 % wrong backward: what a kernel with a slightly wrong backward gives."""
+
+    @staticmethod
+    def forward(ctx, tensor):
+        return tensor.view_as(tensor)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * 1.01
+
+
+def _wrong_logits_backward(logits, labels, **kwargs):
+    return token_stats_from_logits(_ScaleGradient.apply(logits), labels, **kwargs)
+
+
+def _wrong_weight_backward(hidden, weight, labels, **kwargs):
+    return token_stats_from_hidden(hidden, _ScaleGradient.apply(weight), labels, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "target, wrong, expected",
+    [
+        ("token_stats_from_logits", _wrong_entropy, "from logits, forward: N=32, V=500, fp32 / ours (a) [torch]: H:"),
+        ("token_stats_from_hidden", _wrong_grad_norm, "from hidden, forward: N=32, H=32, V=500, fp32 / ours (b) [torch]: g:"),
+        ("token_stats_from_logits", _wrong_logits_backward, "ours (a) [torch]: dlogits:"),
+        ("token_stats_from_hidden", _wrong_weight_backward, "ours (b) [torch]: dweight:"),
+    ],
+)
+def test_bench_kernel_smoke_fails_on_a_wrong_kernel(tmp_path, capsys, monkeypatch, target, wrong, expected):
+    bench = load_bench()
+    monkeypatch.setattr(bench, target, wrong)
+    out = tmp_path / "report.md"
+    assert bench.main([*SMOKE, "--out", str(out)]) == 1
+    report = out.read_text()
+    assert "CHECK FAILED" in report and expected in report, report[-1500:]
+    assert "CHECK FAILED" in capsys.readouterr().out
 
 
 def test_eager_baseline_is_the_same_maths():
-    import torch
-
     bench = load_bench()
-    from verl_repro.kernels import token_stats_from_logits
-
     logits = torch.randn(8, 50, dtype=torch.float64)
     labels = torch.randint(0, 50, (8,))
     eager = bench.eager_stats_from_logits(logits, labels)
     ours = token_stats_from_logits(logits, labels, backend="torch")
+    assert isinstance(ours, TokenStats)
     for got, want in zip(eager, ours):
         torch.testing.assert_close(got, want.to(got.dtype), atol=1e-7, rtol=1e-7)
+
+
+@pytest.mark.parametrize(
+    "name, bandwidth",
+    [("NVIDIA H200", 4800.0), ("NVIDIA GH200 480GB", 4000.0), ("NVIDIA H100 80GB HBM3", 3350.0), ("NVIDIA H100 PCIe", 2000.0),
+     ("NVIDIA A100-SXM4-80GB", 2039.0), ("NVIDIA A100-PCIE-40GB", 1555.0), ("Some Future GPU", None)],
+)
+def test_hbm_bandwidth_by_device_name(name, bandwidth):
+    assert load_bench().hbm_bandwidth_gbs(name) == bandwidth
