@@ -14,6 +14,9 @@ Models: ``tiny`` (the 2-layer Qwen2 of the test checkpoint, random weights) and 
 also checks both modes against the plain oracle ``hf_scoring.score_cuts``. The script exits with
 status 1 when the modes disagree by more than ``--tolerance`` (default: 1e-5 in float32, 0.05 in bf16).
 
+Defaults are the settings of the committed results (one CPU thread, best of 3); each run prints the
+machine it ran on.
+
     python benchmarks/bench_scoring.py --smoke
     python benchmarks/bench_scoring.py --out benchmarks/results/bench_scoring_cpu.txt
     python benchmarks/bench_scoring.py --model qwen2-1.5b --device cuda --dtype bfloat16 \\
@@ -23,6 +26,7 @@ status 1 when the modes disagree by more than ``--tolerance`` (default: 1e-5 in 
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import sys
 import time
@@ -67,6 +71,19 @@ def make_case(T: int, m: int, responses: int, prompt_tokens: int, answer_tokens:
     return prompts, response_ids, cuts, cut_mask, answers
 
 
+def machine_line() -> str:
+    """The machine a run happened on (CPU model and count, load, Python), for the results file."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as handle:
+            cpu = next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    return (f"machine: {cpu}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
+            + (f", load average {load[0]:.1f}" if load else ""))
+
+
 def timed(fn, device: str, repeats: int):
     best, result, peak = float("inf"), None, 0
     for _ in range(repeats):
@@ -103,16 +120,15 @@ def main(argv=None) -> int:
     parser.add_argument("--tokens-per-pass", type=int, default=16384, help="prefix_shared: responses packed per forward")
     parser.add_argument("--naive-tokens-per-pass", type=int, default=0,
                         help="naive: padded tokens per forward; 0 = one unpadded sequence per forward (no padding waste, causal kernel)")
-    parser.add_argument("--repeats", type=int, default=1)
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per mode (the best is reported)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--tolerance", type=float, default=None)
     parser.add_argument("--shared-only", action="store_true",
                         help="time prefix_shared alone (e.g. T=32768) and report the process's peak memory")
     parser.add_argument("--out", default=None, help="also write the table to this file")
     args = parser.parse_args(argv)
     if args.smoke:
-        args.model, args.device, args.dtype, args.T, args.m, args.repeats = "tiny", "cpu", "float32", [1024], [5, 10], 1
-        args.threads = args.threads or 1
+        args.model, args.device, args.dtype, args.T, args.m = "tiny", "cpu", "float32", [1024], [5, 10]
     if args.threads:
         torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype)
@@ -136,6 +152,7 @@ def main(argv=None) -> int:
     device_name = torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or platform.machine()
     emit(f"# bench_scoring: model={args.model} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params, random weights) "
          f"device={args.device} ({device_name}) dtype={args.dtype} torch={torch.__version__} threads={torch.get_num_threads()}")
+    emit(f"# {machine_line()}")
     emit(f"# {args.responses} responses per case, prompt {args.prompt_tokens} tokens, answer {args.answer_tokens} tokens, "
          f"m cuts = m-1 random + e+1, plus J_b; prefix_shared packs {args.tokens_per_pass} tokens per pass, "
          f"naive {'one unpadded sequence' if args.naive_tokens_per_pass == 0 else f'{args.naive_tokens_per_pass} padded tokens'} per pass; "
@@ -182,6 +199,7 @@ def _shared_only(model, args) -> int:
     import resource
 
     print(f"# prefix_shared only: model={args.model} device={args.device} dtype={args.dtype} threads={torch.get_num_threads()}")
+    print(f"# {machine_line()}; best of {args.repeats}")
     print(f"{'T':>6} {'m':>3} {'shared tok':>10} {'shared s':>8} {'peak GiB':>9}")
     for T in args.T:
         for m in args.m:
