@@ -52,7 +52,7 @@ run_recipe() {
       exec "$PYTHON" "$RECIPE_DIR/launch.py" dry-run "$RECIPE" "${cluster[@]}" ${overrides[@]+"${overrides[@]}"}
       ;;
     cpu-smoke)
-      # HOOK (issue 4): tiny model + tiny data on the CPU through verl_repro.cpu (verl-repro cpu-run).
+      # Tiny model + tiny data on the CPU through verl_repro.cpu (what verl-repro cpu-run --smoke runs).
       exec "$PYTHON" "$RECIPE_DIR/launch.py" cpu-smoke "$RECIPE" ${overrides[@]+"${overrides[@]}"}
       ;;
     train)

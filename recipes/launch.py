@@ -15,7 +15,6 @@ Exit code 0 when everything passes, 1 otherwise (each failure names the key to c
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -23,16 +22,6 @@ from typing import Any, Callable
 
 RECIPE_DIR = Path(__file__).resolve().parent
 SHARED_CONFIGS = {"paper_defaults"}
-# Our estimators and the verl-repro module that registers each (for "not landed yet" notes).
-OUR_ESTIMATORS = {
-    "repro_grpo": "verl_repro.verl_ext.estimators",
-    "repro_rloo": "verl_repro.verl_ext.estimators",
-    "repro_reinforce_plus_plus": "verl_repro.verl_ext.estimators",
-    "repro_ppo": "verl_repro.verl_ext.estimators",
-    "corrpo": "verl_repro.verl_ext.corrpo",
-    "corrpo_rloo": "verl_repro.verl_ext.corrpo",
-}
-OUR_TRAINER_MODES = {"repro_sync": "verl_repro.verl_ext.trainer"}
 
 
 def list_recipes() -> list[str]:
@@ -51,17 +40,6 @@ def compose_recipe(recipe: str, overrides: list[str]):
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(RECIPE_DIR), version_base=None):
         return compose(config_name=recipe, overrides=list(overrides))
-
-
-def _module_exists(name: str) -> bool:
-    try:
-        return importlib.util.find_spec(name) is not None
-    except ModuleNotFoundError:
-        return False
-
-
-class Pending(Exception):
-    """A check that cannot run yet because the verl-repro component it needs has not landed."""
 
 
 # ----------------------------------------------------------------------------- checks
@@ -130,9 +108,6 @@ def check_estimator(config) -> str:
     try:
         get_adv_estimator_fn(name)
     except ValueError:
-        module = OUR_ESTIMATORS.get(name)
-        if module is not None and not _module_exists(module):
-            raise Pending(f"algorithm.adv_estimator={name}: {module} has not landed in this checkout")
         raise ValueError(f"algorithm.adv_estimator={name} is not registered in veRL ({_plugin_failures()})") from None
     return name
 
@@ -141,16 +116,16 @@ def check_trainer_mode(config) -> str:
     mode = str(config.trainer.v1.trainer_mode)
     from verl.trainer.ppo.v1 import get_trainer_cls
 
+    from verl_repro.verl_ext.estimator_inputs import SPECS
+    from verl_repro.verl_ext.trainer import TRAINER_MODE
+
     try:
         trainer_cls = get_trainer_cls(mode)
     except ValueError as exc:
-        module = OUR_TRAINER_MODES.get(mode)
-        if module is not None and not _module_exists(module):
-            raise Pending(f"trainer.v1.trainer_mode={mode}: {module} has not landed in this checkout") from None
         raise ValueError(f"trainer.v1.trainer_mode={mode}: {exc} ({_plugin_failures()})") from None
     estimator = str(config.algorithm.adv_estimator)
-    if estimator in OUR_ESTIMATORS and mode != "repro_sync":
-        raise ValueError(f"algorithm.adv_estimator={estimator} needs trainer.v1.trainer_mode=repro_sync, got {mode}")
+    if estimator in SPECS and mode != TRAINER_MODE:
+        raise ValueError(f"algorithm.adv_estimator={estimator} needs trainer.v1.trainer_mode={TRAINER_MODE}, got {mode}")
     return f"{mode} -> {trainer_cls.__name__}"
 
 
@@ -175,23 +150,21 @@ def check_reward_manager(config) -> str:
 
 def check_repro_group(config) -> str:
     from verl_repro.config import ReproConfig
+    from verl_repro.verl_ext.estimator_inputs import SPECS
+    from verl_repro.verl_ext.trainer import validate_repro_setup
 
     estimator = str(config.algorithm.adv_estimator)
-    if estimator not in OUR_ESTIMATORS:
+    spec = SPECS.get(estimator)
+    if spec is None:
         if config.get("repro") is not None:
             ReproConfig.from_mapping(config.get("repro"))
             return "present, valid (unused by this estimator)"
         return f"not needed by {estimator}"
     if config.get("repro") is None:
         raise ValueError(f"algorithm.adv_estimator={estimator} needs the repro group: add +repro=default")
-    if _module_exists("verl_repro.verl_ext.trainer"):
-        # The trainer's own start-up check: ranges, reference model / critic / gradient-norm needs.
-        from verl_repro.verl_ext.trainer import validate_repro_setup
-
-        repro = validate_repro_setup(config)
-    else:
-        repro = ReproConfig.from_mapping(config.get("repro"))
-    if estimator.startswith("corrpo"):
+    # The trainer's own start-up check: ranges, reference model / critic / gradient-norm needs.
+    repro = validate_repro_setup(config)
+    if spec.method == "corrpo":
         c = repro.corr
         return f"corr: coef={c.coef} kind={c.kind} scope={c.scope} min_tokens={c.min_tokens} outcome_weight={c.outcome_weight}"
     return (
@@ -253,22 +226,18 @@ def dry_run(recipe: str, overrides: list[str], print_config: bool = False) -> in
     if print_config:
         print(OmegaConf.to_yaml(config))
 
-    failures = pending = 0
+    failures = 0
     for title, check in CHECKS:
         try:
             detail = check(config)
             print(f"[ok]        {title}: {detail}")
-        except Pending as note:
-            pending += 1
-            print(f"[pending]   {title}: {note}")
         except Exception as exc:  # report every failing check, then exit 1
             failures += 1
             print(f"[FAIL]      {title}: {type(exc).__name__}: {exc}")
     if failures:
         print(f"dry run FAILED: {failures} check(s) failed")
         return 1
-    note = f" ({pending} check(s) pending on components not in this checkout)" if pending else ""
-    print(f"dry run OK{note}: the config is valid; no Ray, worker or GPU was started")
+    print(f"dry run OK: the config is valid; no Ray, worker or GPU was started")
     return 0
 
 
@@ -276,15 +245,12 @@ def dry_run(recipe: str, overrides: list[str], print_config: bool = False) -> in
 
 
 def cpu_smoke(recipe: str, overrides: list[str], workdir: str, print_command: bool) -> int:
-    """HOOK (issue 4, CPU backend): run a few steps of this recipe on a tiny model on the CPU.
+    """Run a few steps of this recipe on a tiny model on the CPU.
 
     Uses ``verl_repro.cpu.launcher`` (what ``verl-repro cpu-run --smoke`` runs): CPU platform, HF
     rollout, a tiny checkpoint and dataset; the recipe keeps its estimator, trainer mode and
-    reward manager. Until the CPU backend is in the checkout this explains itself and exits 2.
+    reward manager.
     """
-    if not (_module_exists("verl_repro.cpu.launcher") and _module_exists("verl_repro.cpu.smoke")):
-        print("--cpu-smoke needs the CPU backend (verl_repro.cpu, issue 4), which is not in this checkout yet.")
-        return 2
     import subprocess
 
     from verl_repro.cpu import launcher, smoke

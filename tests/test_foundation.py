@@ -33,13 +33,25 @@ def test_import_verl_alone_registers_our_names():
     estimators = [name.split(":", 1)[1] for name in registered if name.startswith("adv_estimator:")]
     for name in estimators:
         assert name in payload["estimators"]
-    from verl_repro.plugin import REGISTRATION_MODULES
+    assert registered, "nothing was registered"
 
-    import importlib.util
 
-    expected_modules = [m for m in REGISTRATION_MODULES if importlib.util.find_spec(m) is not None]
-    if expected_modules:
-        assert registered, "registration modules exist but nothing was registered"
+def test_estimators_register_when_veRL_imports_core_algos_before_any_lookup():
+    # A fresh interpreter: `import verl` must not import core_algos (a second of start-up in every
+    # Ray process); the first import of it, as veRL's trainer does, must bring our estimators along.
+    out = _run_python(
+        "import json, sys, verl\n"
+        "from verl_repro.plugin import registration_report\n"
+        "light = 'verl.trainer.ppo.core_algos' not in sys.modules\n"
+        "from verl.trainer.ppo.core_algos import ADV_ESTIMATOR_REGISTRY, get_adv_estimator_fn\n"
+        "from verl_repro.verl_ext.estimator_inputs import ESTIMATORS\n"
+        "found = {s.name: get_adv_estimator_fn(s.name) is s.load() for s in ESTIMATORS}\n"
+        "print(json.dumps({'light': light, 'found': found, 'failures': registration_report()['failures']}))\n"
+    )
+    payload = json.loads(out.strip().splitlines()[-1])
+    assert payload["light"], "import verl imported verl.trainer.ppo.core_algos"
+    assert payload["failures"] == {}
+    assert payload["found"] and all(payload["found"].values()), payload["found"]
 
 
 def test_register_all_is_idempotent():
@@ -65,7 +77,6 @@ def test_registration_failure_is_logged_not_raised(monkeypatch, caplog):
     broken.register = register
     monkeypatch.setitem(sys.modules, broken.__name__, broken)
     monkeypatch.setattr(plugin, "REGISTRATION_MODULES", (broken.__name__,))
-    monkeypatch.setattr(plugin, "_module_exists", lambda name: True)
     monkeypatch.setattr(plugin, "_failures", {})
     with caplog.at_level("WARNING", logger="verl_repro"):
         plugin.register_all()

@@ -15,6 +15,7 @@ from typing import Any, Mapping
 SCORERS = ("ref", "actor")
 SCORING_MODES = ("naive", "prefix_shared")
 NO_THINK_END_POLICIES = ("skip", "use_end")
+PROCESS_REWARD_NORMS = ("auto", "group", "batch", "none")
 CORRELATION_KINDS = ("spearman", "pearson")
 TOKEN_SCOPES = ("thinking", "all")
 ANSWER_PLACEHOLDER = "{ground_truth}"
@@ -85,6 +86,8 @@ class ReproConfig:
     """Response without ``</think>``: ``skip`` (outcome advantage only) or ``use_end`` (end acts as e)."""
     j_base_eps: float = 1e-6
     """|J_b| below this makes the magnitude undefined: that response gets no process reward."""
+    process_reward_norm: str = "auto"
+    """How process rewards are normalized: ``group`` (per prompt group, in the estimator's group form), ``batch`` (whitened over the batch), ``none``; ``auto`` is each estimator's own (docs/repro.md)."""
     corr: CorrConfig = field(default_factory=CorrConfig)
 
     def validate(self, prefix: str = "repro") -> "ReproConfig":
@@ -104,6 +107,7 @@ class ReproConfig:
         )
         _require(bool(self.think_end_token), f"{prefix}.think_end_token", "must be a non-empty string", self.think_end_token)
         _require(self.no_think_end in NO_THINK_END_POLICIES, f"{prefix}.no_think_end", f"must be one of {NO_THINK_END_POLICIES}", self.no_think_end)
+        _require(self.process_reward_norm in PROCESS_REWARD_NORMS, f"{prefix}.process_reward_norm", f"must be one of {PROCESS_REWARD_NORMS}", self.process_reward_norm)
         _require(self.j_base_eps > 0, f"{prefix}.j_base_eps", "must be > 0", self.j_base_eps)
         self.corr.validate(prefix=f"{prefix}.corr")
         return self

@@ -81,6 +81,10 @@ def normalize(rewards_by_row, groups, mode, norm_by_std=True, epsilon=1e-6):
         mean = sum(entries) / len(entries)
         variance = statistics.variance(entries) if len(entries) > 1 else 0.0
         return [[(x - mean) / math.sqrt(variance + epsilon) for x in r] for r in rewards_by_row]
+    if mode == "reinforce_plus_plus_baseline":
+        # Group baseline (mean of the group's entries; a group with one entry keeps it), then whitening.
+        centered = normalize(rewards_by_row, groups, "grpo", norm_by_std=False)
+        return normalize(centered, groups, "reinforce_plus_plus", epsilon=epsilon)
     out = []
     for i, row in enumerate(rewards_by_row):
         members = [b for b in range(len(rewards_by_row)) if groups[b] == groups[i]]

@@ -17,6 +17,7 @@ from verl_repro.algorithms import (
     batch_whiten_process_rewards,
     combine_advantages,
     compute_repro_process_advantage,
+    group_baseline_whiten_process_rewards,
     group_ids_from_uids,
     group_normalize_process_rewards,
     normalize_process_rewards,
@@ -144,6 +145,17 @@ def test_batch_whitening_written_out():
     assert none.tolist() == [[0.0]]
 
 
+def test_group_baseline_then_batch_whitening_written_out():
+    # Group 10 entries [1, 2, 3] - 2 -> [-1, 0, 1]; C alone in group 20 keeps 5. Entries [-1, 0, 1, 5]:
+    # mean 1.25, unbiased variance (2.25² + 1.25² + 0.25² + 3.75²) / 3 = 20.75 / 3.
+    out = group_baseline_whiten_process_rewards(NORM_REWARDS, NORM_MASK, GROUPS, 1e-8)
+    scale = (20.75 / 3 + 1e-8) ** -0.5
+    expected = [[-2.25 * scale, -1.25 * scale], [-0.25 * scale, 0.0], [3.75 * scale, 0.0], [0.0, 0.0], [0.0, 0.0]]
+    torch.testing.assert_close(out, _t(expected), rtol=0, atol=1e-12)
+    dispatched = normalize_process_rewards(NORM_REWARDS, NORM_MASK, "reinforce_plus_plus_baseline", GROUPS, epsilon=1e-8)
+    assert torch.equal(dispatched, out)
+
+
 def test_single_entry_rows_follow_verls_own_estimators():
     """With one reward entry per response, entry-level normalization must equal veRL's outcome forms."""
     core_algos = pytest.importorskip("verl.trainer.ppo.core_algos")
@@ -166,6 +178,12 @@ def test_single_entry_rows_follow_verls_own_estimators():
     torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-6)
     ours = batch_whiten_process_rewards(scores[:, None], mask)[:, 0]
     theirs = verl_functional.masked_whiten(scores, torch.ones(12, dtype=F64))
+    torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-6)
+    # One-token responses: veRL whitens its broadcast scores over tokens, i.e. over these entries.
+    ours = group_baseline_whiten_process_rewards(scores[:, None], mask, groups)[:, 0]
+    theirs = core_algos.compute_reinforce_plus_plus_baseline_outcome_advantage(
+        scores[:, None].clone(), torch.ones(12, 1, dtype=F64), uid
+    )[0][:, 0]
     torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-6)
 
 
@@ -232,7 +250,7 @@ def _chain_inputs(seed, batch, length, p_think_end, p_boundary, p_bad, allow_tie
     p_boundary=st.sampled_from([0.0, 0.2, 0.5]),
     p_bad=st.sampled_from([0.0, 0.4]),
     policy=st.sampled_from(["skip", "use_end"]),
-    mode=st.sampled_from(["grpo", "rloo", "reinforce_plus_plus", "none"]),
+    mode=st.sampled_from(["grpo", "rloo", "reinforce_plus_plus", "reinforce_plus_plus_baseline", "none"]),
     norm_by_std=st.booleans(),
     w=st.sampled_from([0.0, 0.5]),
     beta=st.sampled_from([0.0, 0.6]),

@@ -19,12 +19,20 @@ from verl.trainer.ppo.ray_trainer import compute_advantage
 
 from verl_repro.algorithms import compute_repro_process_advantage
 from verl_repro.config import ReproConfig
-from verl_repro.verl_ext import estimators
-from verl_repro.verl_ext.estimator_inputs import ESTIMATOR_INPUTS
+from verl_repro.verl_ext import estimator_inputs
+from verl_repro.verl_ext.estimator_inputs import SPECS
 from verl_repro.verl_ext.scoring import ReproScoring
 
-REPRO_ESTIMATORS = ["repro_grpo", "repro_rloo", "repro_reinforce_plus_plus", "repro_ppo"]
-BUILTIN = {"repro_grpo": "grpo", "repro_rloo": "rloo", "repro_reinforce_plus_plus": "reinforce_plus_plus", "repro_ppo": "gae"}
+REPRO_ESTIMATORS = ["repro_grpo", "repro_rloo", "repro_reinforce_plus_plus", "repro_reinforce_plus_plus_baseline", "repro_ppo"]
+BUILTIN = {
+    "repro_grpo": "grpo", "repro_rloo": "rloo", "repro_reinforce_plus_plus": "reinforce_plus_plus",
+    "repro_reinforce_plus_plus_baseline": "reinforce_plus_plus_baseline", "repro_ppo": "gae",
+}
+# The process-reward normalization each estimator runs by default (repro.process_reward_norm=auto).
+DEFAULT_NORMALIZATION = {
+    "repro_grpo": "grpo", "repro_rloo": "rloo", "repro_reinforce_plus_plus": "reinforce_plus_plus",
+    "repro_reinforce_plus_plus_baseline": "reinforce_plus_plus_baseline", "repro_ppo": "none",
+}
 ISSUE_METRICS = [
     "repro/num_cuts_mean", "repro/j_base_mean", "repro/j_final_mean", "repro/magnitude_mean",
     "repro/stability_mean", "repro/process_adv_abs_mean", "repro/skipped_no_think_end",
@@ -88,7 +96,7 @@ def run_estimator(name, inputs, scoring, repro_config, algo, metrics=None):
         repro_config=repro_config,
         metrics=metrics,
     )
-    if "values" in ESTIMATOR_INPUTS[name]:
+    if "values" in SPECS[name].inputs:
         kwargs["values"] = inputs["values"]
     return get_adv_estimator_fn(name)(**kwargs)
 
@@ -111,11 +119,15 @@ def builtin_through_verl(name, inputs, algo):
 
 
 def test_registered_in_verl_with_declared_inputs():
+    assert [spec.name for spec in estimator_inputs.specs("repro")] == REPRO_ESTIMATORS
     for name in REPRO_ESTIMATORS:
-        assert ADV_ESTIMATOR_REGISTRY[name] is estimators.ESTIMATORS[name]
-        assert {"repro_scoring", "repro_config", "metrics"} <= set(ESTIMATOR_INPUTS[name])
-    assert "values" in ESTIMATOR_INPUTS["repro_ppo"]
-    assert estimators.register() == [f"adv_estimator:{name}" for name in REPRO_ESTIMATORS]  # idempotent
+        assert ADV_ESTIMATOR_REGISTRY[name] is SPECS[name].load()
+        assert SPECS[name].base == BUILTIN[name]
+        assert {"repro_scoring", "repro_config", "metrics"} <= set(SPECS[name].inputs)
+        assert SPECS[name].process_normalization() == DEFAULT_NORMALIZATION[name]
+    assert "values" in SPECS["repro_ppo"].inputs
+    entries = estimator_inputs.register_now()  # idempotent
+    assert [f"adv_estimator:{name}" for name in REPRO_ESTIMATORS] == [e for e in entries if e.startswith("adv_estimator:repro_")]
 
 
 @pytest.mark.parametrize("name", REPRO_ESTIMATORS)
@@ -137,7 +149,7 @@ def test_alpha_adds_the_maths_layer_process_advantage(name):
     advantages, returns = run_estimator(name, inputs, scoring, repro_config, algo)
     outcome, outcome_returns = builtin_through_verl(name, inputs, algo)
     group_ids = torch.as_tensor(np.unique(inputs["index"].astype(str), return_inverse=True)[1])
-    normalization = {"repro_grpo": "grpo", "repro_rloo": "rloo", "repro_reinforce_plus_plus": "reinforce_plus_plus", "repro_ppo": "none"}[name]
+    normalization = DEFAULT_NORMALIZATION[name]
     process = compute_repro_process_advantage(
         scoring.j_cuts, scoring.j_base, scoring.cuts, scoring.cut_mask, scoring.has_think_end, inputs["response_mask"],
         group_ids=group_ids, valid=scoring.valid, padding=scoring.padding, normalization=normalization,
@@ -152,13 +164,59 @@ def test_alpha_adds_the_maths_layer_process_advantage(name):
     else:
         torch.testing.assert_close(advantages, outcome + 0.3 * process.process_advantages, rtol=1e-6, atol=1e-6)
         torch.testing.assert_close(returns, advantages if name != "repro_reinforce_plus_plus" else outcome_returns)
+        if name == "repro_reinforce_plus_plus_baseline":  # veRL returns its advantage twice
+            torch.testing.assert_close(outcome_returns, outcome, rtol=0, atol=0)
     # The process term is real, and absent on rows without process reward (5: no </think>,
     # 6: no ground truth, 7: padding).
     differs = (advantages - outcome).abs().amax(dim=1) > 1e-6
     assert differs[:5].any()
-    if name != "repro_ppo":  # GAE whitening mixes rows; the others keep foreign rows untouched
+    if name != "repro_ppo":  # GAE mixes rows; the others keep foreign rows untouched
         assert not differs[5:].any()
         assert torch.equal(advantages[5:], outcome[5:])
+
+
+@pytest.mark.parametrize(
+    "name, process_reward_norm, normalization",
+    [
+        ("repro_ppo", "group", "grpo"),  # what the authors' PPO path is given the group ids for
+        ("repro_ppo", "batch", "reinforce_plus_plus"),
+        ("repro_grpo", "none", "none"),
+        ("repro_rloo", "batch", "reinforce_plus_plus"),
+        ("repro_reinforce_plus_plus", "group", "grpo"),
+        ("repro_reinforce_plus_plus_baseline", "auto", "reinforce_plus_plus_baseline"),
+    ],
+)
+def test_process_reward_norm_selects_the_normalization(name, process_reward_norm, normalization):
+    inputs, scoring = make_batch(seed=7)
+    algo = AlgoConfig(gamma=1.0, lam=0.95, norm_adv_by_std_in_grpo=True)
+    repro_config = ReproConfig(alpha=0.2, process_reward_norm=process_reward_norm).validate()
+    advantages, _ = run_estimator(name, inputs, scoring, repro_config, algo)
+    group_ids = torch.as_tensor(np.unique(inputs["index"].astype(str), return_inverse=True)[1])
+    process = compute_repro_process_advantage(
+        scoring.j_cuts, scoring.j_base, scoring.cuts, scoring.cut_mask, scoring.has_think_end, inputs["response_mask"],
+        group_ids=group_ids, valid=scoring.valid, padding=scoring.padding, normalization=normalization,
+        return_token_rewards=True,
+    )
+    if name == "repro_ppo":
+        shaped = inputs["token_level_rewards"] + 0.2 * process.token_rewards
+        expected, _ = builtin_through_verl(name, {**inputs, "token_level_rewards": shaped}, algo)
+        torch.testing.assert_close(advantages, expected, rtol=0, atol=0)
+    else:
+        outcome, _ = builtin_through_verl(name, inputs, algo)
+        torch.testing.assert_close(advantages, outcome + 0.2 * process.process_advantages, rtol=1e-6, atol=1e-6)
+    if name == "repro_ppo" and process_reward_norm == "group":
+        # Group form: the normalized entries of each prompt group have mean 0.
+        entries = process.normalized_rewards[process.reward_mask]
+        rows = process.reward_mask.nonzero()[:, 0]
+        for group in group_ids[rows].unique():
+            assert abs(float(entries[group_ids[rows] == group].sum())) < 1e-5
+
+
+def test_process_reward_norm_is_validated():
+    from verl_repro.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"repro\.process_reward_norm must be one of"):
+        ReproConfig(process_reward_norm="token").validate()
 
 
 def test_repro_grpo_hand_computed_case():
@@ -256,3 +314,12 @@ def test_row_order_does_not_matter():
     )
     permuted, _ = run_estimator("repro_grpo", permuted_inputs, permuted_scoring, repro_config, AlgoConfig())
     torch.testing.assert_close(permuted, advantages[perm], rtol=1e-6, atol=1e-6)
+
+
+def test_docs_table_is_generated_from_the_specs():
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "repro.md").read_text()
+    assert estimator_inputs.markdown_table("repro") in text, (
+        "regenerate: python -c 'from verl_repro.verl_ext.estimator_inputs import markdown_table as t; print(t())'"
+    )

@@ -283,14 +283,16 @@ def test_reference_as_actor_without_lora_adapter(base_config, tiny_tokenizer, ma
 def test_contract_inputs_for_corrpo_like_estimators(base_config, tiny_tokenizer, make_worker_group, rollout_batch, fake_tq):
     seen = {}
 
-    @estimator_inputs.requires_inputs("responses", "entropy", "logit_grad_norm", "think_end_id", "repro_config", "metrics")
     def probe(token_level_rewards, response_mask, index=None, config=None, **kwargs):
         seen.update(kwargs, response_mask=response_mask, index=index)
         kwargs["metrics"]["corr/probe"] = 1.0
         return token_level_rewards, token_level_rewards
 
     register_adv_est("test_contract_probe")(probe)
-    estimator_inputs.declare("test_contract_probe", probe)
+    estimator_inputs.add(estimator_inputs.EstimatorSpec(
+        "test_contract_probe", method="probe", base="grpo", normalization="group", group_form="grpo",
+        inputs=("responses", "entropy", "logit_grad_norm", "think_end_id", "repro_config", "metrics"), function=probe,
+    ))
     try:
         trainer = make_trainer(
             base_config, tiny_tokenizer, make_worker_group,
@@ -302,7 +304,7 @@ def test_contract_inputs_for_corrpo_like_estimators(base_config, tiny_tokenizer,
         trainer._compute_advantage(meta, metrics)
     finally:
         ADV_ESTIMATOR_REGISTRY.pop("test_contract_probe", None)
-        estimator_inputs.ESTIMATOR_INPUTS.pop("test_contract_probe", None)
+        estimator_inputs.SPECS.pop("test_contract_probe", None)
     assert metrics["corr/probe"] == 1.0
     assert seen["think_end_id"] == tiny_tokenizer.convert_tokens_to_ids("</think>")
     assert seen["repro_config"] is trainer.repro_config

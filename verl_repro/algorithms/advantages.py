@@ -1,8 +1,8 @@
 """From per-cut process rewards to token advantages (DESIGN §2, "Normalization", "Token process advantage").
 
 Process rewards live on *reward entries* ``[B, K]`` (one per valid cut). They are normalized over
-entries — per prompt group (GRPO), leave-one-response-out within the group (RLOO) or over the
-whole batch (REINFORCE++) — then placed on token ``c_j - 1`` and summed from the right
+entries — per prompt group (GRPO), leave-one-response-out within the group (RLOO), over the
+whole batch (REINFORCE++), or group-centred then batch-whitened (REINFORCE++ with baseline) — then placed on token ``c_j - 1`` and summed from the right
 (return-to-go) into a token process advantage ``Ã [B, T]``, zero after the end-of-think cut.
 The final advantage is ``Â = A + α·Ã`` under ``response_mask``.
 
@@ -20,14 +20,23 @@ import torch
 
 from .repro import DEFAULT_J_BASE_EPS, _check_cut_mask, invalid_j_rows, process_rewards, repro_scores
 
-NORMALIZATIONS: tuple[str, ...] = ("grpo", "rloo", "reinforce_plus_plus", "none")
+NORMALIZATIONS: tuple[str, ...] = ("grpo", "rloo", "reinforce_plus_plus", "reinforce_plus_plus_baseline", "none")
 
 
-def group_ids_from_uids(uids) -> torch.Tensor:
+def group_ids_from_uids(uids, batch: Optional[int] = None) -> torch.Tensor:
     """``[B] long`` group index from veRL's ``uid`` column (a numpy object array of strings, or
-    any sequence of hashables): equal uids get equal ids, numbered in order of first appearance."""
+    any sequence of hashables): equal uids get equal ids, numbered in order of first appearance.
+
+    ``batch``, when given, is the number of responses the uids must cover. Raises ``ValueError``
+    for ``uids=None`` (an estimator called without veRL's ``index``) or a length mismatch.
+    """
+    if uids is None:
+        raise ValueError("group normalization needs veRL's uid index (index=None)")
+    uids = list(uids)
+    if batch is not None and len(uids) != batch:
+        raise ValueError(f"index has {len(uids)} entries for {batch} responses")
     index: dict = {}
-    return torch.tensor([index.setdefault(uid, len(index)) for uid in list(uids)], dtype=torch.long)
+    return torch.tensor([index.setdefault(uid, len(index)) for uid in uids], dtype=torch.long)
 
 
 def _group_statistics(values: torch.Tensor, entry_mask: torch.Tensor, group_ids: torch.Tensor):
@@ -120,6 +129,20 @@ def batch_whiten_process_rewards(rewards: torch.Tensor, cut_mask: torch.Tensor, 
     return centered * torch.rsqrt(variance + epsilon)
 
 
+def group_baseline_whiten_process_rewards(
+    rewards: torch.Tensor, cut_mask: torch.Tensor, group_ids: torch.Tensor, epsilon: float = 1e-8
+) -> torch.Tensor:
+    """REINFORCE++-with-baseline form: minus the group's mean entry, then whitened over the batch.
+
+    veRL's ``reinforce_plus_plus_baseline`` does this to outcome scores: subtract the prompt
+    group's mean (a group of one keeps its score), then whiten. Here over reward entries: the group
+    mean is :func:`group_normalize_process_rewards` without the std division, the whitening
+    :func:`batch_whiten_process_rewards`. Shapes as there; returns ``[B, K]``, 0 on padding.
+    """
+    centered = group_normalize_process_rewards(rewards, cut_mask, group_ids, norm_adv_by_std_in_grpo=False)
+    return batch_whiten_process_rewards(centered, cut_mask, epsilon)
+
+
 def normalize_process_rewards(
     rewards: torch.Tensor,
     cut_mask: torch.Tensor,
@@ -128,15 +151,15 @@ def normalize_process_rewards(
     norm_adv_by_std_in_grpo: bool = True,
     epsilon: float = 1e-6,
 ) -> torch.Tensor:
-    """Dispatch on ``normalization`` in ``("grpo", "rloo", "reinforce_plus_plus", "none")``.
+    """Dispatch on ``normalization`` in :data:`NORMALIZATIONS`.
 
-    ``group_ids`` (``[B] long``) is required for ``grpo`` and ``rloo``. ``none`` returns the raw
+    ``group_ids`` (``[B] long``) is required for ``grpo``, ``rloo`` and ``reinforce_plus_plus_baseline``. ``none`` returns the raw
     rewards (``repro_ppo``: they go into the token rewards before GAE). ``epsilon`` is the GRPO
     std guard or the REINFORCE++ variance guard.
     """
     if normalization not in NORMALIZATIONS:
         raise ValueError(f"process-reward normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
-    if normalization in ("grpo", "rloo") and group_ids is None:
+    if normalization in ("grpo", "rloo", "reinforce_plus_plus_baseline") and group_ids is None:
         raise ValueError(f"normalization {normalization!r} needs group_ids (veRL's uid as a [B] LongTensor)")
     if normalization == "grpo":
         return group_normalize_process_rewards(rewards, cut_mask, group_ids, norm_adv_by_std_in_grpo, epsilon)
@@ -144,6 +167,8 @@ def normalize_process_rewards(
         return rloo_process_rewards(rewards, cut_mask, group_ids)
     if normalization == "reinforce_plus_plus":
         return batch_whiten_process_rewards(rewards, cut_mask, epsilon)
+    if normalization == "reinforce_plus_plus_baseline":
+        return group_baseline_whiten_process_rewards(rewards, cut_mask, group_ids, epsilon)
     return torch.where(cut_mask.bool(), rewards, 0.0)
 
 
@@ -344,8 +369,7 @@ def compute_repro_process_advantage(
         valid: ``[B] bool`` — False where the ground truth is empty / missing / unparseable or its
             rendered answer has no tokens; default all True.
         padding: ``[B] bool`` — batch-balancing padding rows; default none.
-        normalization: ``grpo`` | ``rloo`` | ``reinforce_plus_plus`` | ``none``
-            (see :func:`normalize_process_rewards`).
+        normalization: one of :data:`NORMALIZATIONS` (see :func:`normalize_process_rewards`).
         stability_weight, stability_ema, j_base_eps: see :func:`repro_scores`.
         norm_adv_by_std_in_grpo, epsilon: see :func:`normalize_process_rewards`.
         gamma: discount of :func:`token_process_advantage`.

@@ -25,27 +25,12 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-import numpy as np
 import torch
 
-from verl_repro.algorithms.advantages import group_normalize_process_rewards, rloo_process_rewards
+from verl_repro.algorithms.advantages import group_ids_from_uids, group_normalize_process_rewards, rloo_process_rewards
 from verl_repro.algorithms.correlation import CorrelationResult, response_correlation
 from verl_repro.config import CorrConfig, ReproConfig
-from verl_repro.verl_ext.estimator_inputs import declare, missing_inputs_error, requires_inputs
-
-ESTIMATOR_NAMES: tuple[str, ...] = ("corrpo", "corrpo_rloo")
-CORRPO_INPUTS: tuple[str, ...] = ("repro_config", "responses", "entropy", "logit_grad_norm", "think_end_id", "metrics")
-
-
-def group_ids_from_index(index: Any, batch: int, device: torch.device) -> torch.Tensor:
-    """veRL's ``uid`` array (any hashable values, ``[B]``) → ``[B] long`` group ids."""
-    if index is None:
-        raise ValueError("CorR-PO estimators need index=uid (the prompt group of each response)")
-    values = np.asarray(index, dtype=object).reshape(-1)
-    if values.shape[0] != batch:
-        raise ValueError(f"index has {values.shape[0]} entries for a batch of {batch} responses")
-    _, inverse = np.unique(values.astype(str), return_inverse=True)
-    return torch.as_tensor(inverse.reshape(-1), dtype=torch.long, device=device)
+from verl_repro.verl_ext.estimator_inputs import checked_inputs, missing_inputs_error
 
 
 def corrpo_metrics(
@@ -106,12 +91,11 @@ def _corrpo_advantage(
     metrics: Optional[dict],
 ) -> tuple[torch.Tensor, torch.Tensor]:
     name = "corrpo" if normalization == "grpo" else "corrpo_rloo"
-    missing = [key for key, value in (("repro_config", repro_config), ("entropy", entropy), ("logit_grad_norm", logit_grad_norm)) if value is None]
-    corr: CorrConfig = repro_config.corr if repro_config is not None else CorrConfig()
-    if corr.scope == "thinking":
-        missing += [key for key, value in (("responses", responses), ("think_end_id", think_end_id)) if value is None]
-    if missing:
-        raise missing_inputs_error(name, missing)
+    corr: CorrConfig = repro_config.corr
+    if corr.scope == "thinking":  # the spec's required inputs are checked by checked_inputs
+        missing = [key for key, value in (("responses", responses), ("think_end_id", think_end_id)) if value is None]
+        if missing:
+            raise missing_inputs_error(name, missing)
     corr.validate()
     if token_level_rewards.shape != response_mask.shape:
         raise ValueError(
@@ -134,7 +118,7 @@ def _corrpo_advantage(
         regularizer = corr.coef * correlation.rho.to(outcome_scores.dtype)
         rewards = corr.outcome_weight * outcome_scores - regularizer
 
-        group_ids = group_ids_from_index(index, rewards.shape[0], rewards.device)
+        group_ids = group_ids_from_uids(index, rewards.shape[0]).to(rewards.device)
         entries = torch.ones_like(rewards, dtype=torch.bool).unsqueeze(1)
         if normalization == "grpo":
             if norm_adv_by_std_in_grpo is None:
@@ -151,7 +135,7 @@ def _corrpo_advantage(
     return advantages, advantages
 
 
-@requires_inputs(*CORRPO_INPUTS)
+@checked_inputs("corrpo")
 def compute_corrpo_advantage(
     token_level_rewards: torch.Tensor,
     response_mask: torch.Tensor,
@@ -193,7 +177,7 @@ def compute_corrpo_advantage(
     )
 
 
-@requires_inputs(*CORRPO_INPUTS)
+@checked_inputs("corrpo_rloo")
 def compute_corrpo_rloo_advantage(
     token_level_rewards: torch.Tensor,
     response_mask: torch.Tensor,
@@ -219,18 +203,3 @@ def compute_corrpo_rloo_advantage(
         "rloo", token_level_rewards, response_mask, index, epsilon, norm_adv_by_std_in_grpo, config,
         repro_config, responses, entropy, logit_grad_norm, think_end_id, metrics,
     )
-
-
-_ESTIMATORS = {"corrpo": compute_corrpo_advantage, "corrpo_rloo": compute_corrpo_rloo_advantage}
-
-
-def register() -> list[str]:
-    """Add ``corrpo`` and ``corrpo_rloo`` to veRL's advantage-estimator registry (idempotent)."""
-    from verl.trainer.ppo.core_algos import register_adv_est
-
-    entries = []
-    for name, fn in _ESTIMATORS.items():
-        register_adv_est(name)(fn)
-        declare(name, fn)
-        entries.append(f"adv_estimator:{name}")
-    return entries

@@ -1,15 +1,20 @@
 """RePro advantage estimators in veRL's registry: ``repro_grpo``, ``repro_rloo``,
-``repro_reinforce_plus_plus``, ``repro_ppo`` (select with ``algorithm.adv_estimator=...``).
+``repro_reinforce_plus_plus``, ``repro_reinforce_plus_plus_baseline``, ``repro_ppo`` (select with
+``algorithm.adv_estimator=...``; their specs are in :mod:`verl_repro.verl_ext.estimator_inputs`).
 
 Each computes its family's outcome advantage with veRL's own built-in estimator — so with
 ``repro.alpha=0`` the result *is* veRL's, bit for bit — and adds RePro's token process advantage:
-``Â = A + α·Ã`` (DESIGN §2). ``repro_ppo`` instead adds ``α ·`` the raw process rewards to the
+``Â = A + α·Ã`` (docs/repro.md). ``repro_ppo`` instead adds ``α ·`` the process rewards to the
 token rewards and runs veRL's GAE (needs the critic's ``values``).
+
+How the process rewards are normalized is ``repro.process_reward_norm``: ``group`` (the estimator's
+group form), ``batch`` (whitened over the batch) or ``none``; ``auto`` keeps each estimator's own
+(the ``normalization`` of its spec).
 
 The process advantage comes from ground-truth scoring, which veRL's stock trainer does not run:
 these estimators need the ``repro_sync`` trainer (``trainer.v1.trainer_mode=repro_sync``, set by
 ``+repro=default``), which passes the extra inputs of ``docs/dev/estimator_contract.md``. Called
-without them they raise an error that names that trainer.
+without them they raise an error that names that trainer (:func:`checked_inputs`).
 
 The maths lives in ``verl_repro.algorithms``; this module only maps veRL's arguments onto it and
 reports ``repro/*`` metrics.
@@ -17,7 +22,7 @@ reports ``repro/*`` metrics.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -26,26 +31,13 @@ from verl_repro.algorithms import (
     ReproProcessAdvantage,
     combine_advantages,
     compute_repro_process_advantage,
+    group_ids_from_uids,
     magnitude_scores,
     stability_scores,
 )
 from verl_repro.config import ReproConfig
-from verl_repro.verl_ext.estimator_inputs import declare, missing_inputs_error, requires_inputs
+from verl_repro.verl_ext.estimator_inputs import SPECS, checked_inputs
 
-# estimator -> how its process rewards are normalized (verl_repro.algorithms.normalize_process_rewards)
-PROCESS_REWARD_NORMALIZATION: dict[str, str] = {
-    "repro_grpo": "grpo",
-    "repro_rloo": "rloo",
-    "repro_reinforce_plus_plus": "reinforce_plus_plus",
-    "repro_ppo": "none",
-}
-# estimator -> the veRL built-in whose outcome advantage it extends
-BASE_ESTIMATOR: dict[str, str] = {
-    "repro_grpo": "grpo",
-    "repro_rloo": "rloo",
-    "repro_reinforce_plus_plus": "reinforce_plus_plus",
-    "repro_ppo": "gae",
-}
 GRPO_EPSILON = 1e-6  # veRL's default in compute_grpo_outcome_advantage
 
 
@@ -54,23 +46,6 @@ def _algo_get(config: Any, key: str, default: Any) -> Any:
         return default
     getter = getattr(config, "get", None)
     return getter(key, default) if callable(getter) else getattr(config, key, default)
-
-
-def group_ids_from_index(index: Any, batch: int) -> torch.Tensor:
-    """veRL's ``index`` (``[B]`` array of uid strings) as ``[B] long`` group ids."""
-    if index is None:
-        raise ValueError("RePro group normalization needs veRL's uid index (index=None)")
-    values = np.asarray(index, dtype=object).reshape(-1)
-    if values.shape[0] != batch:
-        raise ValueError(f"index has {values.shape[0]} entries for {batch} responses")
-    _, inverse = np.unique(values.astype(str), return_inverse=True)
-    return torch.as_tensor(inverse.reshape(-1), dtype=torch.long)
-
-
-def _require_inputs(name: str, **inputs: Any) -> None:
-    missing = [key for key, value in inputs.items() if value is None]
-    if missing:
-        raise missing_inputs_error(name, missing)
 
 
 def _process_advantage(
@@ -82,7 +57,7 @@ def _process_advantage(
     repro_config: ReproConfig,
     return_token_rewards: bool = False,
 ) -> ReproProcessAdvantage:
-    normalization = PROCESS_REWARD_NORMALIZATION[name]
+    normalization = SPECS[name].process_normalization(repro_config.process_reward_norm)
     batch = response_mask.shape[0]
     if repro_scoring.cuts.shape[0] != batch:
         raise ValueError(f"{name}: repro_scoring has {repro_scoring.cuts.shape[0]} rows for {batch} responses")
@@ -94,7 +69,7 @@ def _process_advantage(
         repro_scoring.cut_mask.to(device),
         repro_scoring.has_think_end.to(device),
         response_mask,
-        group_ids=group_ids_from_index(index, batch).to(device) if normalization in ("grpo", "rloo") else None,
+        group_ids=None if normalization in ("reinforce_plus_plus", "none") else group_ids_from_uids(index, batch).to(device),
         valid=repro_scoring.valid.to(device),
         padding=repro_scoring.padding.to(device),
         normalization=normalization,
@@ -152,7 +127,7 @@ def _finish(name, outcome, result, response_mask, repro_scoring, repro_config, m
     return advantages
 
 
-@requires_inputs("repro_scoring", "repro_config", "metrics")
+@checked_inputs("repro_grpo")
 def compute_repro_grpo_advantage(
     token_level_rewards: torch.Tensor,
     response_mask: torch.Tensor,
@@ -164,7 +139,8 @@ def compute_repro_grpo_advantage(
     metrics: Optional[dict] = None,
     **kwargs,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """GRPO outcome advantage (veRL's ``grpo``) + ``α ·`` the process advantage of group-normalized rewards.
+    """GRPO outcome advantage (veRL's ``grpo``) + ``α ·`` the process advantage; process rewards
+    normalized per prompt group by default (mean / std over the group's reward entries).
 
     Args:
         token_level_rewards: ``[B, T] float`` — outcome reward on the last token, as veRL passes it.
@@ -179,7 +155,6 @@ def compute_repro_grpo_advantage(
         ``(advantages, returns)``, both ``[B, T]`` and equal, as veRL's GRPO returns them.
     """
     name = "repro_grpo"
-    _require_inputs(name, repro_scoring=repro_scoring, repro_config=repro_config, metrics=metrics)
     from verl.trainer.ppo import core_algos
 
     outcome, _ = core_algos.compute_grpo_outcome_advantage(
@@ -195,7 +170,7 @@ def compute_repro_grpo_advantage(
     return advantages, advantages
 
 
-@requires_inputs("repro_scoring", "repro_config", "metrics")
+@checked_inputs("repro_rloo")
 def compute_repro_rloo_advantage(
     token_level_rewards: torch.Tensor,
     response_mask: torch.Tensor,
@@ -207,12 +182,12 @@ def compute_repro_rloo_advantage(
     metrics: Optional[dict] = None,
     **kwargs,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """RLOO outcome advantage (veRL's ``rloo``) + ``α ·`` the process advantage of leave-one-out rewards.
+    """RLOO outcome advantage (veRL's ``rloo``) + ``α ·`` the process advantage; process rewards minus
+    the mean entry of the group's other responses by default (leave one out).
 
     Shapes and extra inputs as :func:`compute_repro_grpo_advantage`; returns ``(advantages, advantages)``.
     """
     name = "repro_rloo"
-    _require_inputs(name, repro_scoring=repro_scoring, repro_config=repro_config, metrics=metrics)
     from verl.trainer.ppo import core_algos
 
     outcome, _ = core_algos.compute_rloo_outcome_advantage(
@@ -223,7 +198,7 @@ def compute_repro_rloo_advantage(
     return advantages, advantages
 
 
-@requires_inputs("repro_scoring", "repro_config", "metrics")
+@checked_inputs("repro_reinforce_plus_plus")
 def compute_repro_reinforce_plus_plus_advantage(
     token_level_rewards: torch.Tensor,
     response_mask: torch.Tensor,
@@ -236,12 +211,11 @@ def compute_repro_reinforce_plus_plus_advantage(
     **kwargs,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """REINFORCE++ advantage (veRL's ``reinforce_plus_plus``: whitened discounted returns, ``config.gamma``)
-    + ``α ·`` the process advantage of batch-whitened process rewards.
+    + ``α ·`` the process advantage; process rewards whitened over the batch by default.
 
     Returns ``(advantages, returns)`` — ``returns`` are veRL's outcome returns, unchanged.
     """
     name = "repro_reinforce_plus_plus"
-    _require_inputs(name, repro_scoring=repro_scoring, repro_config=repro_config, metrics=metrics)
     from verl.trainer.ppo import core_algos
 
     outcome, returns = core_algos.compute_reinforce_plus_plus_outcome_advantage(
@@ -252,7 +226,38 @@ def compute_repro_reinforce_plus_plus_advantage(
     return advantages, returns
 
 
-@requires_inputs("repro_scoring", "repro_config", "metrics", "values")
+@checked_inputs("repro_reinforce_plus_plus_baseline")
+def compute_repro_reinforce_plus_plus_baseline_advantage(
+    token_level_rewards: torch.Tensor,
+    response_mask: torch.Tensor,
+    index: Optional[np.ndarray] = None,
+    config: Any = None,
+    *,
+    repro_scoring=None,
+    repro_config: Optional[ReproConfig] = None,
+    metrics: Optional[dict] = None,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """REINFORCE++ with a group baseline (veRL's ``reinforce_plus_plus_baseline``: the outcome score
+    minus its prompt group's mean, whitened over the batch) + ``α ·`` the process advantage; process
+    rewards normalized the same way by default: minus the group's mean entry, then whitened over
+    every entry of the batch.
+
+    Shapes and extra inputs as :func:`compute_repro_grpo_advantage`; returns ``(advantages, advantages)``,
+    as veRL's built-in returns its advantage twice.
+    """
+    name = "repro_reinforce_plus_plus_baseline"
+    from verl.trainer.ppo import core_algos
+
+    outcome, _ = core_algos.compute_reinforce_plus_plus_baseline_outcome_advantage(
+        token_level_rewards=token_level_rewards, response_mask=response_mask, index=index, config=config
+    )
+    result = _process_advantage(name, response_mask, index, config, repro_scoring, repro_config)
+    advantages = _finish(name, outcome, result, response_mask, repro_scoring, repro_config, metrics)
+    return advantages, advantages
+
+
+@checked_inputs("repro_ppo")
 def compute_repro_ppo_advantage(
     token_level_rewards: torch.Tensor,
     response_mask: torch.Tensor,
@@ -270,13 +275,17 @@ def compute_repro_ppo_advantage(
     Args:
         values: ``[B, T] float`` — the critic's values (``critic.enable=True``).
         config: veRL's ``algorithm`` config — ``gamma`` and ``lam`` of GAE.
-        Others as :func:`compute_repro_grpo_advantage`; process rewards are not normalized.
+        Others as :func:`compute_repro_grpo_advantage`.
+
+    Process rewards enter GAE raw by default (``repro.process_reward_norm=none``): GAE's critic
+    learns their scale, and raw rewards keep the telescoping sum ``Σ r_j = S_m`` the paper's
+    objective rests on. ``group`` normalizes them per prompt group first (GRPO form over reward
+    entries), which is what the authors' PPO path is given the group ids for; ``batch`` whitens them.
 
     Returns:
         ``(advantages, returns)`` from veRL's ``compute_gae_advantage_return`` on the shaped rewards.
     """
     name = "repro_ppo"
-    _require_inputs(name, repro_scoring=repro_scoring, repro_config=repro_config, metrics=metrics, values=values)
     from verl.trainer.ppo import core_algos
 
     result = _process_advantage(name, response_mask, index, config, repro_scoring, repro_config, return_token_rewards=True)
@@ -290,20 +299,3 @@ def compute_repro_ppo_advantage(
     )
     metrics.update(repro_metrics(repro_scoring, result, response_mask, repro_config))
     return advantages, returns
-
-
-ESTIMATORS: dict[str, Callable] = {
-    "repro_grpo": compute_repro_grpo_advantage,
-    "repro_rloo": compute_repro_rloo_advantage,
-    "repro_reinforce_plus_plus": compute_repro_reinforce_plus_plus_advantage,
-    "repro_ppo": compute_repro_ppo_advantage,
-}
-
-
-def register() -> list[str]:
-    from verl.trainer.ppo.core_algos import register_adv_est
-
-    for name, fn in ESTIMATORS.items():
-        register_adv_est(name)(fn)
-        declare(name, fn)
-    return [f"adv_estimator:{name}" for name in ESTIMATORS]

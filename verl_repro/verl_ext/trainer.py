@@ -50,15 +50,9 @@ TRAINER_MODE = "repro_sync"
 SYNC_TRAINER_MODULE = "verl.trainer.ppo.v1.trainer_sync"
 ENGINE_VENDOR = "repro"
 
-# What veRL's own _compute_advantage fetches (verl/trainer/ppo/v1/trainer_base.py).
+# What veRL's own _compute_advantage fetches (verl/trainer/ppo/v1/trainer_base.py); the fields of
+# each extra estimator input come from the estimator table (estimator_inputs.INPUT_FIELDS).
 BASE_ADVANTAGE_FIELDS = ["uid", "response_mask", "rm_scores", "rollout_log_probs", "old_log_probs", "ref_log_prob", "values"]
-# Extra TransferQueue fields per estimator input. Fields a batch lacks are simply not returned.
-INPUT_FIELDS: dict[str, list[str]] = {
-    "responses": ["responses"],
-    "entropy": ["entropy"],
-    "logit_grad_norm": ["logit_grad_norm", "sum_pi_squared"],
-    "repro_scoring": ["responses", "entropy", "input_ids", "reward_model"],
-}
 
 
 # ----------------------------------------------------------------------------- start-up checks
@@ -78,8 +72,8 @@ def engine_vendor_requested(config: Any) -> bool:
 
 
 def estimator_needs(config: Any) -> tuple[str, ...]:
-    """Extra inputs the configured ``algorithm.adv_estimator`` declares (empty for veRL's own)."""
-    return estimator_inputs.ESTIMATOR_INPUTS.get(str(config.algorithm.adv_estimator), ())
+    """Extra inputs the configured ``algorithm.adv_estimator`` takes (empty for veRL's own)."""
+    return estimator_inputs.estimator_needs(config.algorithm.adv_estimator)
 
 
 def validate_repro_setup(config: Any) -> ReproConfig:
@@ -287,8 +281,7 @@ class _ReproSyncMixin:
 
         estimator = str(self.config.algorithm.adv_estimator)
         fields = list(BASE_ADVANTAGE_FIELDS)
-        for need in needs:
-            fields += [name for name in INPUT_FIELDS.get(need, []) if name not in fields]
+        fields += [name for name in estimator_inputs.fields_to_fetch(needs) if name not in fields]
         data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=fields)
         size = len(batch)
         for name in ("response_mask", "responses", "input_ids", "logit_grad_norm", "sum_pi_squared"):
