@@ -8,7 +8,9 @@
 --config-name=RECIPE ...`` would (veRL's ``ppo_trainer`` defaults + ``paper_defaults.yaml`` + the
 recipe + the overrides), then runs on the CPU every check that needs no worker: veRL's own
 ``validate_config``, the typed config sections, interpolations, the estimator / trainer mode /
-reward manager registrations, the ``repro`` group and the estimator's needs. No Ray, no GPU.
+reward manager registrations, and the start-up checks ``main_ppo``'s driver runs before Ray
+(``verl_repro.verl_ext.preflight``: estimator / trainer pairing, the ``repro`` group and the
+estimator's needs, reward options, finiteness). No Ray, no GPU.
 Exit code 0 when everything passes, 1 otherwise (each failure names the key to change).
 """
 
@@ -55,6 +57,8 @@ def check_verl_validate_config(config) -> str:
     import contextlib
     import io
 
+    # veRL's own checks; the plugin extends validate_config with verl-repro's, which run below.
+    validate_config = getattr(validate_config, "__wrapped__", validate_config)
     with contextlib.redirect_stdout(io.StringIO()):  # veRL prints a success banner
         validate_config(config=_without_model_downloads(config), use_reference_policy=use_ref, use_critic=use_critic)
     return f"reference model: {'yes' if use_ref else 'no'}, critic: {'yes' if use_critic else 'no'}"
@@ -116,16 +120,13 @@ def check_trainer_mode(config) -> str:
     mode = str(config.trainer.v1.trainer_mode)
     from verl.trainer.ppo.v1 import get_trainer_cls
 
-    from verl_repro.verl_ext.estimator_inputs import SPECS
-    from verl_repro.verl_ext.trainer import TRAINER_MODE
+    from verl_repro.verl_ext import preflight
 
     try:
         trainer_cls = get_trainer_cls(mode)
     except ValueError as exc:
         raise ValueError(f"trainer.v1.trainer_mode={mode}: {exc} ({_plugin_failures()})") from None
-    estimator = str(config.algorithm.adv_estimator)
-    if estimator in SPECS and mode != TRAINER_MODE:
-        raise ValueError(f"algorithm.adv_estimator={estimator} needs trainer.v1.trainer_mode={TRAINER_MODE}, got {mode}")
+    preflight.check_estimator_pairing(config)  # what the driver checks before Ray starts
     return f"{mode} -> {trainer_cls.__name__}"
 
 
@@ -137,33 +138,25 @@ def check_reward_manager(config) -> str:
         manager_cls = resolve_reward_manager_cls(config)
     except ValueError as exc:
         raise ValueError(f"reward.reward_manager.name={name}: {exc} ({_plugin_failures()})") from None
-    detail = f"{name} -> {manager_cls.__name__}"
-    from verl_repro.verl_ext.reward_managers import REWARD_MANAGER_NAME, reward_kwargs_of
+    from verl_repro.verl_ext import preflight
 
-    if name == REWARD_MANAGER_NAME:
-        from verl_repro.rewards import MathRewardConfig
-
-        options = MathRewardConfig.from_mapping(reward_kwargs_of(config))
-        detail += f" (timeout {options.timeout_s:g} s, {options.num_processes} grading processes per worker)"
-    return detail
+    # The reward workers' own option check, as the driver runs it before Ray starts.
+    return f"{name} -> {manager_cls.__name__} ({preflight.check_reward_options(config)})"
 
 
 def check_repro_group(config) -> str:
-    from verl_repro.config import ReproConfig
+    from verl_repro.verl_ext import preflight
     from verl_repro.verl_ext.estimator_inputs import SPECS
-    from verl_repro.verl_ext.trainer import validate_repro_setup
 
     estimator = str(config.algorithm.adv_estimator)
     spec = SPECS.get(estimator)
     if spec is None:
-        if config.get("repro") is not None:
-            ReproConfig.from_mapping(config.get("repro"))
+        if preflight.check_repro_group(config) is not None:
             return "present, valid (unused by this estimator)"
         return f"not needed by {estimator}"
-    if config.get("repro") is None:
-        raise ValueError(f"algorithm.adv_estimator={estimator} needs the repro group: add +repro=default")
-    # The trainer's own start-up check: ranges, reference model / critic / gradient-norm needs.
-    repro = validate_repro_setup(config)
+    preflight.check_estimator_pairing(config)  # the repro group is there (+repro=default)
+    # The trainer's own start-up check: ranges, finiteness, reference model / critic / gradient-norm needs.
+    repro = preflight.check_repro_group(config)
     if spec.method == "corrpo":
         c = repro.corr
         return f"corr: coef={c.coef} kind={c.kind} scope={c.scope} min_tokens={c.min_tokens} outcome_weight={c.outcome_weight}"

@@ -9,6 +9,7 @@ recipes' ``--dry-run`` can all validate the same objects.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -30,6 +31,20 @@ def _require(condition: bool, key: str, message: str, value: Any) -> None:
         raise ConfigError(f"{key} {message}, got {value!r}")
 
 
+def check_number_fields(settings: Any, prefix: str, error: type[ValueError] = ConfigError) -> None:
+    """Every ``float`` field of the dataclass ``settings`` holds a finite number and every ``int``
+    field an int; ``error`` names the key. Runs before the range checks: ``inf`` passes ``>= 0``
+    and becomes NaN advantages (inf·0) or an ``OverflowError`` hours into a run."""
+    for spec in dataclasses.fields(settings):
+        value = getattr(settings, spec.name)
+        kind = spec.type if isinstance(spec.type, str) else getattr(spec.type, "__name__", "")
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if kind == "float" and not (number and math.isfinite(value)):
+            raise error(f"{prefix}.{spec.name} must be a finite number, got {value!r}")
+        if kind == "int" and not (number and isinstance(value, int)):
+            raise error(f"{prefix}.{spec.name} must be an int, got {value!r}")
+
+
 @dataclass
 class CorrConfig:
     """CorR-PO: reward regularization by the entropy / logit-gradient-norm correlation (DESIGN §3)."""
@@ -46,6 +61,7 @@ class CorrConfig:
     """Weight of the verifier's outcome reward; 0 is the verifier-free mode (regularizer only)."""
 
     def validate(self, prefix: str = "repro.corr") -> "CorrConfig":
+        check_number_fields(self, prefix)
         _require(self.coef >= 0, f"{prefix}.coef", "must be >= 0", self.coef)
         _require(self.kind in CORRELATION_KINDS, f"{prefix}.kind", f"must be one of {CORRELATION_KINDS}", self.kind)
         _require(self.scope in TOKEN_SCOPES, f"{prefix}.scope", f"must be one of {TOKEN_SCOPES}", self.scope)
@@ -91,6 +107,7 @@ class ReproConfig:
     corr: CorrConfig = field(default_factory=CorrConfig)
 
     def validate(self, prefix: str = "repro") -> "ReproConfig":
+        check_number_fields(self, prefix)
         _require(isinstance(self.num_segments, int) and self.num_segments > 0, f"{prefix}.num_segments", "must be a positive int", self.num_segments)
         _require(0.0 <= self.stability_weight <= 1.0, f"{prefix}.stability_weight", "must be in [0, 1]", self.stability_weight)
         _require(0.0 <= self.stability_ema < 1.0, f"{prefix}.stability_ema", "must be in [0, 1) (0 disables smoothing)", self.stability_ema)

@@ -27,6 +27,7 @@ REGISTRATION_MODULES: tuple[str, ...] = (
     "verl_repro.verl_ext.engine",
     "verl_repro.verl_ext.trainer",
     "verl_repro.verl_ext.config_store",
+    "verl_repro.verl_ext.preflight",
     "verl_repro.cpu.registration",
 )
 

@@ -113,6 +113,17 @@ def test_dry_run_reports_every_bad_value_by_key():
     assert "dry run FAILED" in out
 
 
+def test_dry_run_refuses_non_finite_settings_as_the_driver_does(capsys):
+    launch = load_launch_module()
+    assert launch.main(["dry-run", "r1_distill_1.5b_repro_grpo", "repro.alpha=inf", "reward.reward_kwargs.timeout_s=inf"]) == 1
+    out = capsys.readouterr().out
+    assert "[FAIL]      repro group: ConfigError: repro.alpha must be a finite number, got inf" in out
+    assert "[FAIL]      reward manager: RewardConfigError: reward.reward_kwargs.timeout_s must be a finite number, got inf" in out
+    assert "[ok]        veRL validate_config" in out  # veRL's own checks are reported on their own
+    assert launch.main(["dry-run", "r1_distill_1.5b_corrpo", "repro.corr.coef=inf"]) == 1
+    assert "repro.corr.coef must be a finite number, got inf" in capsys.readouterr().out
+
+
 def test_dry_run_unknown_key_and_trainer_mode_mismatch():
     launch = load_launch_module()
     assert launch.main(["dry-run", "r1_distill_1.5b_repro_grpo", "repro.bogus=1"]) == 1

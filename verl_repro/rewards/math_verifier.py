@@ -26,6 +26,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from verl_repro.config import check_number_fields
+
 from .ground_truth import ground_truth_answers
 from .guarded import GuardedPool, ScoringCrash, ScoringError, ScoringTimeout
 from .normalization import comparison_pairs
@@ -65,8 +67,7 @@ class MathRewardConfig:
             if not condition:
                 raise RewardConfigError(f"{prefix}.{key} {message}, got {getattr(self, key)!r}")
 
-        for key in ("correct_reward", "incorrect_reward", "no_think_end_reward"):
-            require(isinstance(getattr(self, key), (int, float)) and not isinstance(getattr(self, key), bool), key, "must be a number")
+        check_number_fields(self, prefix, RewardConfigError)  # inf / nan, strings: named before any range check
         require(isinstance(self.require_think_end, bool), "require_think_end", "must be true or false")
         require(isinstance(self.think_end_token, str) and bool(self.think_end_token), "think_end_token", "must be a non-empty string")
         require(self.timeout_s > 0, "timeout_s", "must be > 0")

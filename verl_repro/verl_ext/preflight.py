@@ -1,0 +1,160 @@
+"""Start-up checks in the driver: everything a worker would refuse, refused before Ray starts.
+
+veRL's ``main_ppo`` composes the config, calls ``validate_config`` and then ``run_ppo``, which
+starts Ray; our trainer's ``__init__`` and the reward manager run much later, inside Ray actors,
+after the model has loaded (a bad reward option used to surface after step 1 as a misleading
+replay-buffer error, an infinite ``repro.alpha`` as NaN losses in a run that exits 0). So the
+same checks run here, in the driver, with the workers' own functions and therefore the workers'
+messages:
+
+* :func:`check_cluster_size` — ``trainer.nnodes`` / ``trainer.n_gpus_per_node`` are positive ints;
+* :func:`check_estimator_pairing` — an estimator of this package needs the ``repro_sync`` trainer
+  (the stock one passes none of its inputs) and the ``repro`` group: ``+repro=default`` adds both;
+* :func:`check_repro_group` — the ``repro`` group's keys, types, ranges and finiteness, and what the
+  estimator needs (reference model, critic, gradient norms): the trainer's ``validate_repro_setup``;
+* :func:`check_reward_options` — ``reward.reward_kwargs.*`` of ``repro_math`` exactly as its workers
+  build them (``MathRewardConfig.from_mapping``), and for any reward manager no ``inf`` / ``nan``.
+
+:func:`run_checks` runs them all. Two callers: veRL's ``validate_config`` in the driver, extended
+by the one patch in :data:`verl_repro.verl_ext.patches.VERL_EXT_PATCHES` (installed by
+:func:`register` on ``import verl``), and the recipes' ``--dry-run`` (``recipes/launch.py``).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any, Mapping
+
+from verl_repro.config import ConfigError, ReproConfig
+
+TRAINER_MODE = "repro_sync"
+
+
+def _select(config: Any, key: str, default: Any = None) -> Any:
+    from omegaconf import OmegaConf
+
+    value = OmegaConf.select(config, key, default=default)
+    return default if value is None else value
+
+
+def check_estimator_pairing(config: Any) -> str:
+    """Our estimators run only under the ``repro_sync`` v1 trainer with a ``repro`` group."""
+    from verl_repro.verl_ext.estimator_inputs import SPECS
+
+    estimator = str(_select(config, "algorithm.adv_estimator", ""))
+    mode = str(_select(config, "trainer.v1.trainer_mode", "sync"))
+    if estimator not in SPECS:
+        return f"{estimator} (veRL's own) under trainer mode {mode}"
+    if not _select(config, "trainer.use_v1", True):
+        raise ConfigError(f"algorithm.adv_estimator={estimator} needs veRL's v1 trainer: set trainer.use_v1=True")
+    if mode != TRAINER_MODE:
+        raise ConfigError(
+            f"algorithm.adv_estimator={estimator} needs trainer.v1.trainer_mode={TRAINER_MODE}, got {mode}: "
+            "add +repro=default (it adds the repro group and selects that trainer)"
+        )
+    if config.get("repro") is None:
+        raise ConfigError(f"algorithm.adv_estimator={estimator} needs the repro group: add +repro=default")
+    return f"{estimator} under trainer mode {mode}"
+
+
+def check_repro_group(config: Any) -> ReproConfig | None:
+    """The ``repro`` group as the ``repro_sync`` trainer validates it (None when absent and unused)."""
+    from verl_repro.verl_ext.estimator_inputs import SPECS
+
+    if str(_select(config, "algorithm.adv_estimator", "")) in SPECS:
+        from verl_repro.verl_ext.trainer import validate_repro_setup
+
+        return validate_repro_setup(config)
+    return ReproConfig.from_mapping(config.get("repro")) if config.get("repro") is not None else None
+
+
+def _non_finite(values: Any, prefix: str) -> tuple[str, Any] | None:
+    if isinstance(values, Mapping) or hasattr(values, "items"):
+        for key, value in values.items():
+            found = _non_finite(value, f"{prefix}.{key}")
+            if found:
+                return found
+    elif isinstance(values, (list, tuple)) or type(values).__name__ == "ListConfig":
+        for index, value in enumerate(values):
+            found = _non_finite(value, f"{prefix}[{index}]")
+            if found:
+                return found
+    elif isinstance(values, float) and not math.isfinite(values):
+        return prefix, values
+    return None
+
+
+def check_reward_options(config: Any) -> str:
+    """``reward.reward_kwargs.*``: what the reward workers would refuse, with their message."""
+    from verl_repro.rewards import MathRewardConfig, RewardConfigError
+    from verl_repro.verl_ext.reward_managers import REWARD_MANAGER_NAME, reward_kwargs_of
+
+    name = str(_select(config, "reward.reward_manager.name", ""))
+    kwargs = reward_kwargs_of(config)
+    if name == REWARD_MANAGER_NAME:
+        options = MathRewardConfig.from_mapping(kwargs)
+        return f"{name}: timeout {options.timeout_s:g} s, {options.num_processes} grading processes per worker"
+    found = _non_finite(kwargs, "reward.reward_kwargs")
+    if found:
+        raise RewardConfigError(f"{found[0]} must be a finite number, got {found[1]!r}")
+    return f"{name}: {len(kwargs)} option(s), all finite"
+
+
+def check_cluster_size(config: Any) -> str:
+    """``trainer.nnodes`` / ``trainer.n_gpus_per_node`` are ints >= 1 (veRL multiplies them unchecked:
+    ``n_gpus_per_node=two`` used to end in a bare ``TypeError`` inside ``validate_config``)."""
+    sizes = {}
+    for key in ("trainer.nnodes", "trainer.n_gpus_per_node"):
+        value = _select(config, key, 1)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{key} must be an int >= 1, got {value!r}")
+        sizes[key] = value
+    return f"{sizes['trainer.nnodes']} node(s) x {sizes['trainer.n_gpus_per_node']} device(s)"
+
+
+CHECKS = (
+    ("cluster size", check_cluster_size),
+    ("estimator and trainer", check_estimator_pairing),
+    ("repro group", check_repro_group),
+    ("reward options", check_reward_options),
+)
+
+
+def run_checks(config: Any) -> None:
+    """Every check above, in order; raises ``ConfigError`` / ``RewardConfigError`` naming the key."""
+    for _, check in CHECKS:
+        check(config)
+
+
+# ----------------------------------------------------------------------------- the driver hook
+
+
+def extend_validate_config(module) -> None:
+    """Make ``module.validate_config`` (``verl/utils/config.py``) run :func:`run_checks` first.
+
+    ``main_ppo`` binds the name at its import (``from verl.utils.config import validate_config``),
+    which happens after ``import verl`` has loaded this plugin, so the binding is the extended one;
+    ``main_ppo``'s ``main`` calls it in the driver right before ``run_ppo`` starts Ray.
+    """
+    original = module.validate_config
+    if getattr(original, "_verl_repro_preflight", False):
+        return
+
+    @functools.wraps(original)
+    def validate_config(config, *args, **kwargs):
+        from verl_repro.verl_ext.patches import check_verl_version
+
+        check_verl_version("the verl-repro start-up checks in validate_config (verl_ext/patches.py)")
+        run_checks(config)
+        return original(config, *args, **kwargs)
+
+    validate_config._verl_repro_preflight = True
+    module.validate_config = validate_config
+
+
+def register() -> list[str]:
+    """Plugin hook: install the driver check (see :mod:`verl_repro.verl_ext.patches`)."""
+    from verl_repro.verl_ext.patches import install_verl_ext_patches
+
+    return install_verl_ext_patches()
