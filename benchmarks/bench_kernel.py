@@ -242,7 +242,7 @@ class CheckResult:
 
     def summary(self) -> str:
         errors = ", ".join(f"{key} {value:.1e}" for key, value in self.max_errors.items())
-        return f"{'ok' if self.ok else 'FAILED'}: max |Δ| {errors}" + (f" — {'; '.join(self.failures)}" if self.failures else "")
+        return f"{'ok' if self.ok else 'FAILED'}: max abs error {errors}" + (f" — {'; '.join(self.failures)}" if self.failures else "")
 
 
 def _compare(name: str, got: dict[str, torch.Tensor], want: dict[str, torch.Tensor], atol: float, rtol: float) -> CheckResult:
@@ -257,7 +257,7 @@ def _compare(name: str, got: dict[str, torch.Tensor], want: dict[str, torch.Tens
         bad = ~(error <= atol + rtol * expected.abs())  # NaN counts as bad
         result.max_errors[key] = float(error.nan_to_num(float("inf")).max()) if error.numel() else 0.0
         if bool(bad.any()):
-            result.failures.append(f"{key}: {int(bad.sum())} of {bad.numel()} values off (max |Δ| {result.max_errors[key]:.3g})")
+            result.failures.append(f"{key}: {int(bad.sum())} of {bad.numel()} values off (max abs error {result.max_errors[key]:.3g})")
     return result
 
 
@@ -460,7 +460,8 @@ def hidden_sections(n, vocab, hidden_size, device, dtype, repeats, use_compile, 
 # ----------------------------------------------------------------------------------------------
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (one CPU thread, median of 5 by default)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke", action="store_true", help="tiny shapes (CPU-friendly)")
     parser.add_argument("--n", default="4096,16384,32768", help="token counts N")
@@ -474,6 +475,11 @@ def main(argv: list[str] | None = None) -> int:
         help="backend of 'ours' (auto: Triton on CUDA, and on CPU when TRITON_INTERPRET=1)",
     )
     parser.add_argument("--out", default=None, help="also write the report (Markdown) here")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

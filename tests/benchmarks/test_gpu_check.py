@@ -60,7 +60,7 @@ def test_gpu_check_dry_run_without_verl_writes_the_report(tmp_path):
     # every dtype of both kernels was checked, outputs and gradients
     for dtype in ("bf16", "fp16", "fp32"):
         for kernel in ("(a) logits", "(b) hidden"):
-            assert f"| {kernel} | {dtype} | ok: max |Δ| log p" in report, (kernel, dtype)
+            assert f"| {kernel} | {dtype} | ok: max abs error log p" in report, (kernel, dtype)
     assert "| fp64 |" in report and "| fp32 |" in report  # fast vs exact, both precisions
     assert "no target is judged" in report and "| yes |" not in report and "| **no** |" not in report
 

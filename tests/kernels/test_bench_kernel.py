@@ -40,7 +40,7 @@ def test_bench_kernel_smoke_writes_report(tmp_path, capsys):
         if line.startswith("| eager") or line.startswith("| ours"):
             assert line.split("|")[2].strip().replace(".", "", 1).isdigit(), line
         if line.startswith("| ours"):
-            assert "| ok: max |Δ|" in line, line
+            assert "| ok: max abs error" in line, line
     assert "machine: CPU only" in capsys.readouterr().out
 
 
