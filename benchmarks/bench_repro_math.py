@@ -8,7 +8,9 @@ token return-to-go) → ``combine_advantages`` — on a padded batch shaped like
 ``tests/algorithms/repro_oracle.py`` on a row subsample, extrapolated to B rows (it is
 per-row work; said so in the output). It also checks that both agree on the subsample.
 
-    python benchmarks/bench_repro_math.py [--batch 2048 --length 8192 --k 10 --repeats 5 --oracle-rows 32]
+    python benchmarks/bench_repro_math.py [--batch 2048 --length 8192 --k 10 --repeats 5 --oracle-rows 32 --threads 1]
+
+The defaults are the settings of the committed ``benchmarks/results/bench_repro_math.txt``.
 """
 
 from __future__ import annotations
@@ -107,14 +109,23 @@ def run_oracle(oracle, ids, response_mask, entropy, boundary_ids, j_table, outco
     return time.perf_counter() - start, time.process_time() - cpu_start, advantages, counts
 
 
-def main():
+def build_parser() -> argparse.ArgumentParser:
+    """The command line; its defaults are the settings of the committed results."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=2048)
     parser.add_argument("--length", type=int, default=8192)
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--oracle-rows", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
+    return parser
+
+
+def main():
+    parser = build_parser()
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     print(f"bench_repro_math: B={args.batch} T={args.length} k={args.k} vocab={VOCAB} group size={GROUP_SIZE}")
     cpu = platform.processor() or platform.machine()
@@ -158,7 +169,8 @@ def main():
     print(f"loop oracle: {oracle_seconds:.2f} s on {len(rows)} rows, extrapolated linearly to {args.batch} rows: "
           f"{extrapolated:.1f} s (subsample, not measured on the full batch)")
     print(f"agreement on the subsample: max |Â_vectorized - Â_oracle| = {difference:.2e} (float32 vs float64); counts equal")
-    print("(CPU time counts both threads; wall time on an idle 2-core machine is about half of it when both work)")
+    if torch.get_num_threads() > 1:
+        print("(CPU time counts every thread; wall time on an idle machine is less when they all work)")
     single_cpu = statistics.median(single["chain, CPU time of all threads"])
     oracle_cpu = oracle_cpu_seconds * args.batch / len(rows)
     print(f"CPU time, one thread each: vectorized {single_cpu:.3f} s vs loop oracle {oracle_cpu:.1f} s (extrapolated): "

@@ -106,7 +106,8 @@ def max_gap(a, b) -> float:
     return float((both[0] - both[1]).nan_to_num().abs().max())
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line; its defaults are the settings of the committed results."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--smoke", action="store_true", help="a small CPU case (< 1 min), checked against hf_scoring too")
     parser.add_argument("--model", default="tiny", choices=["tiny", "qwen2-1.5b"])
@@ -126,6 +127,11 @@ def main(argv=None) -> int:
     parser.add_argument("--shared-only", action="store_true",
                         help="time prefix_shared alone (e.g. T=32768) and report the process's peak memory")
     parser.add_argument("--out", default=None, help="also write the table to this file")
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.smoke:
         args.model, args.device, args.dtype, args.T, args.m = "tiny", "cpu", "float32", [1024], [5, 10]
@@ -208,6 +214,9 @@ def _shared_only(model, args) -> int:
             if args.device != "cuda":
                 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
             print(f"{T:>6} {m:>3} {shared.scored_tokens:>10} {seconds:>8.3f} {peak / 2**30:>9.2f}" + (f"  fallback: {shared.fallback_reason}" if shared.fallback_reason else ""))
+            dense = shared.scored_tokens**2 * 4 / 2**30
+            print(f"# peak GiB: {'the CUDA allocator' if args.device == 'cuda' else 'the whole process' + chr(39) + 's peak RSS (Python + torch + model included)'}; "
+                  f"a dense {shared.scored_tokens / 1e3:.0f}k x {shared.scored_tokens / 1e3:.0f}k fp32 mask alone would be {dense:.1f} GiB")
     return 0
 
 

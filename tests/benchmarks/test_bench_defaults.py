@@ -1,0 +1,49 @@
+"""Every benchmark's defaults are the settings of its committed results file (one CPU thread, best or
+median of >= 3 runs), so running a benchmark without flags reproduces what the docs quote."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import sys
+from pathlib import Path
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+RESULTS = BENCHMARKS / "results"
+
+
+def load(name: str):
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_scoring_defaults_are_its_results_settings():
+    defaults = load("bench_scoring").build_parser().parse_args([])
+    assert defaults.threads == 1 and defaults.repeats >= 3
+    table = (RESULTS / "bench_scoring_cpu.txt").read_text()
+    assert f"threads={defaults.threads}" in table and f"best of {defaults.repeats}" in table
+    assert f"device={defaults.device}" in table and f"dtype={defaults.dtype}" in table and f"model={defaults.model}" in table
+    rows = {(int(T), int(m)) for T, m in re.findall(r"^\s+(\d+)\s+(\d+)\s+\d+", table, flags=re.M)}
+    assert rows == {(T, m) for T in defaults.T for m in defaults.m}
+    assert f"prompt {defaults.prompt_tokens} tokens, answer {defaults.answer_tokens} tokens" in table
+    assert f"{defaults.responses} responses per case" in table
+    long_case = (RESULTS / "bench_scoring_cpu_32k.txt").read_text()
+    assert f"threads={defaults.threads}" in long_case and f"best of {defaults.repeats}" in long_case
+
+
+def test_bench_repro_math_defaults_are_its_results_settings():
+    defaults = load("bench_repro_math").build_parser().parse_args([])
+    assert defaults.threads == 1 and defaults.repeats >= 3
+    text = (RESULTS / "bench_repro_math.txt").read_text()
+    assert f"B={defaults.batch} T={defaults.length} k={defaults.k}" in text
+    assert f", {defaults.threads} threads," in text and f"median of {defaults.repeats}" in text
+    assert f"on {defaults.oracle_rows} rows" in text
+
+
+def test_bench_kernel_defaults_are_one_thread_and_several_runs():
+    # no committed results yet (no GPU has run it); its defaults follow the same rule
+    defaults = load("bench_kernel").build_parser().parse_args([])
+    assert defaults.threads == 1 and defaults.repeats >= 3
