@@ -111,3 +111,15 @@ def test_eager_baseline_is_the_same_maths():
 )
 def test_hbm_bandwidth_by_device_name(name, bandwidth):
     assert load_bench().hbm_bandwidth_gbs(name) == bandwidth
+
+
+def test_accuracy_benchmark_closed_form_of_g_for_a_confident_token():
+    spec = importlib.util.spec_from_file_location("bench_kernel_accuracy", BENCH.with_name("bench_kernel_accuracy.py"))
+    accuracy = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(accuracy)
+    for c, vocab in ((12.0, 151_936), (3.0, 50)):
+        logits = torch.zeros(vocab, dtype=torch.float64)
+        logits[0] = c
+        p = torch.softmax(logits, 0)
+        direct = float((p - torch.nn.functional.one_hot(torch.tensor(0), vocab)).norm())
+        assert abs(accuracy.confident_grad_norm(c, vocab) - direct) <= 1e-12 * direct
