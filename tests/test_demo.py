@@ -21,7 +21,7 @@ def _direct_answer_loglik(model, context_ids: list[int], answer_ids: list[int]) 
 def test_demo_on_tiny_model(tiny_model_dir, tiny_tokenizer, tmp_path):
     out = tmp_path / "demo"
     result = subprocess.run(
-        [sys.executable, "-m", "verl_repro.cli", "demo", "--model", str(tiny_model_dir), "--num-problems", "2",
+        [sys.executable, "-m", "verl_repro.cli", "demo", "--walkthrough", "--model", str(tiny_model_dir), "--num-problems", "2",
          "--samples-per-prompt", "2", "--max-new-tokens", "24", "--output-dir", str(out)],
         capture_output=True, text=True, timeout=600,
     )

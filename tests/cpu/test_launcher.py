@@ -5,10 +5,13 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import signal
+import subprocess
 import sys
 import time
 
 import psutil
+import pytest
 
 from verl_repro.cpu.launcher import build_command, cpu_overrides, merge_overrides, override_key
 
@@ -124,7 +127,8 @@ def test_sigterm_to_the_launcher_ends_the_run_too(tmp_path):
     launcher_script.write_text(
         "import os, sys\n"
         "from verl_repro.cpu.launcher import run_main_ppo\n"
-        f"sys.exit(run_main_ppo([sys.executable, {str(child)!r}], dict(os.environ)))\n"
+        # main_ppo's console goes to a log, as in a quiet cpu-run
+        f"sys.exit(run_main_ppo([sys.executable, {str(child)!r}], dict(os.environ), output=open({str(tmp_path / 'log')!r}, 'w')))\n"
     )
     launcher = psutil.Popen([sys.executable, str(launcher_script)])
     deadline = time.monotonic() + 120
@@ -141,3 +145,165 @@ def test_cpu_runs_compute_in_fp32():
     for engine in ("actor_rollout_ref.actor.fsdp_config", "actor_rollout_ref.ref.fsdp_config", "critic.fsdp"):
         assert overrides[f"{engine}.mixed_precision.param_dtype"] == "fp32"
     assert overrides["actor_rollout_ref.rollout.dtype"] == "float32"
+
+
+def _launcher_with_grandchild(tmp_path, body: str = ""):
+    """A launcher process running run_main_ppo on a child that starts a grandchild (as main_ppo
+    starts Ray) and records both PIDs; returns (launcher, child pid, grandchild pid)."""
+    pids = tmp_path / "pids"
+    child = tmp_path / "child.py"
+    child.write_text(
+        "import os, subprocess, sys, time\n"
+        "grandchild = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(300)'])\n"
+        f"open({str(pids)!r} + '.tmp', 'w').write(f'{{os.getpid()}} {{grandchild.pid}}')\n"
+        f"os.rename({str(pids)!r} + '.tmp', {str(pids)!r})\n"
+        "time.sleep(300)\n"
+    )
+    launcher_script = tmp_path / "launcher.py"
+    launcher_script.write_text(
+        "import os, sys\n"
+        "from verl_repro.cpu.launcher import run_main_ppo\n"
+        # main_ppo's console goes to a log, as in a quiet cpu-run
+        f"sys.exit(run_main_ppo([sys.executable, {str(child)!r}], dict(os.environ), output=open({str(tmp_path / 'log')!r}, 'w')))\n"
+    )
+    launcher = psutil.Popen([sys.executable, str(launcher_script)], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not pids.exists():
+        assert time.monotonic() < deadline, "the child never started"
+        time.sleep(0.2)
+    child_pid, grandchild_pid = (int(p) for p in pids.read_text().split())
+    return launcher, child_pid, grandchild_pid
+
+
+def test_sigkill_of_the_launcher_leaves_no_process_behind(tmp_path):
+    # nothing in the launcher runs after SIGKILL: the parent-death signal takes main_ppo, the
+    # watchdog takes the rest of its session (Ray, here the grandchild)
+    launcher, child_pid, grandchild_pid = _launcher_with_grandchild(tmp_path)
+    assert psutil.Process(grandchild_pid).is_running()
+    launcher.kill()
+    launcher.wait(timeout=30)
+    _assert_gone(child_pid)
+    _assert_gone(grandchild_pid)
+
+
+def test_ctrl_c_ends_the_run_without_a_traceback(tmp_path):
+    launcher, child_pid, grandchild_pid = _launcher_with_grandchild(tmp_path)
+    launcher.send_signal(signal.SIGINT)
+    assert launcher.wait(timeout=60) == 130
+    assert "Traceback" not in launcher.stderr.read()
+    _assert_gone(child_pid)
+    _assert_gone(grandchild_pid)
+
+
+def test_watchdog_ends_the_session_only_without_the_done_byte(tmp_path):
+    from verl_repro.cpu import watchdog
+
+    def session_with_sleeper():
+        return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"], start_new_session=True)
+
+    for done, survives in ((True, True), (False, False)):
+        sleeper = session_with_sleeper()
+        dog = subprocess.Popen([sys.executable, "-m", "verl_repro.cpu.watchdog", str(sleeper.pid)], stdin=subprocess.PIPE)
+        if done:
+            dog.stdin.write(watchdog.DONE)
+        dog.stdin.close()
+        assert dog.wait(timeout=30) == 0
+        time.sleep(0.2)
+        assert (sleeper.poll() is None) == survives
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_run_dirs_are_fresh_numbered_folders_and_a_used_one_is_refused(tmp_path):
+    from verl_repro.cpu.launcher import RunDirError, claim_run_dir
+
+    first = claim_run_dir(None, tmp_path / "runs")
+    second = claim_run_dir(None, tmp_path / "runs")
+    assert (first.name, second.name) == ("001", "002")
+    assert (tmp_path / "runs" / "latest").resolve() == second.resolve()
+    explicit = claim_run_dir(tmp_path / "mine", tmp_path / "runs")
+    assert explicit.is_dir()
+    (explicit / "metrics.jsonl").write_text("{}\n")
+    with pytest.raises(RunDirError, match="is not empty"):
+        claim_run_dir(tmp_path / "mine", tmp_path / "runs")
+    assert (explicit / "metrics.jsonl").read_text() == "{}\n"
+
+
+def test_run_dir_holds_hydra_metrics_and_checkpoints_and_user_overrides_win(tmp_path):
+    command = build_command(["trainer.default_local_dir=/elsewhere"], run_dir=tmp_path)
+    overrides = _as_dict(command[3:])
+    assert overrides["hydra.run.dir"] == str(tmp_path.resolve() / "hydra")
+    assert overrides["ray_kwargs.ray_init.runtime_env.env_vars.VERL_FILE_LOGGER_PATH"] == str(tmp_path.resolve() / "metrics.jsonl")
+    assert overrides["trainer.logger"] == "[console,file]"
+    assert overrides["trainer.default_local_dir"] == "/elsewhere"
+    # the run directory's paths win over the smoke workload's
+    smoke = _as_dict(build_command([], smoke_dir=str(tmp_path / "ws"), prepare=False, run_dir=tmp_path / "r")[3:])
+    assert smoke["trainer.default_local_dir"] == str((tmp_path / "r").resolve() / "checkpoints")
+
+
+def test_print_command_creates_no_run_dir(tmp_path, monkeypatch):
+    from verl_repro.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main(["cpu-run", "--print-command", "--smoke", str(tmp_path / "ws")]) == 0
+    assert list(tmp_path.iterdir()) == []
+
+
+FAKE_MAIN_PPO = """
+import json, os, sys, time
+metrics = os.environ["FAKE_METRICS"]
+print("a config dump line\\n" * 50, flush=True)
+for step in (1, 2):
+    with open(metrics, "a") as f:
+        f.write(json.dumps({"step": step, "data": {"critic/score/mean": 0.25 * step, "critic/score/min": 0.0,
+                 "critic/score/max": 1.0, "response_length/mean": 30.0 + step, "timing_s/step": 1.5}}) + "\\n")
+    print(f"step:{step} - critic/score/mean:{0.25 * step}", flush=True)
+    time.sleep(1.2)
+if os.environ.get("FAKE_FAIL"):
+    print("ValueError: the real reason", flush=True)
+    sys.exit(3)
+"""
+
+
+@pytest.mark.parametrize("fail", [False, True])
+def test_quiet_run_prints_one_line_per_step_and_keeps_the_console_in_the_log(tmp_path, fail):
+    from verl_repro.cpu.launcher import run_quietly
+    from verl_repro.cpu.progress import LOG_TAIL_LINES
+
+    script = tmp_path / "fake_main_ppo.py"
+    script.write_text(FAKE_MAIN_PPO)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    env = dict(os.environ, FAKE_METRICS=str(run_dir / "metrics.jsonl"), **({"FAKE_FAIL": "1"} if fail else {}))
+    shown = io.StringIO()
+    code = run_quietly([sys.executable, str(script)], run_dir, total_steps=2, label="grpo", env=env, stream=shown,
+                       heartbeat_s=0.5)
+    printed = shown.getvalue()
+    assert code == (3 if fail else 0)
+    log = (run_dir / "verl.log").read_text()
+    assert log.count("a config dump line") == 50
+    # success: none of the console; failure: only its last lines, where the reason is
+    assert printed.count("config dump") == (0 if not fail else LOG_TAIL_LINES - 4)
+    step_lines = [line for line in printed.splitlines() if line.startswith("[grpo] step ")]
+    assert [line.split()[2] for line in step_lines] == ["1/2", "2/2"]
+    assert "reward 0.250" in step_lines[0] and "acc 0.250" in step_lines[0] and "len 31.0" in step_lines[0]
+    assert "reward 0.500" in step_lines[1] and "ETA 0:00" in step_lines[1]
+    if fail:
+        assert "failed (exit 3)" in printed and "ValueError: the real reason" in printed
+    else:
+        assert "[grpo] done: 2 steps" in printed
+
+
+def test_verbose_run_shows_the_console_and_logs_it(tmp_path):
+    from verl_repro.cpu.launcher import run_quietly
+
+    script = tmp_path / "fake_main_ppo.py"
+    script.write_text(FAKE_MAIN_PPO)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    shown = io.StringIO()
+    env = dict(os.environ, FAKE_METRICS=str(run_dir / "metrics.jsonl"))
+    assert run_quietly([sys.executable, str(script)], run_dir, total_steps=2, verbose=True, env=env, stream=shown) == 0
+    assert shown.getvalue().count("a config dump line") == 50
+    assert (run_dir / "verl.log").read_text().count("a config dump line") == 50

