@@ -23,7 +23,7 @@ def select_cuts_row(ids, mask, entropy, boundary_ids, think_end_id, k, no_think_
             return [], has_think_end
         think_end = real[-1]
     candidates = []
-    for t in range(think_end):
+    for t in range(think_end - 1):  # cut c = t + 1 strictly before e
         if mask[t] and ids[t] in boundary_ids:
             value = float(entropy[t + 1])
             finite = math.isfinite(value)

@@ -118,11 +118,11 @@ def test_cuts_on_real_tokenized_text(tiny_tokenizer):
     )
     assert has_end.tolist() == [True]
     prefixes = [tiny_tokenizer.decode(ids[0, :c]) for c in cuts[0][cut_mask[0]].tolist()]
-    # "<think>" is followed by a lone "\n" token, which does not end a step.
+    # "<think>" is followed by a lone "\n" token, which does not end a step. The step ending in
+    # ".\n" right before </think> gives no cut of its own (c = e): the e + 1 cut follows.
     assert prefixes == [
         "<think>\nFirst we add 3 and 4.\n\n",
         "<think>\nFirst we add 3 and 4.\n\nIs 7 right?\n",
-        "<think>\nFirst we add 3 and 4.\n\nIs 7 right?\nSo the total is 7.\n",
         "<think>\nFirst we add 3 and 4.\n\nIs 7 right?\nSo the total is 7.\n</think>",
     ]
 
@@ -151,15 +151,18 @@ def test_top_k_by_entropy_of_the_token_at_the_cut():
     assert cuts.tolist() == [[2, 4, 6, 8]]
 
 
-def test_equal_entropies_prefer_the_earlier_cut_and_boundary_just_before_think_end():
+def test_equal_entropies_prefer_the_earlier_cut_and_no_cut_at_e():
     ids = [[2, 1, 2, 1, 2, 7, 1]]
     ent = [[0.0, 0.3, 0.0, 0.3, 0.0, 0.3, 0.0]]
     cuts, _, _ = _select(ids, [[1] * 7], ent, k=2)
     assert cuts.tolist() == [[1, 3, 6]]
-    # t = e - 1 is a candidate too: its cut c = e sits right before </think>.
+    # t = e - 1 = 4 is a boundary whose cut would be c = e = 5, right before </think>, with the
+    # highest entropy: never a candidate, so k = 1 takes the next best (c = 3), then e + 1.
     ent = [[0.0, 0.1, 0.0, 0.2, 0.0, 0.3, 0.0]]
     cuts, _, _ = _select(ids, [[1] * 7], ent, k=1)
-    assert cuts.tolist() == [[5, 6]]
+    assert cuts.tolist() == [[3, 6]]
+    cuts, _, _ = _select(ids, [[1] * 7], ent, k=5)
+    assert cuts.tolist() == [[1, 3, 6]]
 
 
 def test_no_boundary_gives_the_end_of_think_cut_only():
@@ -172,12 +175,13 @@ def test_missing_think_end_skip_or_use_end():
     mask = [[1, 1, 1, 1, 1, 0], [1, 1, 1, 0, 0, 0]]
     ent = [[0.0, 0.5, 0.0, 0.4, 0.0, 0.3]] * 2
     cuts, cut_mask, has_end = _select(ids, mask, ent, k=5)
+    # Row 1: its only boundary (t = 1) sits right before </think> (e = 2): no cut of its own.
     assert has_end.tolist() == [False, True]
-    assert cut_mask.tolist() == [[False, False], [True, True]] and cuts.tolist() == [[0, 0], [2, 3]]
+    assert cut_mask.tolist() == [[False], [True]] and cuts.tolist() == [[0], [3]]
     cuts, cut_mask, has_end = _select(ids, mask, ent, k=5, no_think_end="use_end")
-    # Row 0: e = last real token (t = 4); boundaries t = 0, 2 -> cuts 1, 3; end cut 5 = length.
+    # Row 0: e = last real token (t = 4); boundaries t = 0, 2 -> cuts 1, 3 (< e); end cut 5 = length.
     assert has_end.tolist() == [False, True]
-    assert cuts.tolist() == [[1, 3, 5], [2, 3, 0]] and cut_mask.tolist() == [[True] * 3, [True, True, False]]
+    assert cuts.tolist() == [[1, 3, 5], [3, 0, 0]] and cut_mask.tolist() == [[True] * 3, [True, False, False]]
 
 
 def test_masked_tokens_never_count_and_empty_rows_get_nothing():
@@ -190,7 +194,7 @@ def test_masked_tokens_never_count_and_empty_rows_get_nothing():
         assert has_end.tolist() == [True, False, True]
         assert cuts[0][cut_mask[0]].tolist() == [4]  # the masked boundary at t = 1 is ignored
         assert not cut_mask[1].any()
-        assert cuts[2][cut_mask[2]].tolist() == [2, 3]
+        assert cuts[2][cut_mask[2]].tolist() == [3]  # its boundary at t = 1 is right before </think>
 
 
 def test_nonfinite_entropy_ranks_lowest_but_stays_a_candidate():
@@ -248,6 +252,8 @@ def test_select_cuts_matches_the_oracle(seed, batch, length, k, p_think_end, p_b
     expected, expected_has_end = _oracle_cuts(ids, mask, entropy, k, policy)
     assert [cuts[b][cut_mask[b]].tolist() for b in range(batch)] == expected
     assert has_end.tolist() == expected_has_end
+    for row in expected:  # never c = e: every cut before the last (e + 1) is below e
+        assert all(c < row[-1] - 1 for c in row[:-1])
     assert cuts.shape[1] == max(1, max(len(c) for c in expected))
     assert (cuts[~cut_mask] == 0).all()
 

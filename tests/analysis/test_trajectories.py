@@ -76,7 +76,8 @@ def direct(tiny_model_dir):
         prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
         response_ids = tokenizer(row["response"], add_special_tokens=False)["input_ids"]
         end = response_ids.index(think_end) if think_end in response_ids else len(response_ids) - 1  # no_think_end=use_end
-        boundaries = [t + 1 for t in range(end) if tokenizer.decode([response_ids[t]]).endswith(PATTERNS)]
+        # Cuts strictly before e (c = t + 1 < e), then e + 1.
+        boundaries = [t + 1 for t in range(end - 1) if tokenizer.decode([response_ids[t]]).endswith(PATTERNS)]
         cuts = boundaries + [end + 1]
         with torch.no_grad():
             logits = model(torch.tensor([prompt_ids + response_ids])).logits[0, len(prompt_ids) - 1 : -1].double()

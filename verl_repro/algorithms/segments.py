@@ -1,8 +1,8 @@
 """Step boundaries and RePro's entropy top-k cut selection (DESIGN §2, "Boundaries", "Selection").
 
 A *cut* ``c`` is a number of response tokens kept: the prefix ``y_1..y_c`` (response indices
-``0..c-1``). Candidate cuts sit just after a step-ending token at response index ``t < e``, so
-``c = t + 1``; ``e`` is the response index of the first ``</think>``. The ``k`` candidates whose
+``0..c-1``). Candidate cuts sit just after a step-ending token at response index ``t``, so
+``c = t + 1``, and strictly before ``e`` (``c < e``), the response index of the first ``</think>``. The ``k`` candidates whose
 token *at the cut* (response index ``c``, the first token of the next step) has the highest
 entropy are kept, sorted ascending, and the end-of-think cut ``e + 1`` is appended.
 
@@ -126,7 +126,8 @@ def select_cuts(
         has_think_end: ``[B] bool`` — a real ``</think>`` token was found (for metrics; rows
             without one still get cuts under ``"use_end"``).
 
-    Candidates are real step-ending tokens at response index ``t < e`` (cut ``c = t + 1 <= e``),
+    Candidates are real step-ending tokens at response index ``t < e - 1`` (cut ``c = t + 1 < e``;
+    ``select_cuts`` never returns ``c = e``),
     ranked by ``entropy[c]``; equal entropies prefer the earlier cut, so the result is
     deterministic. Only whole-batch tensor ops, no loop over rows or tokens.
     """
@@ -165,11 +166,12 @@ def select_cuts(
     else:
         has_end = has_think_end
 
-    # A candidate is a real boundary token at t < e; rows without an end compare against 0, so
-    # they have none.
+    # A candidate is a real boundary token at t < e - 1, so that its cut c = t + 1 is strictly
+    # before e: a boundary right before </think> would score a near-duplicate of the e + 1 cut
+    # (the authors' code keeps cuts < e too). Rows without an end compare against 0: none.
     candidate = _boundary_lookup(boundary_ids, response_ids)
     candidate &= real
-    candidate &= positions < torch.where(has_end, think_end, 0).unsqueeze(1)
+    candidate &= positions < torch.where(has_end, think_end - 1, 0).unsqueeze(1)
 
     # Candidates are sparse (one per step, not per token): rank them in a compact [B, C] table
     # instead of sorting whole rows.
