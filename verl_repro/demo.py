@@ -232,3 +232,10 @@ def _print_table(rows: list[dict]) -> None:
             f"{r['j_base']:7.2f} {r['j_final']:7.2f} {r['score_final']:6.3f} {r['process_adv_abs_mean']:6.3f} "
             f"{r['final_adv_mean']:6.2f} {r['entropy_mean']:5.2f} {r['grad_norm_mean']:5.2f} {rho}"
         )
+    print(
+        "n: sample of the problem; ok: graded correct; tok: response tokens; cuts: RePro's cuts (top-k entropy "
+        "line ends, then the response end); J_b / J_end: mean log-prob of the answer with no reasoning / after "
+        "the whole response; S_end: final RePro score; |Ã|: mean |process advantage| per token; Â: mean final "
+        "advantage (GRPO outcome + α·Ã); H, g: mean token entropy and logit-gradient norm; ρ(H,g): their "
+        "Spearman correlation in the response (CorR-PO's signal)"
+    )

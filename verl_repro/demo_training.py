@@ -161,7 +161,7 @@ def demo_overrides(method: Method, model: Path, train: Path, val: Path, settings
         "+ray_kwargs.ray_init.runtime_env.env_vars.VERL_ENGINE_VENDOR=repro",
         # Ray gives each worker one torch thread; the phases of a step run one after another, so
         # each may use every core
-        f"+ray_kwargs.ray_init.runtime_env.env_vars.OMP_NUM_THREADS={len(os.sched_getaffinity(0))}",
+        f"+ray_kwargs.ray_init.runtime_env.env_vars.OMP_NUM_THREADS='{len(os.sched_getaffinity(0))}'",
         f"trainer.total_training_steps={settings.steps}",
         "trainer.val_before_train=False",
         "trainer.test_freq=-1",

@@ -273,16 +273,33 @@ def plot_inversion(output_dir: Path, entropy, grad_norm, responses: Sequence[dic
 
 
 def plot_demo(rows: Sequence[dict], entropy, grad_norm, output_dir: Path) -> list[Path]:
-    """``j_curves.png`` (J along each response, green when correct) and ``entropy_vs_grad_norm.png``
-    (all response tokens) in ``output_dir``."""
-    figure, ax = new_figure(6.0, 4.0)
+    """``j_curves.png`` (J along each response by correctness) and ``entropy_vs_grad_norm.png``
+    (all response tokens) in ``output_dir``.
+
+    The curve joins J_b and J at the step boundaries (line ends); the last point, J after the
+    response's final token, is drawn apart (a cross, no line to it): a response without
+    ``</think>`` mostly ends mid-line, so the answer is appended without a line break there and
+    is less likely than at any boundary before, whatever the reasoning was worth.
+    """
+    from matplotlib.lines import Line2D
+
+    figure, ax = new_figure(6.5, 4.2)
+    counts = {"correct": 0, "incorrect": 0}
     for r in rows:
+        group = "correct" if r["correct"] else "incorrect"
+        counts[group] += 1
         curve = r["j_curve"]
         xs = [i / max(len(curve) - 1, 1) for i in range(len(curve))]
-        ax.plot(xs, curve, color=GROUP_COLORS["correct" if r["correct"] else "incorrect"], alpha=0.6, marker="o", markersize=3)
-    ax.set_xlabel("normalized step position (0 = no reasoning)")
+        color = GROUP_COLORS[group]
+        ax.plot(xs[:-1], curve[:-1], color=color, alpha=0.6, marker="o", markersize=3)
+        ax.plot(xs[-1:], curve[-1:], color=color, alpha=0.8, marker="x", markersize=6, linestyle="none")
+    handles = [Line2D([], [], color=GROUP_COLORS[g], marker="o", markersize=3, label=f"{g} (n={n})") for g, n in counts.items()]
+    handles.append(Line2D([], [], color="black", marker="x", linestyle="none",
+                          label="after the last token (answer appended mid-line)"))
+    ax.legend(handles=handles, fontsize=8)
+    ax.set_xlabel("normalized step position (0 = no reasoning; boundaries = line ends)")
     ax.set_ylabel("J: mean log-prob of the ground-truth answer")
-    ax.set_title("RePro J along each response (green: correct)")
+    ax.set_title("RePro J along each response")
     curves = save_figure(figure, output_dir / "j_curves.png")
     scatter = plot_entropy_vs_grad_norm(entropy, grad_norm, output_dir / "entropy_vs_grad_norm.png",
                                         "entropy vs gradient norm, all response tokens")
