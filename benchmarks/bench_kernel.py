@@ -235,12 +235,15 @@ class CheckResult:
     name: str
     max_errors: dict[str, float]
     failures: list[str] = field(default_factory=list)
+    note: str = ""
 
     @property
     def ok(self) -> bool:
         return not self.failures
 
     def summary(self) -> str:
+        if self.note and not self.max_errors and self.ok:
+            return f"not checked ({self.note})"
         errors = ", ".join(f"{key} {value:.1e}" for key, value in self.max_errors.items())
         return f"{'ok' if self.ok else 'FAILED'}: max abs error {errors}" + (f" — {'; '.join(self.failures)}" if self.failures else "")
 
@@ -305,6 +308,21 @@ def check_gradients(name: str, fn: Callable, inputs: tuple[torch.Tensor, ...], l
         result.max_errors.update(part.max_errors)
         result.failures += part.failures
     return result
+
+
+def guarded_check(name: str, ours: bool, check: Callable[[], CheckResult]) -> CheckResult:
+    """Run a check; an exception fails it for ours, and only annotates a baseline (its timing row
+    shows the same error): a broken baseline is reported, not taken for a wrong kernel."""
+    try:
+        return check()
+    except Exception as error:  # noqa: BLE001
+        message = f"raised {type(error).__name__}: {error}"[:160]
+        result = CheckResult(name, {})
+        if ours:
+            result.failures.append(message)
+        else:
+            result.note = message
+        return result
 
 
 # ----------------------------------------------------------------------------------------------
@@ -378,12 +396,14 @@ def logits_sections(n, vocab, device, dtype, repeats, use_compile, backend, band
     forward, training = [], []
     for name, fn, compute_dtype in methods:
         with torch.no_grad():
-            forward.append(Row(name, measure(lambda fn=fn: fn(logits, labels), device, repeats),
-                               check=check_stats(name, fn(logits, labels), oracle, compute_dtype)))
+            check = guarded_check(name, compute_dtype is None,
+                                  lambda fn=fn, name=name, dt=compute_dtype: check_stats(name, fn(logits, labels), oracle, dt))
+            forward.append(Row(name, measure(lambda fn=fn: fn(logits, labels), device, repeats), check=check))
         check = None
         if compute_dtype is None:
             rows = slice(0, GRADIENT_CHECK_ROWS)
-            check = check_gradients(name, fn, (logits[rows],), labels[rows], eager_stats_from_logits)
+            check = guarded_check(name, True, lambda fn=fn, name=name: check_gradients(
+                name, fn, (logits[rows],), labels[rows], eager_stats_from_logits))
         training.append(Row(name, measure(forward_backward(fn, logits, labels=labels), device, repeats), check=check))
     del oracle
     shape = f"N={n}, V={vocab}, {dtype_name(dtype)}"
@@ -431,13 +451,19 @@ def hidden_sections(n, vocab, hidden_size, device, dtype, repeats, use_compile, 
             forward.append(Row(name, Measurement(None, None, "n/a"), note))
             training.append(Row(name, Measurement(None, None, "n/a"), note))
             continue
-        with torch.no_grad():
-            outputs = fn(hidden, weight, labels)
+        # veRL's kernel and Liger accumulate in fp32 from bf16 tiles: a bf16 baseline's tolerance
+        check_dtype = dtype if compute_dtype == torch.float32 and dtype != torch.float32 else compute_dtype
+
+        def forward_check(fn=fn, name=name, check_dtype=check_dtype):
+            with torch.no_grad():
+                outputs = fn(hidden, weight, labels)
             if name.startswith("Liger"):
                 nll = outputs[0] if isinstance(outputs, (tuple, list)) else outputs
                 outputs = (-nll,)  # per-token NLL
-            # veRL's kernel and Liger accumulate in fp32 from bf16 tiles: a bf16 baseline's tolerance
-            check = check_stats(name, outputs, oracle, dtype if compute_dtype == torch.float32 and dtype != torch.float32 else compute_dtype)
+            return check_stats(name, outputs, oracle, check_dtype)
+
+        check = guarded_check(name, compute_dtype is None, forward_check)
+        with torch.no_grad():
             forward.append(Row(name, measure(lambda fn=fn: fn(hidden, weight, labels), device, repeats), note, check))
         if name.startswith("Liger"):
             # Liger's backward is fused into its forward for a scalar loss only; not comparable here.
@@ -446,7 +472,8 @@ def hidden_sections(n, vocab, hidden_size, device, dtype, repeats, use_compile, 
         check = None
         if compute_dtype is None:
             rows = slice(0, GRADIENT_CHECK_ROWS)
-            check = check_gradients(name, fn, (hidden[rows], weight), labels[rows], eager_stats_from_hidden)
+            check = guarded_check(name, True, lambda fn=fn, name=name: check_gradients(
+                name, fn, (hidden[rows], weight), labels[rows], eager_stats_from_hidden))
         training.append(Row(name, measure(forward_backward(fn, hidden, weight, labels=labels), device, repeats), note, check))
     shape = f"N={n}, H={hidden_size}, V={vocab}, {dtype_name(dtype)}"
     logits_mib = n * vocab * hidden.element_size() / 2**20

@@ -407,7 +407,19 @@ def gradients_section(report: Report, device: torch.device, sizes: Sizes) -> Non
                      f"{fast_s * 1e3:.1f} | {exact_s * 1e3:.1f} |")
     ok = all(worst[dtype] <= tolerance for dtype, tolerance in ((torch.float64, 1e-6), (torch.float32, 1e-3)))
     del model
-    # Cost at a real size: the 1.5B-shaped random model (the dry run: the tiny one), fast vs a forward.
+    report.add("\n".join(lines))
+    report.target("CorR-PO fast signal = exact (fp64 within 1e-6, fp32 within 1e-3)",
+                  f"max relative error fp64 {worst[torch.float64]:.1e}, fp32 {worst[torch.float32]:.1e}", ok)
+    _free(device)
+    run_section(report, "CorR-PO signal cost", _gradient_cost, device, sizes, generator)
+
+
+def _gradient_cost(report: Report, device: torch.device, sizes: Sizes, generator: torch.Generator) -> None:
+    """The cost of ``fast`` at a real size: the 1.5B-shaped random model (the dry run: the tiny one)."""
+    import bench_scoring
+
+    from verl_repro.gradients import logit_gradient_norms
+
     cost_model = "tiny" if sizes.scoring_model == "tiny" else "qwen2-1.5b"
     dtype = torch.float32 if cost_model == "tiny" else torch.bfloat16
     model = bench_scoring.build_model(cost_model, device.type, dtype)
@@ -415,14 +427,12 @@ def gradients_section(report: Report, device: torch.device, sizes: Sizes) -> Non
     targets = torch.roll(ids, -1, dims=1)
     with torch.no_grad():
         _, forward_s = _timed_call(lambda: model(input_ids=ids, use_cache=False).logits, device, repeats=sizes.repeats)
+    _free(device)
     _, signal_s = _timed_call(lambda: logit_gradient_norms(model, ids, targets, method="fast"), device, repeats=sizes.repeats)
     peak = f"; peak {torch.cuda.max_memory_allocated(device) / 2**30:.1f} GiB" if device.type == "cuda" else ""
-    lines += ["", f"cost of `fast` on `{cost_model}` ({bench_kernel.dtype_name(dtype)}, one row of {sizes.gradient_cost_T} tokens, "
-              f"median of {sizes.repeats}): {signal_s * 1e3:.1f} ms vs a no-grad forward {forward_s * 1e3:.1f} ms "
-              f"({signal_s / max(forward_s, 1e-9):.2f}×){peak}"]
-    report.add("\n".join(lines))
-    report.target("CorR-PO fast signal = exact (fp64 within 1e-6, fp32 within 1e-3)",
-                  f"max relative error fp64 {worst[torch.float64]:.1e}, fp32 {worst[torch.float32]:.1e}", ok)
+    report.add(f"Cost of `fast` on `{cost_model}` ({bench_kernel.dtype_name(dtype)}, one row of {sizes.gradient_cost_T} tokens, "
+               f"median of {sizes.repeats}): {signal_s * 1e3:.1f} ms vs a no-grad forward {forward_s * 1e3:.1f} ms "
+               f"({signal_s / max(forward_s, 1e-9):.2f}×){peak}")
     del model
     _free(device)
 
@@ -467,17 +477,22 @@ def speed_section(report: Report, device: torch.device, sizes: Sizes, backend: s
         f"Median of {sizes.repeats}; peak extra memory = allocator peak minus what the inputs hold."
         + ("" if use_compile else " torch.compile rows skipped (time budget or --no-compile)."),
     ]))
-    logits = bench_kernel.logits_sections(n, vocab, device, dtype, sizes.repeats, use_compile, backend, bandwidths)
-    for section in logits:
-        report.add(section.markdown())
-        report.failures += section.failures
-    _free(device)
-    hidden = bench_kernel.hidden_sections(n, vocab, hidden_size, device, dtype, sizes.repeats, use_compile, backend)
-    for section in hidden:
-        report.add(section.markdown())
-        report.failures += section.failures
-    _free(device)
-    _speed_targets(report, logits, hidden, bandwidths, n, vocab, dtype)
+    sections: dict[str, list] = {"logits": [], "hidden": []}
+
+    def part(report, kind):
+        if kind == "logits":
+            sections[kind] = bench_kernel.logits_sections(n, vocab, device, dtype, sizes.repeats, use_compile, backend, bandwidths)
+        else:
+            sections[kind] = bench_kernel.hidden_sections(n, vocab, hidden_size, device, dtype, sizes.repeats, use_compile, backend)
+        for section in sections[kind]:
+            report.add(section.markdown())
+            report.failures += section.failures
+        _free(device)
+
+    run_section(report, "Kernel speed: from logits", part, "logits")
+    run_section(report, "Kernel speed: from hidden", part, "hidden")
+    if sections["logits"] and sections["hidden"]:
+        _speed_targets(report, sections["logits"], sections["hidden"], bandwidths, n, vocab, dtype)
 
 
 def _speed_targets(report, logits, hidden, bandwidths, n, vocab, dtype) -> None:

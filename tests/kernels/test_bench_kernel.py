@@ -123,3 +123,15 @@ def test_accuracy_benchmark_closed_form_of_g_for_a_confident_token():
         p = torch.softmax(logits, 0)
         direct = float((p - torch.nn.functional.one_hot(torch.tensor(0), vocab)).norm())
         assert abs(accuracy.confident_grad_norm(c, vocab) - direct) <= 1e-12 * direct
+
+
+def test_a_raising_baseline_is_annotated_and_a_raising_kernel_fails():
+    bench = load_bench()
+
+    def broken():
+        raise RuntimeError("no kernel for this device")
+
+    baseline = bench.guarded_check("veRL linear_cross_entropy", False, broken)
+    assert baseline.ok and "not checked (raised RuntimeError: no kernel for this device)" == baseline.summary()
+    ours = bench.guarded_check("ours (b)", True, broken)
+    assert not ours.ok and "raised RuntimeError" in ours.summary()
