@@ -83,6 +83,9 @@ def test_smoke_workspace_adds_model_data_and_reward(tmp_path):
     assert overrides["data.train_files"] == str((tmp_path / "data" / "train.parquet").resolve())
     assert overrides["reward.custom_reward_function.name"] == "smoke_reward"
     assert overrides["algorithm.adv_estimator"] == "grpo"
+    # the recipes' data path: padding-free packing, micro-batches by tokens (winning over the CPU defaults)
+    assert overrides["actor_rollout_ref.model.use_remove_padding"] == "True"
+    assert overrides["actor_rollout_ref.actor.use_dynamic_bsz"] == "True"
 
 
 def test_run_leaves_no_process_of_its_session_behind(tmp_path):

@@ -1,4 +1,6 @@
-"""veRL's real ``python -m verl.trainer.main_ppo`` on this CPU: 2 GRPO steps, resume, 2 repro_grpo steps.
+"""veRL's real ``python -m verl.trainer.main_ppo`` on this CPU: 2 GRPO steps, resume, 2 repro_grpo steps
+(padded layout), and the recipes' data path on two trainer ranks: 2 ``repro_grpo`` steps with
+prefix-shared scoring and 2 ``corrpo`` steps, both through the ``repro`` engine vendor.
 
 Each run is the command ``verl-repro cpu-run --smoke DIR ...`` builds (tiny random Qwen2, 16
 prompts, a reward that varies between samples), in a subprocess bounded by a timeout. Metrics
@@ -9,20 +11,25 @@ weight sync, which shows whether the trained weights reached the sampler.
 from __future__ import annotations
 
 import json
+import math
 import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
 
 from verl_repro.cpu.launcher import TIMEOUT_EXIT_CODE, build_command, cpu_environment, run_main_ppo
+
+# veRL's padded layout with fixed-size micro-batches (the smoke workload is padding-free, dynamic).
+PADDED_LAYOUT = ("actor_rollout_ref.model.use_remove_padding=False", "actor_rollout_ref.actor.use_dynamic_bsz=False")
 
 # A run takes ~1.5 min on a quiet 2-core machine and ~4 min when the cores are shared.
 RUN_TIMEOUT_S = 600
 
 SYNC_LINE = re.compile(
-    r"\[hf-rollout\] weights synced: replica=(\d+) step=(\S+) tensors=(\d+) changed=(\d+) max_abs_delta=(\S+)"
+    r"\[hf-rollout\] weights synced: replica=(\d+) step=(\d+) tensors=(\d+) changed=(\d+) max_abs_delta=([-+.0-9eE]+)"
 )
 
 
@@ -119,12 +126,14 @@ def test_resume_from_the_step_1_checkpoint_reaches_step_2(workspace, grpo_run):
 def test_repro_grpo_two_steps_log_process_reward_metrics(workspace):
     # The random model never closes its thought; repro.no_think_end=use_end scores up to the
     # response end instead of skipping, so the RePro scoring through the ref worker really runs.
+    # This run keeps veRL's padded layout (fixed micro-batches); the others are padding-free.
     run = _run_main_ppo(
         workspace,
         "repro_grpo",
         "+repro=default",
         "algorithm.adv_estimator=repro_grpo",
         "repro.no_think_end=use_end",
+        *PADDED_LAYOUT,
     )
     _assert_trained(run, [1, 2])
     for step in (1, 2):
@@ -132,3 +141,59 @@ def test_repro_grpo_two_steps_log_process_reward_metrics(workspace):
         assert metrics["repro/with_process_reward"] > 0, metrics
         assert metrics["repro/scored_sequences"] > 0 and metrics["repro/process_adv_abs_mean"] > 0, metrics
         assert "timing_s/repro_scoring" in metrics
+
+
+# ----------------------------------------------------------------------------------------------
+# The recipes' data path on two trainer ranks
+# ----------------------------------------------------------------------------------------------
+
+# Two trainer ranks (gloo, FSDP2 sharding over both), the repro engine vendor in every worker;
+# the smoke workload already packs sequences padding-free into token-budgeted micro-batches.
+TWO_RANKS = ("trainer.n_gpus_per_node=2", "+ray_kwargs.ray_init.runtime_env.env_vars.VERL_ENGINE_VENDOR=repro")
+# 16 responses over 2 ranks in micro-batches of at most 3 responses: 3 micro-batches of 3 per rank,
+# so our DP layout pads each rank with one repeated response (checked below).
+SCORING_MICRO_BATCH = 3
+FALLBACK_LOG_LINES = ("falls back to naive", "runs naive in this worker")
+
+
+def _assert_recipe_path(run: Run) -> None:
+    _assert_trained(run, [1, 2])
+    for step, metrics in run.metrics.items():
+        not_finite = sorted(key for key, value in metrics.items() if isinstance(value, (int, float)) and not math.isfinite(value))
+        assert not not_finite, (step, not_finite)
+        # the sampler and the actor's packed recomputation see the same fp32 model
+        assert metrics["training/rollout_probs_diff_max"] <= 1e-5, (step, metrics["training/rollout_probs_diff_max"])
+
+
+def test_dp_layout_of_the_two_rank_scoring_run_pads():
+    from verl_repro.verl_ext.scoring import dp_layout
+
+    _, is_padding, micro_batch = dp_layout(torch.full((16,), 40), dp_size=2, micro_batch_size=SCORING_MICRO_BATCH)
+    assert (int(is_padding.sum()), micro_batch) == (2, 3)
+
+
+def test_two_ranks_repro_grpo_prefix_shared_through_the_engine_vendor(workspace):
+    run = _run_main_ppo(
+        workspace,
+        "two_ranks_repro",
+        *TWO_RANKS,
+        "+repro=default",
+        "algorithm.adv_estimator=repro_grpo",
+        "repro.no_think_end=use_end",
+        "repro.scoring_mode=prefix_shared",
+        f"repro.scoring_micro_batch_size={SCORING_MICRO_BATCH}",
+    )
+    _assert_recipe_path(run)
+    # the tree pass ran in the workers: no fallback to naive scoring was logged anywhere
+    assert not [line for line in FALLBACK_LOG_LINES if line in run.log], run.explain()
+    for metrics in run.metrics.values():
+        assert metrics["repro/with_process_reward"] > 0 and metrics["repro/scored_tokens"] > 0, metrics
+
+
+def test_two_ranks_corrpo_through_the_engine_vendor(workspace):
+    run = _run_main_ppo(
+        workspace, "two_ranks_corrpo", *TWO_RANKS, "+repro=default", "algorithm.adv_estimator=corrpo", "repro.corr.scope=all"
+    )
+    _assert_recipe_path(run)
+    for metrics in run.metrics.values():
+        assert "corr/rho_mean" in metrics, sorted(metrics)

@@ -79,8 +79,18 @@ def smoke_workspace_paths(directory: str | Path) -> dict[str, Path]:
     }
 
 
+# Micro-batches by tokens, as the recipes run them: 16 sequences of <= 96 tokens make a few per rank.
+SMOKE_MAX_TOKENS_PER_GPU = 512
+
+
 def smoke_overrides(workspace: dict[str, Path]) -> list[str]:
-    """main_ppo overrides for a 2-step GRPO run on the smoke workspace (KL loss on: exercises the ref)."""
+    """main_ppo overrides for a 2-step GRPO run on the smoke workspace (KL loss on: exercises the ref).
+
+    The data path is the recipes' (``recipes/paper_defaults.yaml``): padding-free packed sequences
+    (``use_remove_padding=True``) in token-budgeted micro-batches (``use_dynamic_bsz=True``; the
+    log-prob passes inherit it). Pass ``actor_rollout_ref.model.use_remove_padding=False
+    actor_rollout_ref.actor.use_dynamic_bsz=False`` for the padded layout.
+    """
     return [
         f"data.train_files={workspace['train']}",
         f"data.val_files={workspace['val']}",
@@ -89,6 +99,9 @@ def smoke_overrides(workspace: dict[str, Path]) -> list[str]:
         "data.max_response_length=32",
         f"actor_rollout_ref.model.path={workspace['model']}",
         "actor_rollout_ref.model.enable_gradient_checkpointing=False",
+        "actor_rollout_ref.model.use_remove_padding=True",
+        "actor_rollout_ref.actor.use_dynamic_bsz=True",
+        f"actor_rollout_ref.actor.ppo_max_token_len_per_gpu={SMOKE_MAX_TOKENS_PER_GPU}",
         "actor_rollout_ref.actor.optim.lr=1e-3",
         "actor_rollout_ref.actor.ppo_mini_batch_size=4",
         "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=8",
