@@ -7,8 +7,8 @@ and H) separately, of:
   in float32, ``torch.compile`` of the bf16 formulas, and ours; plus (a)'s fraction of the
   read-once roofline (bytes it must read / time, over the device's HBM bandwidth from
   :data:`HBM_BANDWIDTH_GBS` by name and over a device copy's bandwidth measured in the same run);
-* from hidden states [N, H] and the lm_head weight [V, H] (kernel (b)): eager matmul + formulas,
-  ``torch.compile`` of it, veRL's ``linear_cross_entropy`` (log p_y and H only — less work, no Σp² / g),
+* from hidden states [N, H] and the lm_head weight [V, H] (kernel (b)): eager matmul + formulas
+  (bf16 and float32), ``torch.compile`` of the bf16 one, veRL's ``linear_cross_entropy`` (log p_y and H only — less work, no Σp² / g),
   Liger's fused linear cross-entropy (NLL only), and ours.
 
 **Every output is checked**, at every size: each method's outputs against veRL's formulas evaluated
@@ -436,13 +436,16 @@ def hidden_sections(n, vocab, hidden_size, device, dtype, repeats, use_compile, 
 
     eager = f"eager {dtype_name(dtype)}"
     methods: list[tuple[str, Callable | None, str, torch.dtype | None]] = [(eager, eager_stats_from_hidden, "", dtype)]
+    if dtype != torch.float32:
+        methods.append(("eager fp32", lambda h, w, y: eager_stats_from_hidden(h.float(), w.float(), y), "", torch.float32))
     if use_compile:
         methods.append((f"torch.compile {dtype_name(dtype)}", torch.compile(eager_stats_from_hidden, dynamic=False), "", dtype))
     if device.type == "cuda":
         verl_fn, why = verl_linear_cross_entropy()
-        methods.append(("veRL linear_cross_entropy", verl_fn, " (log p, H only)" if verl_fn else f" ({why})", torch.float32))
+        # veRL's kernel and Liger accumulate in fp32 from tiles of the input dtype: that dtype's tolerance
+        methods.append(("veRL linear_cross_entropy", verl_fn, " (log p, H only)" if verl_fn else f" ({why})", dtype))
         liger_fn, why = liger_fused_linear_ce()
-        methods.append(("Liger fused linear CE", liger_fn, " (NLL only)" if liger_fn else f" ({why})", torch.float32))
+        methods.append(("Liger fused linear CE", liger_fn, " (NLL only)" if liger_fn else f" ({why})", dtype))
     methods.append((f"ours (b) [{backend}]", ours, "", None))
 
     forward, training = [], []
@@ -451,10 +454,7 @@ def hidden_sections(n, vocab, hidden_size, device, dtype, repeats, use_compile, 
             forward.append(Row(name, Measurement(None, None, "n/a"), note))
             training.append(Row(name, Measurement(None, None, "n/a"), note))
             continue
-        # veRL's kernel and Liger accumulate in fp32 from bf16 tiles: a bf16 baseline's tolerance
-        check_dtype = dtype if compute_dtype == torch.float32 and dtype != torch.float32 else compute_dtype
-
-        def forward_check(fn=fn, name=name, check_dtype=check_dtype):
+        def forward_check(fn=fn, name=name, check_dtype=compute_dtype):
             with torch.no_grad():
                 outputs = fn(hidden, weight, labels)
             if name.startswith("Liger"):
