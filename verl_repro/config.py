@@ -19,6 +19,9 @@ NO_THINK_END_POLICIES = ("skip", "use_end")
 PROCESS_REWARD_NORMS = ("auto", "group", "batch", "none")
 CORRELATION_KINDS = ("spearman", "pearson")
 TOKEN_SCOPES = ("thinking", "all")
+CORR_SIGNALS = ("param_grad", "softmax_grad")
+CORR_AGGREGATES = ("mean", "sum")
+CORR_UNITS = ("tokens", "unique_tokens")
 ANSWER_PLACEHOLDER = "{ground_truth}"
 
 
@@ -47,7 +50,7 @@ def check_number_fields(settings: Any, prefix: str, error: type[ValueError] = Co
 
 @dataclass
 class CorrConfig:
-    """CorR-PO: reward regularization by the entropy / logit-gradient-norm correlation (DESIGN §3)."""
+    """CorR-PO: reward regularization by the entropy / logit-gradient correlation (docs/corrpo.md)."""
 
     coef: float = 0.1
     """λ in ``r_i = outcome_weight · r_outcome_i − λ · ρ_i``."""
@@ -56,17 +59,49 @@ class CorrConfig:
     scope: str = "thinking"
     """Tokens that enter ρ: ``thinking`` (before the first ``</think>``) or ``all`` response tokens."""
     min_tokens: int = 8
-    """Responses with fewer in-scope tokens get ρ = 0 (counted in ``corr/skipped``)."""
+    """Responses with fewer in-scope tokens (or unique token ids, for ``unit=unique_tokens``) get ρ = 0 (counted in ``corr/skipped``)."""
     outcome_weight: float = 1.0
     """Weight of the verifier's outcome reward; 0 is the verifier-free mode (regularizer only)."""
+    signal: str = "param_grad"
+    """Gradient strength s_t: ``param_grad`` (norm of ∂z[t, y_t]/∂W over attention projections, the paper's quantity) or ``softmax_grad`` (||softmax(z_t) − onehot(y_t)||, positively correlated with entropy by construction)."""
+    layers: list[int] = field(default_factory=lambda: [-1])
+    """Decoder layers of W for ``param_grad``; training supports the last layer, ``[-1]``."""
+    matrices: list[str] = field(default_factory=lambda: ["q_proj", "v_proj", "o_proj"])
+    """Projection matrices of W for ``param_grad``: any of q_proj, k_proj, v_proj, o_proj (k_proj needs ``method=exact``)."""
+    norm: str = "nuc"
+    """Matrix norm of ∂z/∂W: ``nuc`` (nuclear, the paper's) or ``fro``."""
+    aggregate: str = "mean"
+    """How the per-matrix norms combine into s_t: ``mean`` or ``sum``."""
+    unit: str = "tokens"
+    """What ρ correlates over: ``tokens`` (each in-scope token) or ``unique_tokens`` (per response, the mean of H and s per token id, as the paper's statistic)."""
+    method: str = "auto"
+    """How ``param_grad`` is computed: ``fast`` (all tokens at once; q/v/o of the last layer), ``exact`` (one backward of the last layer per token), ``auto`` (fast when it applies)."""
 
     def validate(self, prefix: str = "repro.corr") -> "CorrConfig":
+        from verl_repro.gradients import MATRICES, METHODS, NORMS, FAST_MATRICES
+
         check_number_fields(self, prefix)
         _require(self.coef >= 0, f"{prefix}.coef", "must be >= 0", self.coef)
         _require(self.kind in CORRELATION_KINDS, f"{prefix}.kind", f"must be one of {CORRELATION_KINDS}", self.kind)
         _require(self.scope in TOKEN_SCOPES, f"{prefix}.scope", f"must be one of {TOKEN_SCOPES}", self.scope)
         _require(self.min_tokens >= 3, f"{prefix}.min_tokens", "must be >= 3 (a correlation needs 3 points)", self.min_tokens)
         _require(self.outcome_weight >= 0, f"{prefix}.outcome_weight", "must be >= 0", self.outcome_weight)
+        _require(self.signal in CORR_SIGNALS, f"{prefix}.signal", f"must be one of {CORR_SIGNALS}", self.signal)
+        _require(
+            len(self.layers) > 0 and all(isinstance(v, int) and not isinstance(v, bool) for v in self.layers),
+            f"{prefix}.layers", "must be a non-empty list of decoder layer indices", self.layers,
+        )
+        _require(
+            len(self.matrices) > 0 and len(set(self.matrices)) == len(self.matrices) and all(m in MATRICES for m in self.matrices),
+            f"{prefix}.matrices", f"must be a non-empty list of distinct names from {MATRICES}", self.matrices,
+        )
+        _require(self.norm in NORMS, f"{prefix}.norm", f"must be one of {NORMS}", self.norm)
+        _require(self.aggregate in CORR_AGGREGATES, f"{prefix}.aggregate", f"must be one of {CORR_AGGREGATES}", self.aggregate)
+        _require(self.unit in CORR_UNITS, f"{prefix}.unit", f"must be one of {CORR_UNITS}", self.unit)
+        _require(self.method in METHODS, f"{prefix}.method", f"must be one of {METHODS}", self.method)
+        if self.signal == "param_grad" and self.method == "fast":
+            extra = sorted(set(self.matrices) - set(FAST_MATRICES))
+            _require(not extra, f"{prefix}.method", f"fast covers {list(FAST_MATRICES)}; {extra} need method=exact", self.method)
         return self
 
 
@@ -148,8 +183,10 @@ def _from_mapping(cls, values: Mapping[str, Any] | None, prefix: str):
     for name, value in values.items():
         if name == "corr":
             kwargs[name] = _from_mapping(CorrConfig, value, f"{prefix}.corr")
-        elif name == "boundary_patterns":
+        elif name in ("boundary_patterns", "matrices"):
             kwargs[name] = [str(p) for p in value]
+        elif name == "layers":
+            kwargs[name] = list(value)
         else:
             kwargs[name] = value
     return cls(**kwargs)

@@ -19,9 +19,9 @@ Two methods, ``exact`` beside ``fast`` (the exact one is the oracle of the fast 
   * ``v_proj``: ``G_t(W_V) = Σ_h E_h u_t^h (x̄_t^h)ᵀ`` with ``u_t^h = ∂z_t/∂a_t^h`` (gradient at head
     ``h``'s attention output, placed in the rows of its key-value head by ``E_h``) and
     ``x̄_t^h = Σ_τ A^h_{tτ} x_τ`` (the attention of head ``h`` applied to the layer's normalized input).
-    Its rank is at most the number of heads, and its singular values are the square roots of the
-    eigenvalues of ``M_t N_t``, where ``M_t = UᵀU`` (head-by-head inner products of the ``u``, zero
-    across key-value groups) and ``N_t = X̄ᵀX̄``: an ``heads × heads`` eigenproblem per token.
+    Its rank is at most the number of heads: with ``U`` (the placed ``u``, block diagonal by key-value
+    group) and ``X̄`` (the ``x̄`` as columns), ``G_t = U X̄ᵀ`` has the singular values of the
+    ``heads × heads`` matrix ``R_u R_xᵀ`` of their thin QR factors: a small SVD per token.
 
   ``k_proj`` (under RoPE ``G_t(W_K)`` is not low-rank) and deeper layers have no fast form; ``auto``
   picks ``fast`` when it applies and ``exact`` otherwise.
@@ -198,7 +198,11 @@ def logit_gradient_norms(
 
 
 def _matrix_norm(gradient: torch.Tensor, norm: str) -> torch.Tensor:
-    return torch.linalg.matrix_norm(gradient.float() if gradient.dtype in (torch.bfloat16, torch.float16) else gradient, ord=norm)
+    """NaN for a non-finite gradient (an overflow), which callers count and drop."""
+    gradient = gradient.float() if gradient.dtype in (torch.bfloat16, torch.float16) else gradient
+    if not bool(torch.isfinite(gradient).all()):
+        return torch.full((), float("nan"), dtype=gradient.dtype, device=gradient.device)
+    return torch.linalg.matrix_norm(gradient, ord=norm)
 
 
 def _exact_norms(model, input_ids, target_ids, attention_mask, position_ids, valid, layers, matrices, norm):
@@ -206,7 +210,6 @@ def _exact_norms(model, input_ids, target_ids, attention_mask, position_ids, val
     weights = [getattr(all_layers[layer].self_attn, name).weight for layer in layers for name in matrices]
     saved = [w.requires_grad for w in weights]
     out_dtype = _output_dtype(weights[0].dtype)
-    result = torch.zeros(*input_ids.shape, len(layers), len(matrices), dtype=out_dtype, device=input_ids.device)
     try:
         for w in weights:
             w.requires_grad_(True)
@@ -215,17 +218,22 @@ def _exact_norms(model, input_ids, target_ids, attention_mask, position_ids, val
                 input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
             ).logits
             chosen = logits.gather(-1, target_ids.unsqueeze(-1)).squeeze(-1)  # [B, T]
-            rows, cols = valid.nonzero(as_tuple=True)
-            for b, t in zip(rows.tolist(), cols.tolist()):
-                grads = torch.autograd.grad(chosen[b, t], weights, retain_graph=True, allow_unused=True)
-                values = [
-                    torch.zeros((), dtype=out_dtype, device=result.device) if g is None else _matrix_norm(g, norm).to(out_dtype)
-                    for g in grads
-                ]
-                result[b, t] = torch.stack(values).view(len(layers), len(matrices))
+            result = _per_token_norms(chosen, weights, valid, norm, out_dtype).view(*chosen.shape, len(layers), len(matrices))
     finally:
         for w, flag in zip(weights, saved):
             w.requires_grad_(flag)
+    return result
+
+
+def _per_token_norms(chosen, weights, valid, norm, out_dtype):
+    result = torch.zeros(*chosen.shape, len(weights), dtype=out_dtype, device=chosen.device)
+    rows, cols = valid.nonzero(as_tuple=True)
+    for b, t in zip(rows.tolist(), cols.tolist()):
+        grads = torch.autograd.grad(chosen[b, t], weights, retain_graph=True, allow_unused=True)
+        result[b, t] = torch.stack([
+            torch.zeros((), dtype=out_dtype, device=chosen.device) if g is None else _matrix_norm(g, norm).to(out_dtype)
+            for g in grads
+        ])
     return result
 
 
@@ -304,8 +312,13 @@ def last_layer_norms(
     *,
     matrices: Sequence[str] = FAST_MATRICES,
     norm: str = "nuc",
+    method: str = "fast",
 ) -> torch.Tensor:
-    """The fast method from a captured forward: ``[B, T, len(matrices)]`` norms for the last layer.
+    """Norms for the last layer from a captured forward: ``[B, T, len(matrices)]``.
+
+    ``method="fast"`` is the closed form of the module docstring (q/v/o); ``method="exact"`` takes one
+    backward of the re-run layer per token, for any of q/k/v/o (used where the fast form does not
+    apply, e.g. ``k_proj``).
 
     Args:
         layer: the last decoder layer (parameters materialized).
@@ -342,6 +355,8 @@ def last_layer_norms(
             if capture.hidden_out is not None:
                 _check_rerun(hidden_out.detach(), capture.hidden_out.detach())
             chosen = (norm_module(hidden_out) * lm_head_rows.to(hidden_out.dtype)).sum(-1)  # z[t, y_t]
+            if method == "exact":
+                return _per_token_norms(chosen, [getattr(attention, name).weight for name in matrices], valid, norm, out_dtype)
             total = chosen.masked_fill(~valid, 0).sum()
             grad_q, grad_a, grad_o = torch.autograd.grad(total, [saved["q_proj_out"], saved["o_proj_in"], saved["o_proj_out"]])
     finally:
@@ -417,33 +432,44 @@ def _capture_attention(attention: nn.Module) -> Iterator[_AttentionInputs]:
 
 
 def _value_norms(attention, scores_inputs: _AttentionInputs, x, grad_a, valid, segments, norm):
-    """``||Σ_h E_h u^h (x̄^h)ᵀ||`` per token: ``[B, T]``."""
+    """``||Σ_h E_h u^h (x̄^h)ᵀ|| = ||U X̄ᵀ||`` per token: ``[B, T]``.
+
+    With thin QR factorizations ``U = Q_u R_u`` and ``X̄ = Q_x R_x``, ``U X̄ᵀ`` has the singular values of
+    the ``heads × heads`` matrix ``R_u R_xᵀ``. Taking them from an SVD (not from eigenvalues of a
+    Gram matrix, whose square roots would amplify rounding of the zero eigenvalues of early tokens)
+    keeps the error at the working precision.
+    """
     query, key = scores_inputs.query.to(x.dtype), scores_inputs.key.to(x.dtype)
     batch, heads, length, head_dim = query.shape
     kv_heads = key.shape[1]
     group = heads // kv_heads
-    u = grad_a.view(batch, length, heads, head_dim)
-    # M = UᵀU: heads of different key-value groups write to disjoint rows of W_V.
-    same_group = torch.arange(heads, device=x.device) // group
-    same_group = same_group[:, None] == same_group[None, :]
-    gram_u = torch.einsum("bthd,btgd->bthg", u, u) * same_group
-    gram_x = _attended_input_gram(query, key, x, valid, segments, scores_inputs.scaling)  # [B, T, h, h]
-    if norm == "fro":
-        return (gram_u * gram_x).sum((-1, -2)).clamp(min=0).sqrt()
-    # singular values of U X̄ᵀ = sqrt(eig(N^½ M N^½))
-    eigenvalues, eigenvectors = torch.linalg.eigh(gram_x)
-    root = (eigenvectors * eigenvalues.clamp(min=0).sqrt().unsqueeze(-2)) @ eigenvectors.transpose(-1, -2)
-    return torch.linalg.eigvalsh(root @ gram_u @ root).clamp(min=0).sqrt().sum(-1)
+    # U is block diagonal by key-value group: heads of different groups write to disjoint rows of W_V.
+    u = grad_a.view(batch, length, kv_heads, group, head_dim).transpose(-1, -2)  # [B, T, kv, d, group]
+    r_u = torch.zeros(batch, length, heads, heads, dtype=x.dtype, device=x.device)
+    r_groups = torch.linalg.qr(_finite(u), mode="r").R  # [B, T, kv, group, group]
+    for g in range(kv_heads):
+        r_u[..., g * group : (g + 1) * group, g * group : (g + 1) * group] = r_groups[:, :, g]
+    r_x = _attended_input_factor(query, key, x, segments, scores_inputs.scaling)  # [B, T, heads, heads]
+    small = r_u @ r_x.transpose(-1, -2)
+    values = torch.linalg.svdvals(small).sum(-1) if norm == "nuc" else torch.linalg.matrix_norm(small)
+    # An overflowed gradient (bf16) yields NaN for its token, which callers count and drop.
+    nonfinite = ~torch.isfinite(grad_a).all(-1)
+    return values.masked_fill(nonfinite, float("nan"))
 
 
-def _attended_input_gram(query, key, x, valid, segments, scaling):
-    """``N[b, t] = X̄ᵀX̄`` with ``x̄^h_t = Σ_τ A^h_{tτ} x_τ``: ``[B, T, heads, heads]``, by chunks of queries."""
+def _finite(values: torch.Tensor) -> torch.Tensor:
+    return values.nan_to_num(0.0, posinf=0.0, neginf=0.0)
+
+
+def _attended_input_factor(query, key, x, segments, scaling):
+    """``R_x`` of the thin QR of ``X̄_t = [x̄^1_t … x̄^h_t]`` with ``x̄^h_t = Σ_τ A^h_{tτ} x_τ``:
+    ``[B, T, heads, heads]``, computed by chunks of queries (``[chunk, heads, H]`` at a time)."""
     batch, heads, length, _ = query.shape
     group = heads // key.shape[1]
     key = key.repeat_interleave(group, dim=1)
     position = torch.arange(length, device=x.device)
     chunk = max(1, ATTENTION_CHUNK_BYTES // max(1, batch * heads * (length + x.shape[-1]) * x.element_size()))
-    grams = []
+    factors = []
     for start in range(0, length, chunk):
         stop = min(length, start + chunk)
         scores = torch.einsum("bhqd,bhkd->bhqk", query[:, :, start:stop], key) * scaling
@@ -454,9 +480,9 @@ def _attended_input_gram(query, key, x, valid, segments, scaling):
         )
         scores = scores.masked_fill(~visible.unsqueeze(1), float("-inf"))
         probs = torch.softmax(scores.float(), dim=-1).to(x.dtype).nan_to_num(0.0)
-        attended = torch.einsum("bhqk,bkc->bqhc", probs, x)  # [B, q, heads, H]
-        grams.append(torch.einsum("bqhc,bqgc->bqhg", attended, attended))
-    return torch.cat(grams, dim=1)
+        attended = torch.einsum("bhqk,bkc->bqch", probs, _finite(x))  # [B, q, H, heads]
+        factors.append(torch.linalg.qr(attended, mode="r").R)
+    return torch.cat(factors, dim=1)
 
 
 __all__ = [

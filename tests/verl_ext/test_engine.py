@@ -319,3 +319,63 @@ def test_vendor_engine_routes_prefix_shared_batches_to_the_scoring_hook(monkeypa
     assert engine.forward_step(Batch(input_ids=1), None, True) == "base"
     assert engine.forward_step(Batch({"input_ids": 1, ps.PREFIX_LENGTHS_KEY: 2}), None, True) == "hook"
     assert calls == [("base", True), ("base", True), ("hook", "base")]
+
+
+# ----------------------------------------------------------------------------------------------
+# CorR-PO's parameter-gradient signal (verl_repro.gradients) inside the old-log-prob pass
+
+
+def param_grad_oracle(model, matrices=("q_proj", "v_proj", "o_proj"), aggregate="mean") -> list[torch.Tensor]:
+    """Per-token autograd on each sample alone: ||∂z[t, y_{t+1}]/∂W||_* of the last layer, combined
+    over matrices, at the positions that predict the response tokens."""
+    from verl_repro.gradients import logit_gradient_norms
+
+    out = []
+    for prompt, response in SAMPLES:
+        tokens = torch.tensor(prompt + response)[None]
+        targets = torch.roll(tokens, -1, dims=1)
+        norms = logit_gradient_norms(model, tokens, targets, matrices=matrices, method="exact")[0, :, 0]
+        combined = norms.sum(-1) if aggregate == "sum" else norms.mean(-1)
+        out.append(combined[len(prompt) - 1 : len(prompt) + len(response) - 1])
+    return out
+
+
+@pytest.mark.parametrize("use_remove_padding", [True, False])
+def test_old_log_prob_pass_returns_param_grad_equal_to_per_token_autograd(
+    transformer_impl, tiny_model, monkeypatch, use_remove_padding
+):
+    from verl_repro.config import CorrConfig
+    from verl_repro.verl_ext.engine import PARAM_GRAD_KEY, PARAM_GRAD_REQUEST_KEY, param_grad_spec
+
+    spec = param_grad_spec(CorrConfig().validate())
+    engine = make_engine(transformer_impl, tiny_model)
+    engine.use_remove_padding = use_remove_padding
+    batch = make_micro_batch(use_remove_padding=use_remove_padding, **{PARAM_GRAD_REQUEST_KEY: spec})
+    output = run_forward(engine, batch, transformer_impl, monkeypatch)
+    assert output[PARAM_GRAD_KEY].is_nested
+    assert_lists_close(response_values(output[PARAM_GRAD_KEY]), param_grad_oracle(tiny_model), atol=1e-4)
+    # log-probs are untouched by the extra measurement
+    plain = run_forward(engine, make_micro_batch(use_remove_padding=use_remove_padding), transformer_impl, monkeypatch)
+    assert PARAM_GRAD_KEY not in plain
+    torch.testing.assert_close(output["log_probs"].values(), plain["log_probs"].values())
+
+
+def test_param_grad_exact_method_and_sum_in_the_engine(transformer_impl, tiny_model, monkeypatch):
+    """``repro.corr.method=exact`` (here with k_proj, which has no fast form) through the same pass."""
+    from verl_repro.config import CorrConfig
+    from verl_repro.verl_ext.engine import PARAM_GRAD_KEY, PARAM_GRAD_REQUEST_KEY, param_grad_spec
+
+    corr = CorrConfig(matrices=["k_proj", "o_proj"], aggregate="sum", method="exact").validate()
+    batch = make_micro_batch(**{PARAM_GRAD_REQUEST_KEY: param_grad_spec(corr)})
+    output = run_forward(make_engine(transformer_impl, tiny_model), batch, transformer_impl, monkeypatch)
+    oracle = param_grad_oracle(tiny_model, matrices=("k_proj", "o_proj"), aggregate="sum")
+    assert_lists_close(response_values(output[PARAM_GRAD_KEY]), oracle, atol=1e-4)
+
+
+def test_param_grad_is_not_computed_with_gradients_on(transformer_impl, tiny_model, monkeypatch):
+    from verl_repro.config import CorrConfig
+    from verl_repro.verl_ext.engine import PARAM_GRAD_KEY, PARAM_GRAD_REQUEST_KEY, param_grad_spec
+
+    batch = make_micro_batch(**{PARAM_GRAD_REQUEST_KEY: param_grad_spec(CorrConfig().validate())})
+    training = run_forward(make_engine(transformer_impl, tiny_model), batch, transformer_impl, monkeypatch, grad=True)
+    assert PARAM_GRAD_KEY not in training

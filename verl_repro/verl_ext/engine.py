@@ -46,6 +46,10 @@ VENDOR = "repro"
 VENDOR_ENV = "VERL_ENGINE_VENDOR"
 OUTPUT_KEY = "logit_grad_norm"
 REQUEST_KEY = "calculate_logit_grad_norm"
+# CorR-PO's parameter-gradient signal (verl_repro.gradients): requested with a JSON spec under
+# PARAM_GRAD_REQUEST_KEY, returned nested under PARAM_GRAD_KEY.
+PARAM_GRAD_KEY = "logit_param_grad_norm"
+PARAM_GRAD_REQUEST_KEY = "calculate_logit_param_grad"
 BACKEND_ENV = "VERL_REPRO_TOKEN_STATS_BACKEND"
 FSDP_BACKENDS = ("fsdp", "fsdp2")
 # veRL registers its FSDP engines for cuda and npu; the CPU backend (verl_repro.cpu) adds cpu.
@@ -170,6 +174,32 @@ def install_fused_forward(module: torch.nn.Module) -> bool:
 # ----------------------------------------------------------------------------------------------
 
 
+def param_grad_spec(corr) -> str:
+    """The request a trainer attaches to a batch (``batch.extra_info[PARAM_GRAD_REQUEST_KEY]``) for
+    CorR-PO's parameter-gradient signal, from a validated ``CorrConfig``: a JSON string, since
+    non-tensor batch data crosses Ray."""
+    import json
+
+    method = corr.method
+    if method == "auto":
+        from verl_repro.gradients import FAST_MATRICES
+
+        method = "fast" if set(corr.matrices) <= set(FAST_MATRICES) else "exact"
+    return json.dumps({"matrices": list(corr.matrices), "norm": corr.norm, "aggregate": corr.aggregate, "method": method})
+
+
+def param_grad_request(micro_batch) -> Optional[dict]:
+    """The decoded request on a micro-batch, or None (no request, or a pass with gradients on)."""
+    import json
+
+    from verl.utils import tensordict_utils as tu
+
+    raw = tu.get_non_tensor_data(data=micro_batch, key=PARAM_GRAD_REQUEST_KEY, default=None)
+    if not raw or torch.is_grad_enabled():
+        return None
+    return json.loads(raw) if isinstance(raw, str) else dict(raw)
+
+
 def _nest(values: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
     return torch.nested.nested_tensor_from_jagged(values, cu_seqlens)
 
@@ -205,7 +235,51 @@ class TokenStatsEngineMixin:
 
         if is_prefix_shared_batch(micro_batch):
             return prefix_shared_forward_step(self, micro_batch, loss_function, forward_only, super().forward_step)
-        return super().forward_step(micro_batch, loss_function, forward_only)
+        spec = param_grad_request(micro_batch)
+        if spec is None:
+            return super().forward_step(micro_batch, loss_function, forward_only)
+        from verl_repro.gradients import capture_last_layer
+
+        if getattr(self, "use_ulysses_sp", False):
+            raise RuntimeError(f"verl-repro engine: {PARAM_GRAD_KEY} does not support Ulysses sequence parallelism")
+        self._repro_param_grad = None
+        with capture_last_layer(self.module, on_output=lambda capture: self._measure_param_grad(capture, spec)):
+            return super().forward_step(micro_batch, loss_function, forward_only)
+
+    def prepare_model_inputs(self, micro_batch):
+        model_inputs, output_args = super().prepare_model_inputs(micro_batch)
+        self._repro_model_inputs = model_inputs, output_args
+        return model_inputs, output_args
+
+    def _measure_param_grad(self, capture, spec: dict) -> None:
+        """Inside the last decoder layer's forward hook, where FSDP still holds that layer's and the
+        root's parameters unsharded: every token's ``||∂z[t, y_t]/∂W||`` (verl_repro.gradients)."""
+        from torch.distributed.tensor import DTensor
+
+        from verl_repro.gradients import decoder_layers, final_norm, last_layer_norms, sequence_ids
+
+        model_inputs, output_args = self._repro_model_inputs
+        input_ids = model_inputs["input_ids"]
+        if model_inputs.get("attention_mask") is None:  # packed: [1, nnz + pad]
+            labels = output_args["input_ids_rmpad_rolled"].reshape(1, -1)
+            segments = sequence_ids(model_inputs["position_ids"].reshape(1, -1))
+            valid = torch.ones_like(labels, dtype=torch.bool)
+            if output_args.get("pad_size"):
+                valid[:, -int(output_args["pad_size"]):] = False
+        else:  # padded rows [B, T]
+            mask = model_inputs["attention_mask"].bool()
+            labels = torch.roll(input_ids, shifts=-1, dims=1)
+            segments = torch.where(mask, 0, -1)
+            valid = mask
+        weight = self.module.lm_head.weight
+        if isinstance(weight, DTensor):
+            weight = weight.full_tensor()
+        norms = last_layer_norms(
+            decoder_layers(self.module)[-1], final_norm(self.module), capture, weight[labels].detach(), valid, segments,
+            matrices=spec["matrices"], norm=spec["norm"], method=spec["method"],
+        )
+        values = norms.sum(-1) if spec["aggregate"] == "sum" else norms.mean(-1)
+        self._repro_param_grad = values.masked_fill(~valid, 0).float()
 
     def _wants_logit_grad_norm(self, micro_batch, calculate_entropy: bool) -> bool:
         from verl.utils import tensordict_utils as tu
@@ -217,6 +291,17 @@ class TokenStatsEngineMixin:
         return calculate_entropy and not torch.is_grad_enabled()
 
     def prepare_model_outputs(self, output, output_args, micro_batch, logits_processor_func):
+        model_output = self._token_stats_outputs(output, output_args, micro_batch, logits_processor_func)
+        values = getattr(self, "_repro_param_grad", None)
+        if values is not None:
+            from verl.utils import tensordict_utils as tu
+
+            self._repro_param_grad = None
+            use_remove_padding = bool(tu.get_non_tensor_data(data=micro_batch, key="use_remove_padding", default=True))
+            model_output[PARAM_GRAD_KEY] = self._nest_like_log_probs(values, output_args, micro_batch, use_remove_padding)
+        return model_output
+
+    def _token_stats_outputs(self, output, output_args, micro_batch, logits_processor_func):
         from verl.utils import tensordict_utils as tu
 
         flag = lambda key: bool(tu.get_non_tensor_data(data=micro_batch, key=key, default=False))  # noqa: E731
@@ -406,6 +491,8 @@ def register() -> list[str]:
 __all__ = [
     "BACKEND_ENV",
     "OUTPUT_KEY",
+    "PARAM_GRAD_KEY",
+    "PARAM_GRAD_REQUEST_KEY",
     "REQUEST_KEY",
     "VENDOR",
     "TokenStatsEngineMixin",
