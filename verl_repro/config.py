@@ -21,7 +21,6 @@ CORRELATION_KINDS = ("spearman", "pearson")
 TOKEN_SCOPES = ("thinking", "all")
 CORR_SIGNALS = ("param_grad", "softmax_grad")
 CORR_AGGREGATES = ("mean", "sum")
-CORR_UNITS = ("tokens", "unique_tokens")
 ANSWER_PLACEHOLDER = "{ground_truth}"
 
 
@@ -78,7 +77,8 @@ class CorrConfig:
     """How ``param_grad`` is computed: ``fast`` (all tokens at once; q/v/o of the last layer), ``exact`` (one backward of the last layer per token), ``auto`` (fast when it applies)."""
 
     def validate(self, prefix: str = "repro.corr") -> "CorrConfig":
-        from verl_repro.gradients import MATRICES, METHODS, NORMS, FAST_MATRICES
+        from verl_repro.algorithms.correlation import CORRELATION_UNITS
+        from verl_repro.gradients import FAST_MATRICES, MATRICES, METHODS, NORMS
 
         check_number_fields(self, prefix)
         _require(self.coef >= 0, f"{prefix}.coef", "must be >= 0", self.coef)
@@ -97,7 +97,7 @@ class CorrConfig:
         )
         _require(self.norm in NORMS, f"{prefix}.norm", f"must be one of {NORMS}", self.norm)
         _require(self.aggregate in CORR_AGGREGATES, f"{prefix}.aggregate", f"must be one of {CORR_AGGREGATES}", self.aggregate)
-        _require(self.unit in CORR_UNITS, f"{prefix}.unit", f"must be one of {CORR_UNITS}", self.unit)
+        _require(self.unit in CORRELATION_UNITS, f"{prefix}.unit", f"must be one of {CORRELATION_UNITS}", self.unit)
         _require(self.method in METHODS, f"{prefix}.method", f"must be one of {METHODS}", self.method)
         if self.signal == "param_grad" and self.method == "fast":
             extra = sorted(set(self.matrices) - set(FAST_MATRICES))

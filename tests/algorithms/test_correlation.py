@@ -200,3 +200,59 @@ def test_response_correlation_uses_the_scope():
 def test_constants_agree_with_the_config_schema():
     assert CORRELATION_KINDS == repro_config.CORRELATION_KINDS
     assert set(TOKEN_SCOPES) == set(repro_config.TOKEN_SCOPES)
+
+
+def test_unique_token_means_equal_a_per_row_loop():
+    from verl_repro.algorithms.correlation import unique_token_means
+
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 6, (4, 12), generator=generator)
+    mask = torch.rand(4, 12, generator=generator) > 0.3
+    mask[3] = False  # a row with nothing in scope
+    x, y = torch.rand(4, 12, generator=generator, dtype=torch.float64), torch.rand(4, 12, generator=generator, dtype=torch.float64)
+    (mx, my), unique_mask = unique_token_means(ids, mask, x, y)
+    for row in range(4):
+        expected = sorted({int(i) for i, m in zip(ids[row], mask[row]) if m})
+        assert int(unique_mask[row].sum()) == len(expected)
+        for column, token in enumerate(expected):
+            chosen = (ids[row] == token) & mask[row]
+            assert math.isclose(float(mx[row, column]), float(x[row][chosen].mean()), rel_tol=1e-12)
+            assert math.isclose(float(my[row, column]), float(y[row][chosen].mean()), rel_tol=1e-12)
+
+
+def test_response_correlation_over_unique_tokens_matches_scipy():
+    from verl_repro.algorithms import response_correlation
+
+    ids = torch.tensor([[3, 5, 3, 7, 9, 5, 11, 2, 3, 13]])
+    entropy = torch.tensor([[0.1, 0.9, 0.3, 0.5, 0.2, 0.7, 0.4, 0.8, 0.2, 0.6]], dtype=torch.float64)
+    strength = torch.tensor([[1.0, 0.2, 0.8, 0.5, 1.2, 0.4, 0.7, 0.1, float("nan"), 0.3]], dtype=torch.float64)
+    mask = torch.ones_like(ids)
+    result = response_correlation(entropy, strength, mask, scope="all", min_tokens=3, responses=ids, unit="unique_tokens")
+    # the NaN token is dropped and counted; id 3 then averages its two finite occurrences
+    keep = torch.isfinite(strength[0])
+    by_id: dict[int, list[tuple[float, float]]] = {}
+    for token, h, s in zip(ids[0][keep].tolist(), entropy[0][keep].tolist(), strength[0][keep].tolist()):
+        by_id.setdefault(token, []).append((h, s))
+    hs = [np.mean([h for h, _ in v]) for _, v in sorted(by_id.items())]
+    ss = [np.mean([s for _, s in v]) for _, v in sorted(by_id.items())]
+    assert int(result.num_tokens[0]) == len(by_id) == 7
+    assert int(result.nonfinite_tokens[0]) == 1
+    assert math.isclose(float(result.rho[0]), stats.spearmanr(hs, ss).statistic, rel_tol=1e-9)
+    with pytest.raises(ValueError, match="unit"):
+        response_correlation(entropy, strength, mask, scope="all", responses=ids, unit="types")
+
+
+@pytest.mark.parametrize("argmax", [False, True])
+def test_softmax_gradient_proxy_is_positively_correlated_with_entropy_by_construction(argmax):
+    """Why ``repro.corr.signal=softmax_grad`` is not the default: for tokens drawn from the model's
+    own distribution, ||p − onehot(y)|| rises with the entropy of p for *any* model (random logits
+    here), so rewarding ρ < 0 on it would reward sampling unlikely tokens where p is confident."""
+    generator = torch.Generator().manual_seed(0)
+    scales = torch.rand(4000, 1, generator=generator, dtype=torch.float64) * 6
+    logits = torch.randn(4000, 50, generator=generator, dtype=torch.float64) * scales
+    p = torch.softmax(logits, -1)
+    tokens = p.argmax(-1) if argmax else torch.multinomial(p, 1, generator=generator).squeeze(-1)
+    entropy = -(p * p.log()).sum(-1)
+    proxy = (p - torch.nn.functional.one_hot(tokens, 50).double()).norm(dim=-1)
+    rho = stats.spearmanr(entropy.numpy(), proxy.numpy()).statistic
+    assert rho > (0.9 if argmax else 0.3), rho

@@ -106,6 +106,8 @@ def test_keeps_sync_behaviour(base_config):
 
 # ----------------------------------------------------------------------------- start-up validation
 
+VENDOR = {"ray_kwargs.ray_init.runtime_env.env_vars.VERL_ENGINE_VENDOR": "repro"}
+
 
 @pytest.mark.parametrize(
     "updates, message",
@@ -126,14 +128,38 @@ def test_keeps_sync_behaviour(base_config):
         ),
         ({"algorithm.rollout_correction.bypass_mode": True}, r"algorithm\.rollout_correction\.bypass_mode=True"),
         ({"algorithm.adv_estimator": "repro_ppo"}, r"repro_ppo runs GAE on the critic's values: set critic\.enable=True"),
-        ({"algorithm.adv_estimator": "corrpo"}, r"actor_rollout_ref\.actor\.calculate_sum_pi_squared=True"),
+        (
+            {"algorithm.adv_estimator": "corrpo", "repro.corr.signal": "softmax_grad"},
+            r"actor_rollout_ref\.actor\.calculate_sum_pi_squared=True",
+        ),
         (
             {
                 "algorithm.adv_estimator": "corrpo",
+                "repro.corr.signal": "softmax_grad",
                 "actor_rollout_ref.actor.calculate_sum_pi_squared": True,
                 "actor_rollout_ref.model.use_fused_kernels": True,
             },
             r"use_fused_kernels=True",
+        ),
+        ({"algorithm.adv_estimator": "corrpo"}, r"repro\.corr\.signal=param_grad .*VERL_ENGINE_VENDOR=repro"),
+        (
+            {"algorithm.adv_estimator": "corrpo", **VENDOR, "repro.corr.layers": [0]},
+            r"repro\.corr\.layers=\[0\]: in training .* last decoder layer only",
+        ),
+        (
+            {"algorithm.adv_estimator": "corrpo", **VENDOR, "actor_rollout_ref.actor.ulysses_sequence_parallel_size": 2},
+            r"ulysses_sequence_parallel_size",
+        ),
+        (
+            {"algorithm.adv_estimator": "corrpo", **VENDOR, "actor_rollout_ref.model.use_fused_kernels": True},
+            r"repro\.corr\.signal=param_grad needs the unfused forward",
+        ),
+        ({"algorithm.adv_estimator": "corrpo", "repro.corr.signal": "logits"}, r"repro\.corr\.signal must be one of"),
+        ({"algorithm.adv_estimator": "corrpo", "repro.corr.norm": "l1"}, r"repro\.corr\.norm must be one of"),
+        ({"algorithm.adv_estimator": "corrpo", "repro.corr.matrices": ["w_proj"]}, r"repro\.corr\.matrices must be"),
+        (
+            {"algorithm.adv_estimator": "corrpo", "repro.corr.matrices": ["k_proj"], "repro.corr.method": "fast"},
+            r"repro\.corr\.method .*need method=exact",
         ),
     ],
 )
@@ -152,8 +178,9 @@ def test_each_bad_setting_names_its_key(base_config, updates, message):
         {"actor_rollout_ref.actor.use_kl_loss": False, "repro.scorer": "actor"},
         {"actor_rollout_ref.actor.use_kl_loss": False, "algorithm.use_kl_in_reward": True},
         {"algorithm.adv_estimator": "repro_ppo", "critic.enable": True},
-        {"algorithm.adv_estimator": "corrpo", "actor_rollout_ref.actor.calculate_sum_pi_squared": True},
-        {"algorithm.adv_estimator": "corrpo", "ray_kwargs.ray_init.runtime_env.env_vars.VERL_ENGINE_VENDOR": "repro"},
+        {"algorithm.adv_estimator": "corrpo", "repro.corr.signal": "softmax_grad", "actor_rollout_ref.actor.calculate_sum_pi_squared": True},
+        {"algorithm.adv_estimator": "corrpo", **VENDOR},
+        {"algorithm.adv_estimator": "corrpo", **VENDOR, "repro.corr.matrices": ["k_proj"], "repro.corr.method": "exact"},
         {"algorithm.adv_estimator": "grpo", "actor_rollout_ref.actor.use_kl_loss": False},  # not ours: nothing to check
     ],
 )
@@ -296,7 +323,11 @@ def test_contract_inputs_for_corrpo_like_estimators(base_config, tiny_tokenizer,
     try:
         trainer = make_trainer(
             base_config, tiny_tokenizer, make_worker_group,
-            **{"algorithm.adv_estimator": "test_contract_probe", "actor_rollout_ref.actor.calculate_sum_pi_squared": True},
+            **{
+                "algorithm.adv_estimator": "test_contract_probe",
+                "repro.corr.signal": "softmax_grad",
+                "actor_rollout_ref.actor.calculate_sum_pi_squared": True,
+            },
         )
         batch = rollout_batch(tiny_tokenizer)
         meta = put_rollout(fake_tq, batch, RM_SCORES, with_sum_pi_squared=True)
@@ -334,6 +365,7 @@ def test_old_log_prob_pass_asks_for_sum_pi_squared_only_there(base_config, tiny_
         base_config, tiny_tokenizer, make_worker_group,
         **{
             "algorithm.adv_estimator": "corrpo",
+            "repro.corr.signal": "softmax_grad",
             "actor_rollout_ref.actor.calculate_sum_pi_squared": True,
             "actor_rollout_ref.rollout.calculate_log_probs": False,
         },
@@ -354,6 +386,42 @@ def test_old_log_prob_pass_asks_for_sum_pi_squared_only_there(base_config, tiny_
     trainer._compute_old_log_prob(meta, {})
     assert requests[0]["calculate_sum_pi_squared"] is True and requests[0]["calculate_entropy"] is True
     assert "calculate_sum_pi_squared" not in meta.extra_info
+
+
+def test_old_log_prob_pass_requests_the_param_grad_signal_and_corrpo_uses_it(
+    base_config, tiny_tokenizer, make_worker_group, rollout_batch, fake_tq
+):
+    import json
+
+    from verl_repro.verl_ext.engine import PARAM_GRAD_KEY, PARAM_GRAD_REQUEST_KEY
+
+    trainer = make_trainer(
+        base_config, tiny_tokenizer, make_worker_group,
+        **{"algorithm.adv_estimator": "corrpo", **VENDOR, "actor_rollout_ref.rollout.calculate_log_probs": False},
+    )
+    meta = put_rollout(fake_tq, rollout_batch(tiny_tokenizer), RM_SCORES)
+    requests = []
+
+    def compute_log_prob(kv_meta):
+        from tensordict import TensorDict
+
+        requests.append(dict(kv_meta.extra_info))
+        lengths = [fake_tq.store[("train", key)]["input_ids"].numel() for key in kv_meta.keys]
+        full = lambda: torch.nested.as_nested_tensor([torch.rand(n) for n in lengths], layout=torch.jagged)  # noqa: E731
+        fake_tq.kv_batch_put(kv_meta.keys, "train", TensorDict(
+            {"log_probs": -full(), "entropy": full(), "logit_grad_norm": full(), PARAM_GRAD_KEY: full()}, batch_size=[len(lengths)]
+        ))
+        return kv_meta
+
+    trainer.actor_rollout_wg.compute_log_prob = compute_log_prob
+    trainer._compute_old_log_prob(meta, {})
+    spec = json.loads(requests[0][PARAM_GRAD_REQUEST_KEY])
+    assert spec == {"matrices": ["q_proj", "v_proj", "o_proj"], "norm": "nuc", "aggregate": "mean", "method": "fast"}
+    assert "calculate_sum_pi_squared" not in requests[0] and PARAM_GRAD_REQUEST_KEY not in meta.extra_info
+    # the estimator receives the parameter-gradient field, not the softmax proxy
+    tensors = {"logit_grad_norm": torch.zeros(2, 4), PARAM_GRAD_KEY: torch.full((2, 4), 7.0)}
+    assert torch.equal(trainer._logit_grad_norm(tensors), tensors[PARAM_GRAD_KEY])
+    assert trainer._logit_grad_norm({"logit_grad_norm": torch.zeros(2, 4)}) is None
 
 
 def test_as_jagged_turns_dense_fields_into_nested():

@@ -18,6 +18,7 @@ import torch
 
 CORRELATION_KINDS: tuple[str, ...] = ("spearman", "pearson")
 TOKEN_SCOPES: tuple[str, ...] = ("thinking", "all")
+CORRELATION_UNITS: tuple[str, ...] = ("tokens", "unique_tokens")
 
 
 @dataclass
@@ -215,6 +216,43 @@ def scope_mask(
     return real & before_think_end, has_think_end
 
 
+def unique_token_means(
+    token_ids: torch.Tensor, mask: torch.Tensor, *values: torch.Tensor
+) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+    """Per row, the mean of each of ``values`` over the masked tokens of each distinct token id.
+
+    Args:
+        token_ids: ``[B, T]`` long — token ids.
+        mask: ``[B, T]`` bool — tokens that take part.
+        values: ``[B, T]`` float tensors.
+
+    Returns:
+        ``(means, unique_mask)``: each mean ``[B, U]`` (``U`` the largest number of distinct ids in
+        a row; ids in ascending order), and ``unique_mask [B, U]`` bool, True on real entries.
+    """
+    batch, _ = token_ids.shape
+    device = token_ids.device
+    width = int(token_ids.max().clamp(min=0)) + 1 if token_ids.numel() else 1
+    rows = torch.arange(batch, device=device).unsqueeze(1).expand_as(token_ids)
+    keys = (rows * width + token_ids)[mask]
+    unique_keys, inverse = torch.unique(keys, return_inverse=True)  # sorted: grouped by row
+    counts = torch.bincount(inverse, minlength=unique_keys.numel()).to(values[0].dtype if values else torch.float32)
+    unique_rows = unique_keys // width
+    per_row = torch.bincount(unique_rows, minlength=batch)
+    starts = per_row.cumsum(0) - per_row
+    columns = torch.arange(unique_keys.numel(), device=device) - starts[unique_rows]
+    size = int(per_row.max()) if batch and unique_keys.numel() else 0
+    unique_mask = torch.zeros(batch, size, dtype=torch.bool, device=device)
+    unique_mask[unique_rows, columns] = True
+    means = []
+    for value in values:
+        sums = torch.zeros(unique_keys.numel(), dtype=value.dtype, device=device).index_add_(0, inverse, value[mask])
+        out = torch.zeros(batch, size, dtype=value.dtype, device=device)
+        out[unique_rows, columns] = sums / counts.to(value.dtype)
+        means.append(out)
+    return tuple(means), unique_mask
+
+
 def response_correlation(
     entropy: torch.Tensor,
     logit_grad_norm: torch.Tensor,
@@ -225,20 +263,33 @@ def response_correlation(
     min_tokens: int = 8,
     responses: torch.Tensor | None = None,
     think_end_id: int | None = None,
+    unit: str = "tokens",
 ) -> CorrelationResult:
-    """CorR-PO's ``ρ_i = corr(H, g)`` over each response's in-scope tokens.
+    """CorR-PO's ``ρ_i = corr(H, s)`` over each response's in-scope tokens.
 
     Args:
         entropy: ``[B, T]`` float — per-token entropy ``H_t``, padded; masked by ``response_mask``.
-        logit_grad_norm: ``[B, T]`` float — per-token ``g_t = ||softmax(z_t) − onehot(y_t)||₂``.
+        logit_grad_norm: ``[B, T]`` float — per-token gradient strength ``s_t`` (``repro.corr.signal``).
         response_mask: ``[B, T]`` — 1 on real response tokens.
-        kind, scope, min_tokens: ``repro.corr.kind`` / ``.scope`` / ``.min_tokens``.
-        responses, think_end_id: response ids and ``</think>`` id (needed for scope ``thinking``).
+        kind, scope, min_tokens, unit: ``repro.corr.kind`` / ``.scope`` / ``.min_tokens`` / ``.unit``;
+            ``unit="unique_tokens"`` correlates per-token-id means (``num_tokens`` then counts ids).
+        responses, think_end_id: response ids and ``</think>`` id (needed for scope ``thinking`` and
+            for ``unit="unique_tokens"``).
     """
     if entropy.shape != response_mask.shape or logit_grad_norm.shape != response_mask.shape:
         raise ValueError(
             "entropy, logit_grad_norm and response_mask must share one [B, T] shape, got "
             f"{tuple(entropy.shape)}, {tuple(logit_grad_norm.shape)}, {tuple(response_mask.shape)}"
         )
+    if unit not in CORRELATION_UNITS:
+        raise ValueError(f"repro.corr.unit must be one of {CORRELATION_UNITS}, got {unit!r}")
     mask, _ = scope_mask(response_mask, scope, responses, think_end_id)
-    return masked_correlation(entropy, logit_grad_norm, mask, kind=kind, min_tokens=min_tokens)
+    if unit == "tokens":
+        return masked_correlation(entropy, logit_grad_norm, mask, kind=kind, min_tokens=min_tokens)
+    if responses is None:
+        raise ValueError("repro.corr.unit='unique_tokens' needs the response ids")
+    finite = torch.isfinite(entropy) & torch.isfinite(logit_grad_norm)
+    (entropy_means, strength_means), unique_mask = unique_token_means(responses, mask & finite, entropy, logit_grad_norm)
+    result = masked_correlation(entropy_means, strength_means, unique_mask, kind=kind, min_tokens=min_tokens)
+    result.nonfinite_tokens = result.nonfinite_tokens + (mask & ~finite).sum(1)
+    return result

@@ -92,10 +92,14 @@ def _corrpo_advantage(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     name = "corrpo" if normalization == "grpo" else "corrpo_rloo"
     corr: CorrConfig = repro_config.corr
-    if corr.scope == "thinking":  # the spec's required inputs are checked by checked_inputs
+    # the spec's required inputs are checked by checked_inputs; these depend on the settings
+    missing = []
+    if corr.scope == "thinking":
         missing = [key for key, value in (("responses", responses), ("think_end_id", think_end_id)) if value is None]
-        if missing:
-            raise missing_inputs_error(name, missing)
+    elif corr.unit == "unique_tokens" and responses is None:
+        missing = ["responses"]
+    if missing:
+        raise missing_inputs_error(name, missing)
     corr.validate()
     if token_level_rewards.shape != response_mask.shape:
         raise ValueError(
@@ -113,6 +117,7 @@ def _corrpo_advantage(
             min_tokens=corr.min_tokens,
             responses=None if responses is None else responses.to(token_level_rewards.device),
             think_end_id=think_end_id,
+            unit=corr.unit,
         )
         outcome_scores = token_level_rewards.sum(dim=-1)
         regularizer = corr.coef * correlation.rho.to(outcome_scores.dtype)

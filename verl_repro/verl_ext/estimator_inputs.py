@@ -37,7 +37,7 @@ INPUT_FIELDS: dict[str, tuple[str, ...]] = {
     "responses": ("responses",),
     "entropy": ("entropy",),
     "values": ("values",),
-    "logit_grad_norm": ("logit_grad_norm", "sum_pi_squared"),
+    "logit_grad_norm": ("logit_grad_norm", "sum_pi_squared", "logit_param_grad_norm"),
     "repro_scoring": ("responses", "entropy", "input_ids", "reward_model"),
 }
 KNOWN_INPUTS = frozenset(INPUT_FIELDS)

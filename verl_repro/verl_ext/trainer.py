@@ -53,6 +53,8 @@ ENGINE_VENDOR = "repro"
 # What veRL's own _compute_advantage fetches (verl/trainer/ppo/v1/trainer_base.py); the fields of
 # each extra estimator input come from the estimator table (estimator_inputs.INPUT_FIELDS).
 BASE_ADVANTAGE_FIELDS = ["uid", "response_mask", "rm_scores", "rollout_log_probs", "old_log_probs", "ref_log_prob", "values"]
+# Per-token engine outputs laid out over the full sequence (shifted by one, like log_probs).
+FULL_SEQUENCE_FIELDS = ("logit_grad_norm", "sum_pi_squared", "logit_param_grad_norm")
 
 
 # ----------------------------------------------------------------------------- start-up checks
@@ -74,6 +76,55 @@ def engine_vendor_requested(config: Any) -> bool:
 def estimator_needs(config: Any) -> tuple[str, ...]:
     """Extra inputs the configured ``algorithm.adv_estimator`` takes (empty for veRL's own)."""
     return estimator_inputs.estimator_needs(config.algorithm.adv_estimator)
+
+
+# Architectures whose decoder layers the parameter-gradient signal re-runs (verl_repro.gradients).
+PARAM_GRAD_ARCHITECTURES = ("Qwen2ForCausalLM", "Qwen3ForCausalLM", "LlamaForCausalLM", "MistralForCausalLM")
+
+
+def validate_param_grad_setup(config: Any, repro: ReproConfig, estimator: str) -> None:
+    """What ``repro.corr.signal=param_grad`` needs, checked in the driver (docs/corrpo.md)."""
+    corr = repro.corr
+    if not engine_vendor_requested(config):
+        raise ConfigError(
+            f"repro.corr.signal=param_grad ({estimator}) is measured inside the repro engine vendor: add "
+            "+ray_kwargs.ray_init.runtime_env.env_vars.VERL_ENGINE_VENDOR=repro, or set repro.corr.signal=softmax_grad"
+        )
+    if list(corr.layers) != [-1]:
+        raise ConfigError(
+            f"repro.corr.layers={list(corr.layers)}: in training the parameter-gradient signal covers the last "
+            "decoder layer only ([-1]); deeper layers are for the offline `verl-repro inversion` tool"
+        )
+    if int(_select(config, "actor_rollout_ref.actor.ulysses_sequence_parallel_size", 1)) > 1:
+        raise ConfigError(
+            "repro.corr.signal=param_grad does not support actor_rollout_ref.actor.ulysses_sequence_parallel_size > 1"
+        )
+    if _select(config, "actor_rollout_ref.model.use_fused_kernels", False):
+        raise ConfigError(
+            "repro.corr.signal=param_grad needs the unfused forward: set actor_rollout_ref.model.use_fused_kernels=False"
+        )
+    if corr.method != "exact":
+        architectures = model_architectures(_select(config, "actor_rollout_ref.model.path"))
+        if architectures is not None and not set(architectures) & set(PARAM_GRAD_ARCHITECTURES):
+            raise ConfigError(
+                f"repro.corr.method={corr.method}: the fast parameter-gradient signal knows {list(PARAM_GRAD_ARCHITECTURES)}, "
+                f"not {architectures}; set repro.corr.method=exact (one backward of the last layer per token) "
+                "or repro.corr.signal=softmax_grad"
+            )
+
+
+def model_architectures(path: Any) -> Optional[list[str]]:
+    """``architectures`` of a local checkpoint's config.json; None when it cannot be read here."""
+    import json
+    from pathlib import Path
+
+    if not path:
+        return None
+    config_file = Path(str(path)).expanduser() / "config.json"
+    try:
+        return list(json.loads(config_file.read_text()).get("architectures") or []) or None
+    except (OSError, ValueError):
+        return None
 
 
 def validate_repro_setup(config: Any) -> ReproConfig:
@@ -118,7 +169,9 @@ def validate_repro_setup(config: Any) -> ReproConfig:
             raise ConfigError(f"{estimator} runs GAE on the critic's values: set critic.enable=True")
         if _select(config, "algorithm.use_pf_ppo", False):
             raise ConfigError(f"{estimator} does not support algorithm.use_pf_ppo=True (it resamples the batch)")
-    if "logit_grad_norm" in needs and not engine_vendor_requested(config):
+    if "logit_grad_norm" in needs and repro.corr.signal == "param_grad":
+        validate_param_grad_setup(config, repro, estimator)
+    elif "logit_grad_norm" in needs and not engine_vendor_requested(config):
         if not _select(config, "actor_rollout_ref.actor.calculate_sum_pi_squared", False):
             raise ConfigError(
                 f"{estimator} needs per-token logit-gradient norms: run the repro engine vendor "
@@ -232,16 +285,28 @@ class _ReproSyncMixin:
             and bool(_select(self.config, "actor_rollout_ref.actor.calculate_sum_pi_squared", False))
         )
 
+    def _wants_param_grad(self) -> bool:
+        return "logit_grad_norm" in estimator_needs(self.config) and self.repro_config.corr.signal == "param_grad"
+
     def _compute_old_log_prob(self, batch, metrics):
-        if not self._wants_sum_pi_squared():
+        from verl_repro.verl_ext.engine import PARAM_GRAD_REQUEST_KEY, param_grad_spec
+
+        requests = {}
+        if self._wants_sum_pi_squared():
+            requests["calculate_sum_pi_squared"] = True
+        if self._wants_param_grad():
+            requests[PARAM_GRAD_REQUEST_KEY] = param_grad_spec(self.repro_config.corr)
+        if not requests:
             return super()._compute_old_log_prob(batch, metrics)
-        batch.extra_info["calculate_sum_pi_squared"] = True
+        batch.extra_info.update(requests)
         try:
             output = super()._compute_old_log_prob(batch, metrics)
         finally:
-            # Only this pass: later passes on the same batch (ref, actor update) must not pay for Σp².
-            batch.extra_info.pop("calculate_sum_pi_squared", None)
-        getattr(output, "extra_info", {}).pop("calculate_sum_pi_squared", None)
+            # Only this pass: later passes on the same batch (ref, actor update) must not pay for them.
+            for key in requests:
+                batch.extra_info.pop(key, None)
+        for key in requests:
+            getattr(output, "extra_info", {}).pop(key, None)
         return output
 
     # -- advantage step -----------------------------------------------------------------
@@ -284,7 +349,7 @@ class _ReproSyncMixin:
         fields += [name for name in estimator_inputs.fields_to_fetch(needs) if name not in fields]
         data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=fields)
         size = len(batch)
-        for name in ("response_mask", "responses", "input_ids", "logit_grad_norm", "sum_pi_squared"):
+        for name in ("response_mask", "responses", "input_ids", *FULL_SEQUENCE_FIELDS):
             if name in data.keys():
                 data[name] = as_jagged(data[name])
         response_mask = data["response_mask"]
@@ -296,7 +361,7 @@ class _ReproSyncMixin:
         prompt_lengths = None
         if input_ids is not None and "responses" in data.keys():
             prompt_lengths = input_ids.offsets().diff() - data["responses"].offsets().diff()
-        for name in ("logit_grad_norm", "sum_pi_squared"):
+        for name in FULL_SEQUENCE_FIELDS:
             if name in data.keys():
                 data[name] = response_aligned(data[name], response_mask)
 
@@ -373,8 +438,10 @@ class _ReproSyncMixin:
                 raise ValueError(f"repro_sync trainer cannot provide estimator input {need!r}")
         return inputs
 
-    @staticmethod
-    def _logit_grad_norm(tensors) -> Optional[torch.Tensor]:
+    def _logit_grad_norm(self, tensors) -> Optional[torch.Tensor]:
+        """The per-token gradient strength CorR-PO correlates with entropy (``repro.corr.signal``)."""
+        if self.repro_config.corr.signal == "param_grad":
+            return tensors["logit_param_grad_norm"].float() if "logit_param_grad_norm" in tensors else None
         if "logit_grad_norm" in tensors:
             return tensors["logit_grad_norm"].float()
         if "sum_pi_squared" in tensors and "old_log_probs" in tensors:
