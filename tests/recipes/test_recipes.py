@@ -83,7 +83,9 @@ def test_repro_group_lists_every_key_at_the_paper_default(recipe):
 def test_corrpo_recipe_lists_every_corr_key():
     config = OmegaConf.load(RECIPES / "r1_distill_1.5b_corrpo.yaml")
     assert as_plain(config.repro) == {"corr": dataclasses.asdict(CorrConfig())}
-    assert config.actor_rollout_ref.actor.calculate_sum_pi_squared is True
+    # the parameter-gradient signal is measured by the repro engine vendor in every worker
+    assert config.ray_kwargs.ray_init.runtime_env.env_vars.VERL_ENGINE_VENDOR == "repro"
+    assert config.repro.corr.signal == "param_grad"
 
 
 @pytest.mark.parametrize("recipe", sorted(EXPECTED))
