@@ -296,14 +296,18 @@ def correctness_section(report: Report, device: torch.device, sizes: Sizes, back
             ("(a) logits", (base_logits.to(dtype),), ours_logits, oracle_logits),
             ("(b) hidden", (base_hidden.to(dtype), base_weight.to(dtype)), ours_hidden, oracle_hidden),
         ):
-            with torch.no_grad():
-                got = ours(*inputs, labels)
-                want = oracle(*(tensor.double() for tensor in inputs), labels)
-            outputs = bench_kernel._compare(
-                f"{kernel} {name}", dict(zip(bench_kernel.STAT_NAMES, got)), dict(zip(bench_kernel.STAT_NAMES, want)),
-                bench_kernel.FLOAT32_ATOL, bench_kernel.FLOAT32_RTOL,
-            )
-            gradients = bench_kernel.check_gradients(f"{kernel} {name}", ours, inputs, labels, oracle)
+            def output_check(ours=ours, oracle=oracle, inputs=inputs, label=f"{kernel} {name}"):
+                with torch.no_grad():
+                    got = ours(*inputs, labels)
+                    want = oracle(*(tensor.double() for tensor in inputs), labels)
+                return bench_kernel._compare(label, dict(zip(bench_kernel.STAT_NAMES, got)),
+                                             dict(zip(bench_kernel.STAT_NAMES, want)),
+                                             bench_kernel.FLOAT32_ATOL, bench_kernel.FLOAT32_RTOL)
+
+            # a kernel that raises (e.g. fails to compile for this dtype) fails its row, not the section
+            outputs = bench_kernel.guarded_check(f"{kernel} {name}", True, output_check)
+            gradients = bench_kernel.guarded_check(f"{kernel} {name}", True, lambda ours=ours, oracle=oracle, inputs=inputs: (
+                bench_kernel.check_gradients(f"{kernel} {name}", ours, inputs, labels, oracle)))
             for check in (outputs, gradients):
                 report.failures += [f"correctness {check.name}: {failure}" for failure in check.failures]
             lines.append(f"| {kernel} | {name} | {outputs.summary()} | {gradients.summary()} |")
