@@ -310,3 +310,15 @@ def test_verbose_run_shows_the_console_and_logs_it(tmp_path):
     assert run_quietly([sys.executable, str(script)], run_dir, total_steps=2, verbose=True, env=env, stream=shown) == 0
     assert shown.getvalue().count("a config dump line") == 50
     assert (run_dir / "verl.log").read_text().count("a config dump line") == 50
+
+
+def test_smoke_data_path_is_the_recipes(tmp_path):
+    import yaml
+
+    from pathlib import Path
+
+    recipes = yaml.safe_load((Path(__file__).resolve().parents[2] / "recipes" / "paper_defaults.yaml").read_text())
+    overrides = _as_dict(build_command([], smoke_dir=str(tmp_path))[3:])
+    model, actor = recipes["actor_rollout_ref"]["model"], recipes["actor_rollout_ref"]["actor"]
+    assert overrides["actor_rollout_ref.model.use_remove_padding"] == str(model["use_remove_padding"]) == "True"
+    assert overrides["actor_rollout_ref.actor.use_dynamic_bsz"] == str(actor["use_dynamic_bsz"]) == "True"
