@@ -150,14 +150,14 @@ def _fake_runs(monkeypatch, interrupt_at=None):
     return calls
 
 
-def test_demo_runs_baseline_and_methods_then_prints_the_table_and_draws_the_curves(tmp_path, monkeypatch, capsys):
+def test_demo_runs_baseline_and_methods_then_prints_the_table_and_draws_the_curves(tmp_path, tiny_model_dir, monkeypatch, capsys):
     import json
 
     from verl_repro.cli import main
 
     calls = _fake_runs(monkeypatch)
     out = tmp_path / "demo"
-    assert main(["demo", "--model", str(tmp_path), "--output-dir", str(out)]) == 0
+    assert main(["demo", "--model", str(tiny_model_dir), "--output-dir", str(out)]) == 0
     assert calls == ["grpo", "repro_grpo", "corrpo"]
     printed = capsys.readouterr().out
     table = printed.split("\nmethod ", 1)[1].split("\n\n", 1)[0].splitlines()
@@ -172,15 +172,15 @@ def test_demo_runs_baseline_and_methods_then_prints_the_table_and_draws_the_curv
     assert f"verl-repro plot {out}/*/metrics.jsonl" in printed
 
     # the same directory again is refused, nothing overwritten
-    assert main(["demo", "--model", str(tmp_path), "--output-dir", str(out)]) == 2
+    assert main(["demo", "--model", str(tiny_model_dir), "--output-dir", str(out)]) == 2
     assert "is not empty" in capsys.readouterr().out
 
 
-def test_ctrl_c_stops_the_demo_with_one_line(tmp_path, monkeypatch, capsys):
+def test_ctrl_c_stops_the_demo_with_one_line(tmp_path, tiny_model_dir, monkeypatch, capsys):
     from verl_repro.cli import main
 
     calls = _fake_runs(monkeypatch, interrupt_at="repro_grpo")
-    assert main(["demo", "--model", str(tmp_path), "--output-dir", str(tmp_path / "demo")]) == 130
+    assert main(["demo", "--model", str(tiny_model_dir), "--output-dir", str(tmp_path / "demo")]) == 130
     assert calls == ["grpo", "repro_grpo"]
     assert capsys.readouterr().out.rstrip().endswith("verl-repro demo: interrupted")
 

@@ -17,7 +17,6 @@ are line ends (``repro.boundary_patterns=["\\n"]``).
 from __future__ import annotations
 
 import json
-import os
 import sys
 import threading
 import time
@@ -126,14 +125,28 @@ def write_dataset(directory: Path, settings: DemoSettings) -> tuple[Path, Path]:
 # ----------------------------------------------------------------------------- runs
 
 
-def demo_overrides(method: Method, model: Path, train: Path, val: Path, settings: DemoSettings) -> list[str]:
+def max_prompt_tokens(model: Path, problems: Sequence[dict]) -> int:
+    """The longest chat-rendered prompt of ``problems`` in ``model``'s tokens, rounded up to 8.
+
+    veRL pads every prompt to ``data.max_prompt_length`` and the CPU path computes on the padded
+    rows, so a tight bound is a real saving (the prompts are ~180 tokens, veRL's default is 512)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    longest = max(len(tokenizer.apply_chat_template(demo_messages(p["question"]), add_generation_prompt=True, tokenize=True,
+                                                    return_dict=True)["input_ids"]) for p in problems)
+    return -(-longest // 8) * 8
+
+
+def demo_overrides(method: Method, model: Path, train: Path, val: Path, settings: DemoSettings,
+                   prompt_tokens: int = 256) -> list[str]:
     """main_ppo overrides of one method's run; the runs of a demo differ only in ``method.overrides``."""
     batch = settings.prompts_per_step * settings.group_size
     return [
         f"data.train_files={train}",
         f"data.val_files={val}",
         f"data.train_batch_size={settings.prompts_per_step}",
-        "data.max_prompt_length=256",
+        f"data.max_prompt_length={prompt_tokens}",
         f"data.max_response_length={settings.max_response_length}",
         "data.shuffle=False",  # every run sees the problems in the same order
         f"actor_rollout_ref.model.path={model}",
@@ -159,9 +172,6 @@ def demo_overrides(method: Method, model: Path, train: Path, val: Path, settings
         'repro.boundary_patterns=["\n"]',
         "repro.scoring_mode=prefix_shared",
         "+ray_kwargs.ray_init.runtime_env.env_vars.VERL_ENGINE_VENDOR=repro",
-        # Ray gives each worker one torch thread; the phases of a step run one after another, so
-        # each may use every core
-        f"+ray_kwargs.ray_init.runtime_env.env_vars.OMP_NUM_THREADS='{len(os.sched_getaffinity(0))}'",
         f"trainer.total_training_steps={settings.steps}",
         "trainer.val_before_train=False",
         "trainer.test_freq=-1",
@@ -262,13 +272,14 @@ def run_training_demo(output_dir: Optional[str], settings: DemoSettings, methods
           f"(<= {settings.max_response_length} tokens), the same seed and data for every method")
     model_path = Path(model).resolve() if model else embedded_model()
     train, val = write_dataset(out / "data", settings)
+    prompt_tokens = max_prompt_tokens(model_path, train_problems())
     summaries: dict[str, dict] = {}
     all_metrics: dict[str, dict] = {}
     for index, method in enumerate(runs, start=1):
         run_dir = out / method.name
         run_dir.mkdir()
         print(f"\n[{index}/{len(runs)}] {method.description}")
-        command = build_command(demo_overrides(method, model_path, train, val, settings), run_dir=run_dir)
+        command = build_command(demo_overrides(method, model_path, train, val, settings, prompt_tokens), run_dir=run_dir)
         (run_dir / "command.txt").write_text(" ".join(command) + "\n")
         code = run_quietly(command, run_dir, total_steps=settings.steps, verbose=verbose, label=method.name)
         if code == 130:

@@ -257,6 +257,9 @@ FAKE_MAIN_PPO = """
 import json, os, sys, time
 metrics = os.environ["FAKE_METRICS"]
 print("a config dump line\\n" * 50, flush=True)
+time.sleep(1.5)
+print("INFO: all initialize finished, ready to fit", flush=True)
+time.sleep(1.2)
 for step in (1, 2):
     with open(metrics, "a") as f:
         f.write(json.dumps({"step": step, "data": {"critic/score/mean": 0.25 * step, "critic/score/min": 0.0,
@@ -287,11 +290,12 @@ def test_quiet_run_prints_one_line_per_step_and_keeps_the_console_in_the_log(tmp
     log = (run_dir / "verl.log").read_text()
     assert log.count("a config dump line") == 50
     # success: none of the console; failure: only its last lines, where the reason is
-    assert printed.count("config dump") == (0 if not fail else LOG_TAIL_LINES - 4)
+    assert printed.count("config dump") == (0 if not fail else LOG_TAIL_LINES - 5)
     step_lines = [line for line in printed.splitlines() if line.startswith("[grpo] step ")]
     assert [line.split()[2] for line in step_lines] == ["1/2", "2/2"]
     assert "reward 0.250" in step_lines[0] and "acc 0.250" in step_lines[0] and "len 31.0" in step_lines[0]
     assert "reward 0.500" in step_lines[1] and "ETA 0:00" in step_lines[1]
+    assert "start-up (Ray, workers, model)" in printed and "step 1/2 running" in printed
     if fail:
         assert "failed (exit 3)" in printed and "ValueError: the real reason" in printed
     else:

@@ -299,7 +299,7 @@ def run_quietly(
     run_dir = Path(run_dir)
     stream = sys.stdout if stream is None else stream
     progress = RunProgress(run_dir / METRICS_FILE, total_steps=total_steps, label=label, stream=stream,
-                           heartbeat_s=heartbeat_s, quiet=not verbose)
+                           heartbeat_s=heartbeat_s, quiet=not verbose, log_path=run_dir / LOG_FILE)
     with (run_dir / LOG_FILE).open("wb") as log:
         copier: list[threading.Thread] = []
 
@@ -318,7 +318,8 @@ def run_quietly(
         progress.start()
         try:
             code = run_main_ppo(
-                command, cpu_environment(env), timeout=timeout, cwd=str(run_dir),
+                # the caller's working directory: relative paths in overrides mean what they say
+                command, cpu_environment(env), timeout=timeout,
                 output=subprocess.PIPE if verbose else log, on_start=tee if verbose else None,
             )
         finally:

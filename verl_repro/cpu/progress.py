@@ -28,6 +28,8 @@ STEP_LINE_FIGURES = (
     ("rho", "ρ"),
 )
 LOG_TAIL_LINES = 25
+# veRL's trainer logs this once every worker is up and the first step begins.
+TRAINING_STARTS = b"ready to fit"
 
 
 def clock(seconds: float) -> str:
@@ -69,8 +71,12 @@ class RunProgress:
         heartbeat_s: float = 30.0,
         poll_s: float = 1.0,
         quiet: bool = True,
+        log_path: str | Path | None = None,
     ):
         self.metrics_path = Path(metrics_path)
+        self.log_path = None if log_path is None else Path(log_path)
+        self._log_offset = 0
+        self._training_started: Optional[float] = None
         self.total_steps = total_steps
         self.prefix = f"[{label}] " if label else ""
         self.stream = sys.stdout if stream is None else stream
@@ -112,12 +118,32 @@ class RunProgress:
     def phase(self) -> str:
         """What the run is doing now, as far as the metrics tell."""
         now = time.monotonic()
+        self._watch_log()
         if not self._step_ends:
-            return f"start-up (Ray, workers, model) {clock(now - self._started)}"
+            if self._training_started is None:
+                return f"start-up (Ray, workers, model) {clock(now - self._started)}"
+            first = f"1/{self.total_steps}" if self.total_steps else "1"
+            return (f"step {first} running {clock(now - self._training_started)} (rollout, log-probs, "
+                    f"reference, scoring, update; start-up took {clock(self._training_started - self._started)})")
         done = max(self._printed)
         next_step = f"{done + 1}/{self.total_steps}" if self.total_steps else f"{done + 1}"
-        last = self._step_ends[-1] - (self._step_ends[-2] if len(self._step_ends) > 1 else self._started)
+        last = self._step_ends[-1] - (self._step_ends[-2] if len(self._step_ends) > 1 else self._training_started or self._started)
         return f"step {next_step} running {clock(now - self._step_ends[-1])} (last step {last:.0f} s)"
+
+    def _watch_log(self) -> None:
+        """Notice in the console log when start-up is over (only read while it is not)."""
+        if self._training_started is not None or self.log_path is None:
+            return
+        start = max(self._log_offset - len(TRAINING_STARTS), 0)  # a marker split across two reads
+        try:
+            with self.log_path.open("rb") as log:
+                log.seek(start)
+                chunk = log.read()
+        except OSError:
+            return
+        self._log_offset = start + len(chunk)
+        if TRAINING_STARTS in chunk:
+            self._training_started = time.monotonic()
 
     def eta(self) -> Optional[float]:
         """Remaining steps times the mean wall time of the steps after the first (which also warms up)."""
