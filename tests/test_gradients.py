@@ -173,3 +173,23 @@ def test_float32_model_agrees_with_its_float64_copy():
     real = mask.bool()
     error = (single[real].double() - reference[real]).abs() / reference[real].abs().clamp(min=1e-3)
     assert float(error.max()) < 1e-3
+
+
+def test_one_forward_gives_the_logits_and_the_norms():
+    """What the engine vendor does in the old-log-prob pass: the model's own forward, unchanged
+    logits, and the fast norms measured inside it."""
+    from verl_repro.gradients import forward_with_logit_gradient_norms
+
+    model = tiny_model("qwen2")
+    input_ids, target_ids, mask = batch()
+    logits, norms = forward_with_logit_gradient_norms(model, input_ids, target_ids, mask)
+    with torch.no_grad():
+        plain = model(input_ids=input_ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0)).logits
+    real = mask.bool()
+    torch.testing.assert_close(logits[real], plain[real])
+    exact = logit_gradient_norms(model, input_ids, target_ids, mask, method="exact")[:, :, 0]
+    assert relative_error(norms[real], exact[real]) < 1e-6
+    sample = torch.zeros_like(real)
+    sample[0, 3] = sample[1, 6] = True
+    sampled = logit_gradient_norms(model, input_ids, target_ids, mask, measure_mask=sample, method="exact")[:, :, 0]
+    assert (sampled[~sample] == 0).all() and torch.allclose(sampled[sample], exact[sample])

@@ -153,6 +153,7 @@ def logit_gradient_norms(
     attention_mask: Optional[torch.Tensor] = None,
     *,
     position_ids: Optional[torch.Tensor] = None,
+    measure_mask: Optional[torch.Tensor] = None,
     layers: Sequence[int] = (-1,),
     matrices: Sequence[str] = FAST_MATRICES,
     norm: str = "nuc",
@@ -168,6 +169,8 @@ def logit_gradient_norms(
         attention_mask: ``[B, T]`` — 1 on real tokens; masked positions give 0. None: all real.
         position_ids: ``[B, T]`` long — for packed rows (several sequences in one row, ``attention_mask``
             None); default: counted over ``attention_mask``.
+        measure_mask: ``[B, T]`` bool — measure only these tokens (e.g. a sample for the exact
+            method); default: every real token.
         layers: decoder layer indices (negative counts from the end).
         matrices: subset of ``("q_proj", "k_proj", "v_proj", "o_proj")``.
         norm: ``"nuc"`` (sum of singular values) or ``"fro"``.
@@ -183,9 +186,10 @@ def logit_gradient_norms(
     _validate(matrices, norm, layers)
     if input_ids.shape != target_ids.shape or input_ids.dim() != 2:
         raise ValueError(f"input_ids {tuple(input_ids.shape)} and target_ids {tuple(target_ids.shape)} must both be [B, T]")
-    valid = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+    real = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+    valid = real if measure_mask is None else measure_mask.bool() & real
     if position_ids is None:
-        position_ids = positions_from_mask(valid)
+        position_ids = positions_from_mask(real)
     method = resolve_method(model, layers, matrices, method)
     if method == "exact":
         return _exact_norms(model, input_ids, target_ids, attention_mask, position_ids, valid, layers, matrices, norm)
@@ -289,17 +293,58 @@ def capture_last_layer(model: nn.Module, on_output: Optional[Callable[[LastLayer
 
 
 def _fast_norms_of_model(model, input_ids, target_ids, attention_mask, position_ids, valid, matrices, norm):
-    with torch.no_grad(), capture_last_layer(model) as capture:
-        model.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
-    lm_rows = model.lm_head.weight[target_ids]  # [B, T, H]
+    _, norms = forward_with_logit_gradient_norms(
+        model, input_ids, target_ids, attention_mask, position_ids=position_ids, measure_mask=valid,
+        matrices=matrices, norm=norm, return_logits=False,
+    )
+    return norms.unsqueeze(2)
+
+
+def forward_with_logit_gradient_norms(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    target_ids: torch.Tensor,
+    attention_mask: Optional[torch.Tensor] = None,
+    *,
+    position_ids: Optional[torch.Tensor] = None,
+    measure_mask: Optional[torch.Tensor] = None,
+    matrices: Sequence[str] = FAST_MATRICES,
+    norm: str = "nuc",
+    return_logits: bool = True,
+):
+    """One no-grad forward that also measures the fast last-layer norms, as the engine vendor does in
+    veRL's old-log-prob pass: ``(logits [B, T, V] or None, norms [B, T, len(matrices)])``.
+
+    ``measure_mask`` (``[B, T]`` bool, default ``attention_mask``): tokens to measure; others give 0.
+    """
+    _validate(tuple(matrices), norm, (-1,))
+    reason = fast_support_error(model, (-1,), matrices)
+    if reason is not None:
+        raise UnsupportedModelError(reason)
+    real = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+    valid = real if measure_mask is None else measure_mask.bool() & real
+    if position_ids is None:
+        position_ids = positions_from_mask(real)
     if attention_mask is None:
         segments = sequence_ids(position_ids)
     else:  # one sequence per row; padding is a segment of its own that no query sees
-        segments = torch.where(valid, 0, -1).to(position_ids.dtype)
-    norms = last_layer_norms(
-        decoder_layers(model)[-1], final_norm(model), capture, lm_rows, valid, segments, matrices=matrices, norm=norm
-    )
-    return norms.unsqueeze(2)
+        segments = torch.where(real, 0, -1).to(position_ids.dtype)
+    result = {}
+
+    def measure(capture: LastLayerCapture) -> None:
+        lm_rows = model.lm_head.weight[target_ids].detach()  # [B, T, H]
+        result["norms"] = last_layer_norms(
+            decoder_layers(model)[-1], final_norm(model), capture, lm_rows, valid, segments, matrices=matrices, norm=norm
+        )
+
+    with torch.no_grad(), capture_last_layer(model, on_output=measure):
+        inputs = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
+        if return_logits:
+            logits = model(**inputs).logits
+        else:  # the norms need the decoder only, not the [B, T, V] logits
+            model.get_decoder()(**inputs)
+            logits = None
+    return logits, result["norms"]
 
 
 def last_layer_norms(
@@ -495,6 +540,7 @@ __all__ = [
     "capture_last_layer",
     "decoder_layers",
     "fast_support_error",
+    "forward_with_logit_gradient_norms",
     "last_layer_norms",
     "logit_gradient_norms",
     "positions_from_mask",

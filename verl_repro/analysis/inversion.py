@@ -73,6 +73,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scope", choices=TOKEN_SCOPES, default=defaults.scope, help="repro.corr.scope")
     parser.add_argument("--min-tokens", type=int, default=defaults.min_tokens, help="repro.corr.min_tokens")
     parser.add_argument("--think-end-token", default="</think>")
+    parser.add_argument("--matrices", default=",".join(defaults.matrices), help="repro.corr.matrices of the param_grad signal (comma-separated)")
+    parser.add_argument("--norm", choices=("nuc", "fro"), default=defaults.norm, help="repro.corr.norm of the param_grad signal")
+    parser.add_argument("--aggregate", choices=("mean", "sum"), default=defaults.aggregate, help="repro.corr.aggregate of the param_grad signal")
     parser.add_argument("--fingerprint-params", default=DEFAULT_FINGERPRINT_PARAMS, help="regex over parameter names (re.search)")
     parser.add_argument("--fingerprint-norm", choices=FINGERPRINT_NORMS, default="fro", help="matrix norm of each parameter's gradient")
     parser.add_argument("--fingerprint-tokens", type=int, default=64, help="most frequent unique tokens fingerprinted; 0 disables")
@@ -266,13 +269,41 @@ def fingerprint(model, samples: list[Sample], occurrences: list[tuple[int, int]]
 # ----------------------------------------------------------------------------- the command
 
 
+def response_param_grad(model, prompt_ids: list[int], response_ids: list[int], matrices, norm: str, aggregate: str):
+    """``s_t`` of CorR-PO's ``param_grad`` signal for each response token, teacher-forced: the norm of
+    ``∂z[t, y_t]/∂W`` at the position that predicts ``y_t`` (raw logits, no temperature), ``[len(response)]``."""
+    import torch
+
+    from verl_repro.gradients import UnsupportedModelError, forward_with_logit_gradient_norms, logit_gradient_norms
+
+    device = next(model.parameters()).device
+    tokens = torch.tensor([prompt_ids + response_ids], dtype=torch.long, device=device)
+    targets = torch.roll(tokens, -1, dims=1)
+    measure = torch.zeros_like(tokens, dtype=torch.bool)
+    start = len(prompt_ids) - 1
+    measure[0, start : start + len(response_ids)] = True
+    try:
+        _, norms = forward_with_logit_gradient_norms(model, tokens, targets, measure_mask=measure, matrices=matrices,
+                                                     norm=norm, return_logits=False)
+    except UnsupportedModelError:
+        norms = logit_gradient_norms(model, tokens, targets, measure_mask=measure, matrices=matrices, norm=norm,
+                                     method="exact")[:, :, 0]
+    combined = norms.sum(-1) if aggregate == "sum" else norms.mean(-1)
+    return combined[0, start : start + len(response_ids)]
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
     from verl_repro.algorithms import masked_correlation, scope_mask
     from verl_repro.analysis.hf_scoring import response_token_stats
 
-    CorrConfig(kind=args.kind, scope=args.scope, min_tokens=args.min_tokens).validate()
+    matrices = [m.strip() for m in args.matrices.split(",") if m.strip()]
+    try:
+        CorrConfig(kind=args.kind, scope=args.scope, min_tokens=args.min_tokens, matrices=matrices, norm=args.norm,
+                   aggregate=args.aggregate).validate()
+    except ValueError as error:
+        raise SystemExit(f"verl-repro inversion: {error}") from error
     if args.samples_per_prompt < 1:
         raise SystemExit("--samples-per-prompt must be >= 1")
     if args.temperature <= 0:
@@ -333,6 +364,7 @@ def run(args: argparse.Namespace) -> int:
         response_mask[i, : len(s.response_ids)] = True
     entropy = torch.zeros(len(samples), length)
     grad_norm = torch.zeros(len(samples), length)
+    param_grad = torch.zeros(len(samples), length)
     from tqdm.auto import tqdm
 
     for i in tqdm(range(len(samples)), desc="token statistics", unit="response", disable=not progress):
@@ -343,6 +375,8 @@ def run(args: argparse.Namespace) -> int:
             temperature=args.temperature, pad_id=pad_id,
         )
         entropy[i], grad_norm[i] = stats.entropy[0], stats.grad_norm[0]
+        values = response_param_grad(model, samples[i].prompt_ids, samples[i].response_ids, matrices, args.norm, args.aggregate)
+        param_grad[i, : values.numel()] = values.float().cpu()
     timings["token_stats"] = time.perf_counter() - phase
 
     # 4. correctness and correlations
@@ -382,6 +416,30 @@ def run(args: argparse.Namespace) -> int:
             "correct_mean": _mean(v for v, c in values if c is True),
             "incorrect_mean": _mean(v for v, c in values if c is False),
         }
+
+    # The paper's statistic for both signals: Spearman across unique tokens (mean H and mean s per
+    # token id over the whole sample set), per model; and per-response ρ as CorR-PO regularizes it.
+    signals = {}
+    for signal, strength in (("param_grad", param_grad), ("softmax_grad", grad_norm)):
+        flat_strength = strength[scoped].double()
+        _, _, signal_entropy, signal_unique = unique_token_means(flat_ids, flat_entropy, flat_strength)
+        rhos = masked_correlation(entropy.double(), strength.double(), scoped, kind="spearman", min_tokens=args.min_tokens)
+        correct_mask = torch.tensor([c is True for c in correct], dtype=torch.bool)
+        incorrect_mask = torch.tensor([c is False for c in correct], dtype=torch.bool)
+        signals[signal] = {
+            "unique_tokens": flat_correlations(signal_entropy, signal_unique),
+            "per_response_spearman": {
+                "mean": _mean(_stat(v) for v in rhos.rho[rhos.defined]),
+                "correct_mean": _mean(_stat(v) for v in rhos.rho[rhos.defined & correct_mask]),
+                "incorrect_mean": _mean(_stat(v) for v in rhos.rho[rhos.defined & incorrect_mask]),
+                "defined": int(rhos.defined.sum()),
+            },
+            "pooled_tokens": flat_correlations(flat_entropy, flat_strength),
+        }
+    signals["param_grad"]["definition"] = {"matrices": matrices, "norm": args.norm, "aggregate": args.aggregate, "layer": -1}
+    for i, record in enumerate(responses):
+        mask_i = scoped[i]
+        record["param_grad_mean"] = _stat(param_grad[i][mask_i].double().mean()) if bool(mask_i.any()) else None
 
     # 5. parameter-gradient fingerprint of the most frequent unique tokens
     phase = time.perf_counter()
@@ -462,6 +520,7 @@ def run(args: argparse.Namespace) -> int:
         "per_response": {kind: per_response_summary(kind) for kind in CORRELATION_KINDS},
         "pooled_tokens": flat_correlations(flat_entropy, flat_grad),
         "unique_tokens": flat_correlations(unique_entropy, unique_grad),
+        "signals": signals,
         "fingerprint": fingerprint_summary,
         "plots": [str(p) for p in plot_paths],
         "seconds": {k: round(v, 3) for k, v in timings.items()},
@@ -486,7 +545,15 @@ def _print_summary(summary: dict, path: Path) -> None:
         f"({counts['skipped']} responses skipped; correctness from {summary['correctness_from']}: "
         f"{counts['correct']} correct, {counts['incorrect']} incorrect, {counts['unknown_correctness']} unknown)"
     )
-    print(f"per-response ρ ({kind}): mean {_format(per['mean'])}, correct {_format(per['correct_mean'])}, incorrect {_format(per['incorrect_mean'])}")
+    print("Spearman ρ(H, s) across unique tokens (the paper's statistic; reasoning models ≈ -0.65, base models -0.17..+0.15):")
+    for signal, values in summary["signals"].items():
+        unique, per_signal = values["unique_tokens"], values["per_response_spearman"]
+        print(
+            f"  {signal:<12} unique tokens ({unique['num_points']}) {_format(unique['spearman'])}; "
+            f"per response mean {_format(per_signal['mean'])} (correct {_format(per_signal['correct_mean'])}, "
+            f"incorrect {_format(per_signal['incorrect_mean'])})"
+        )
+    print(f"softmax_grad per-response ρ ({kind}): mean {_format(per['mean'])}, correct {_format(per['correct_mean'])}, incorrect {_format(per['incorrect_mean'])}")
     pooled, unique = summary["pooled_tokens"], summary["unique_tokens"]
     print(f"pooled tokens: spearman {_format(pooled['spearman'])}, pearson {_format(pooled['pearson'])}")
     print(f"unique tokens ({unique['num_points']}): spearman {_format(unique['spearman'])}, pearson {_format(unique['pearson'])}")
