@@ -157,12 +157,17 @@ def check_repro_group(config) -> str:
     preflight.check_estimator_pairing(config)  # the repro group is there (+repro=default)
     # The trainer's own start-up check: ranges, finiteness, reference model / critic / gradient-norm needs.
     repro = preflight.check_repro_group(config)
+    if spec.method == "repro":
+        from verl_repro.verl_ext.estimators import paper_setting_differences
+
+        for line in paper_setting_differences(repro):
+            print(f"[note]      {line}")
     if spec.method == "corrpo":
         c = repro.corr
         return f"corr: coef={c.coef} kind={c.kind} scope={c.scope} min_tokens={c.min_tokens} outcome_weight={c.outcome_weight}"
     return (
         f"k={repro.num_segments} alpha={repro.alpha} w={repro.stability_weight} scorer={repro.scorer} "
-        f"scoring_mode={repro.scoring_mode}"
+        f"no_think_end={repro.no_think_end} process_reward_norm={repro.process_reward_norm} scoring_mode={repro.scoring_mode}"
     )
 
 

@@ -72,12 +72,39 @@ def test_paper_hyperparameters_are_the_defaults():
     assert as_plain(paper.reward.reward_kwargs) == dataclasses.asdict(MathRewardConfig())
 
 
-@pytest.mark.parametrize("recipe", [r for r, (_, e) in EXPECTED.items() if e.startswith("repro_")])
-def test_repro_group_lists_every_key_at_the_paper_default(recipe):
+REPRO_RECIPES = [r for r, (_, e) in EXPECTED.items() if e.startswith("repro_")]
+# Where the paper setting differs from the repro group's own defaults (docs/repro.md, "Paper setting").
+PAPER_OVER_DEFAULTS = {"scorer": "actor", "no_think_end": "use_end"}
+
+
+@pytest.mark.parametrize("recipe", REPRO_RECIPES)
+def test_repro_group_lists_every_key_at_the_paper_setting(recipe):
     repro = as_plain(OmegaConf.load(RECIPES / f"{recipe}.yaml").repro)
-    assert repro == dataclasses.asdict(ReproConfig())  # alpha 0.1 and k 10 are the dataclass defaults
+    assert repro == {**dataclasses.asdict(ReproConfig()), **PAPER_OVER_DEFAULTS}  # alpha 0.1, k 10: the defaults
     parsed = ReproConfig.from_mapping(repro)
-    assert (parsed.alpha, parsed.num_segments) == (0.1, 10)
+    assert (parsed.alpha, parsed.num_segments, parsed.scorer, parsed.no_think_end) == (0.1, 10, "actor", "use_end")
+
+
+def test_composed_paper_recipes_run_the_paper_setting():
+    from verl_repro.verl_ext.estimators import PAPER_SETTING, paper_setting_differences
+
+    launch = load_launch_module()
+    for recipe in REPRO_RECIPES:
+        config = launch.compose_recipe(recipe, [])  # what main_ppo --config-name=<recipe> composes
+        assert (config.repro.scorer, config.repro.no_think_end) == ("actor", "use_end"), recipe
+        assert paper_setting_differences(ReproConfig.from_mapping(config.repro)) == [], recipe
+    assert PAPER_SETTING["scorer"] == "actor" and PAPER_SETTING["no_think_end"] == "use_end"
+
+
+def test_dry_run_notes_an_override_that_leaves_the_paper_setting(capsys):
+    launch = load_launch_module()
+    # Still a valid run (the recipes keep veRL's reference model: the paper's KL loss), so exit 0.
+    assert launch.main(["dry-run", "r1_distill_1.5b_repro_grpo", "repro.no_think_end=skip", "repro.scorer=ref"]) == 0
+    out = capsys.readouterr().out
+    assert "[note]      repro.no_think_end=skip differs from the paper setting (use_end)" in out
+    assert "[note]      repro.scorer=ref differs from the paper setting (actor)" in out
+    assert launch.main(["dry-run", "r1_distill_1.5b_repro_grpo"]) == 0
+    assert "differs from the paper setting" not in capsys.readouterr().out
 
 
 def test_corrpo_recipe_lists_every_corr_key():

@@ -19,7 +19,7 @@ from verl.trainer.ppo.ray_trainer import compute_advantage
 
 from verl_repro.algorithms import compute_repro_process_advantage
 from verl_repro.config import ReproConfig
-from verl_repro.verl_ext import estimator_inputs
+from verl_repro.verl_ext import estimator_inputs, estimators
 from verl_repro.verl_ext.estimator_inputs import SPECS
 from verl_repro.verl_ext.scoring import ReproScoring
 
@@ -323,3 +323,19 @@ def test_docs_table_is_generated_from_the_specs():
     assert estimator_inputs.markdown_table("repro") in text, (
         "regenerate: python -c 'from verl_repro.verl_ext.estimator_inputs import markdown_table as t; print(t())'"
     )
+
+
+def test_a_run_off_the_paper_setting_is_logged_once(caplog):
+    paper = ReproConfig(scorer="actor", no_think_end="use_end").validate()
+    assert estimators.paper_setting_differences(paper) == []
+    off = ReproConfig(scorer="actor", no_think_end="skip", num_segments=20).validate()
+    with caplog.at_level("WARNING", logger="verl_repro"):
+        lines = estimators.log_paper_setting_differences("repro_ppo", off)
+        estimators.log_paper_setting_differences("repro_ppo", off)  # a second trainer in the process
+        assert estimators.log_paper_setting_differences("grpo", off) == []  # not a RePro run
+    assert lines == [
+        "repro.no_think_end=skip differs from the paper setting (use_end)",
+        "repro.num_segments=20 differs from the paper setting (10)",
+    ]
+    logged = [r.getMessage() for r in caplog.records if "differs from the paper setting" in r.getMessage()]
+    assert len(logged) == 2 and all("repro_ppo" in message for message in logged)

@@ -248,6 +248,9 @@ class _ReproSyncMixin:
 
         check_verl_version(f"trainer.v1.trainer_mode={TRAINER_MODE}")
         self.repro_config = validate_repro_setup(config)
+        from verl_repro.verl_ext.estimators import log_paper_setting_differences
+
+        log_paper_setting_differences(str(config.algorithm.adv_estimator), self.repro_config)
         self.requested_trainer_mode = config.trainer.v1.trainer_mode
         with open_dict(config):
             config.trainer.v1.trainer_mode = "sync"
