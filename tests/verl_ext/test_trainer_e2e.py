@@ -1,9 +1,11 @@
 """veRL's real ``main_ppo`` with ``repro_grpo`` on a CPU (the CPU backend, ``verl-repro cpu-run``).
 
-Run A: 2 steps, ``repro.scorer=ref``, checkpoint at step 2. Run B: ``repro.scorer=actor`` with no
+Both scorers, in two runs: run A, 2 steps with ``repro.scorer=ref`` (veRL's reference worker),
+checkpoint at step 2; run B, ``repro.scorer=actor`` (the paper setting, the recipes' choice) with no
 reference model at all (``use_kl_loss=False``), resuming run A's checkpoint for step 3. Both assert
-the ``repro/*`` metrics and ``timing_s/repro_scoring`` are logged and finite, and that the process
-advantages are non-zero; run A also checks veRL's sync checkpoint layout (no TransferQueue state).
+the ``repro/*`` metrics and ``timing_s/repro_scoring`` are logged and finite, that the process
+advantages are non-zero and that the policy trains; run A also checks veRL's sync checkpoint layout
+(no TransferQueue state).
 
 The tiny random model almost never writes ``</think>`` in 32 tokens, so both runs use
 ``repro.no_think_end=use_end`` (the response end acts as the end of thinking). Each run takes
@@ -59,6 +61,8 @@ def check_repro_metrics(records: list[dict], steps: list[int]) -> None:
         assert data["repro/with_process_reward"] > 0
         assert data["repro/process_adv_abs_mean"] > 0
         assert data["repro/scored_tokens"] > 0 and data["timing_s/repro_scoring"] > 0
+        assert data["actor/grad_norm"] > 0
+        assert data["critic/advantages/max"] > 0 > data["critic/advantages/min"]
 
 
 @pytest.fixture(scope="module")
