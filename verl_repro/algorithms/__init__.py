@@ -64,7 +64,33 @@ __all__ = [
     "ReproFallbackCounts",
     "ReproProcessAdvantage",
     "compute_repro_process_advantage",
-    # correlation (CorR-PO) exports are appended below
+    # CorR-PO
+    "CORRELATION_KINDS",
+    "CORRELATION_UNITS",
+    "TOKEN_SCOPES",
+    "CorrelationResult",
+    "average_ranks",
+    "masked_correlation",
+    "masked_pearson",
+    "masked_spearman",
+    "response_correlation",
+    "scope_mask",
+    "unique_token_means",
+    "corrpo_advantages",
+    "corrpo_metrics",
+    "corrpo_rewards",
 ]
-from .correlation import CORRELATION_KINDS, TOKEN_SCOPES, CorrelationResult, average_ranks, masked_correlation, masked_pearson, masked_spearman, response_correlation, scope_mask  # noqa: E402
-__all__ += ["CORRELATION_KINDS", "TOKEN_SCOPES", "CorrelationResult", "average_ranks", "masked_correlation", "masked_pearson", "masked_spearman", "response_correlation", "scope_mask"]
+from .correlation import (  # noqa: E402
+    CORRELATION_KINDS,
+    CORRELATION_UNITS,
+    TOKEN_SCOPES,
+    CorrelationResult,
+    average_ranks,
+    masked_correlation,
+    masked_pearson,
+    masked_spearman,
+    response_correlation,
+    scope_mask,
+    unique_token_means,
+)
+from .corrpo import corrpo_advantages, corrpo_metrics, corrpo_rewards  # noqa: E402

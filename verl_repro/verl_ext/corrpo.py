@@ -1,9 +1,10 @@
 """CorR-PO advantage estimators: outcome reward regularized by the entropy–gradient correlation.
 
-Our definition (DESIGN §3; the paper's text is not public): for response ``i`` with in-scope tokens
-``t`` (``repro.corr.scope``), ``ρ_i = corr(H_t, g_t)`` (``repro.corr.kind``), where ``H_t`` is the
-token entropy and ``g_t = ||softmax(z_t) − onehot(y_t)||₂`` the logit-gradient norm, both from the
-actor's old-log-prob pass. The regularized reward
+Our definition (docs/corrpo.md; the paper's text is not public): for response ``i`` with in-scope
+tokens ``t`` (``repro.corr.scope``), ``ρ_i = corr(H_t, s_t)`` (``repro.corr.kind``), where ``H_t`` is the
+token entropy and ``s_t`` the gradient strength of ``repro.corr.signal`` — by default the norm of the
+gradient of the token's raw logit with respect to the last layer's attention projections — both from
+the actor's old-log-prob pass. The maths is in ``verl_repro.algorithms.corrpo``. The regularized reward
 
     r_i = w · r_outcome_i − λ · ρ_i          (w = repro.corr.outcome_weight, λ = repro.corr.coef)
 
@@ -17,7 +18,7 @@ rewards a stronger inversion (ρ < 0) and is then normalized within each prompt 
 penalty when ``algorithm.use_kl_in_reward``); ``w = 0`` is the verifier-free mode, where the
 regularizer alone is the reward. The advantage is broadcast over the response tokens.
 
-These estimators need per-token entropy and ``logit_grad_norm`` that veRL's stock trainer does not
+These estimators need per-token entropy and gradient strength (``logit_grad_norm``) that veRL's stock trainer does not
 pass: they run under ``trainer.v1.trainer_mode=repro_sync`` (docs/dev/estimator_contract.md).
 """
 
@@ -27,41 +28,11 @@ from typing import Any, Optional
 
 import torch
 
-from verl_repro.algorithms.advantages import group_ids_from_uids, group_normalize_process_rewards, rloo_process_rewards
-from verl_repro.algorithms.correlation import CorrelationResult, response_correlation
+from verl_repro.algorithms.advantages import group_ids_from_uids
+from verl_repro.algorithms.correlation import response_correlation
+from verl_repro.algorithms.corrpo import corrpo_advantages, corrpo_metrics, corrpo_rewards
 from verl_repro.config import CorrConfig, ReproConfig
 from verl_repro.verl_ext.estimator_inputs import checked_inputs, missing_inputs_error
-
-
-def corrpo_metrics(
-    correlation: CorrelationResult,
-    outcome_scores: torch.Tensor,
-    regularizer: torch.Tensor,
-    response_mask: torch.Tensor,
-) -> dict[str, float]:
-    """The ``corr/*`` scalars of one batch; every value is finite.
-
-    Rows without any response token (veRL's batch-balancing padding rows) take no part. A response
-    is *correct* when its outcome score is > 0 (math verifiers give 1 for right, 0 or −1 for wrong).
-    ``corr/rho_mean`` / ``_correct_mean`` / ``_incorrect_mean`` average ρ over responses whose ρ is
-    defined and are left out when that set is empty (a mean of nothing is not 0).
-    """
-    real = response_mask.bool().any(dim=1)
-    defined = correlation.defined & real
-    correct = outcome_scores > 0
-    rho = correlation.rho.double()
-    metrics: dict[str, float] = {
-        "corr/skipped": float((correlation.skipped & real).sum()),
-        "corr/skipped_few_tokens": float((correlation.too_few_tokens & real).sum()),
-        "corr/skipped_zero_variance": float((correlation.zero_variance & real).sum()),
-        "corr/nonfinite_tokens": float(correlation.nonfinite_tokens[real].sum()),
-        "corr/scope_tokens_mean": float(correlation.num_tokens[real].double().mean()) if bool(real.any()) else 0.0,
-        "corr/regularizer_abs_mean": float(regularizer[real].double().abs().mean()) if bool(real.any()) else 0.0,
-    }
-    for name, selected in (("rho_mean", defined), ("rho_correct_mean", defined & correct), ("rho_incorrect_mean", defined & ~correct)):
-        if bool(selected.any()):
-            metrics[f"corr/{name}"] = float(rho[selected].mean())
-    return metrics
 
 
 def _config_value(config: Any, key: str, default: Any) -> Any:
@@ -120,20 +91,13 @@ def _corrpo_advantage(
             unit=corr.unit,
         )
         outcome_scores = token_level_rewards.sum(dim=-1)
-        regularizer = corr.coef * correlation.rho.to(outcome_scores.dtype)
-        rewards = corr.outcome_weight * outcome_scores - regularizer
-
-        group_ids = group_ids_from_uids(index, rewards.shape[0]).to(rewards.device)
-        entries = torch.ones_like(rewards, dtype=torch.bool).unsqueeze(1)
-        if normalization == "grpo":
-            if norm_adv_by_std_in_grpo is None:
-                norm_adv_by_std_in_grpo = bool(_config_value(config, "norm_adv_by_std_in_grpo", True))
-            normalized = group_normalize_process_rewards(
-                rewards.unsqueeze(1), entries, group_ids, norm_adv_by_std_in_grpo=norm_adv_by_std_in_grpo, epsilon=epsilon
-            )
-        else:
-            normalized = rloo_process_rewards(rewards.unsqueeze(1), entries, group_ids)
-        advantages = normalized * response_mask.to(normalized.dtype)
+        rewards, regularizer = corrpo_rewards(outcome_scores, correlation.rho, coef=corr.coef, outcome_weight=corr.outcome_weight)
+        if norm_adv_by_std_in_grpo is None:
+            norm_adv_by_std_in_grpo = bool(_config_value(config, "norm_adv_by_std_in_grpo", True))
+        advantages = corrpo_advantages(
+            rewards, response_mask, group_ids_from_uids(index, rewards.shape[0]).to(rewards.device),
+            normalization=normalization, norm_adv_by_std_in_grpo=norm_adv_by_std_in_grpo, epsilon=epsilon,
+        )
 
     if metrics is not None:
         metrics.update(corrpo_metrics(correlation, outcome_scores, regularizer, response_mask))
