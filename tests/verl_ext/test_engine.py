@@ -379,3 +379,18 @@ def test_param_grad_is_not_computed_with_gradients_on(transformer_impl, tiny_mod
     batch = make_micro_batch(**{PARAM_GRAD_REQUEST_KEY: param_grad_spec(CorrConfig().validate())})
     training = run_forward(make_engine(transformer_impl, tiny_model), batch, transformer_impl, monkeypatch, grad=True)
     assert PARAM_GRAD_KEY not in training
+
+
+def test_param_grad_packed_equals_padded(transformer_impl, tiny_model, monkeypatch):
+    """The same responses through veRL's packed (use_remove_padding) and padded layouts: one signal."""
+    from verl_repro.config import CorrConfig
+    from verl_repro.verl_ext.engine import PARAM_GRAD_KEY, PARAM_GRAD_REQUEST_KEY, param_grad_spec
+
+    spec = param_grad_spec(CorrConfig().validate())
+    outputs = []
+    for use_remove_padding in (True, False):
+        engine = make_engine(transformer_impl, tiny_model)
+        engine.use_remove_padding = use_remove_padding
+        batch = make_micro_batch(use_remove_padding=use_remove_padding, **{PARAM_GRAD_REQUEST_KEY: spec})
+        outputs.append(response_values(run_forward(engine, batch, transformer_impl, monkeypatch)[PARAM_GRAD_KEY]))
+    assert_lists_close(outputs[0], outputs[1], atol=1e-5)

@@ -171,6 +171,16 @@ def test_each_bad_setting_names_its_key(base_config, updates, message):
         build_trainer_class()(config)  # before any worker exists
 
 
+def test_param_grad_on_an_unknown_architecture_names_the_method_key(base_config, tmp_path):
+    import json
+
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["GPT2LMHeadModel"]}))
+    updates = {"algorithm.adv_estimator": "corrpo", **VENDOR, "actor_rollout_ref.model.path": str(tmp_path)}
+    with pytest.raises(ConfigError, match=r"repro\.corr\.method=auto: the fast parameter-gradient signal knows .*GPT2LMHeadModel"):
+        validate_repro_setup(make_config(base_config, **updates))
+    validate_repro_setup(make_config(base_config, **updates, **{"repro.corr.method": "exact"}))  # asked for explicitly
+
+
 @pytest.mark.parametrize(
     "updates",
     [
