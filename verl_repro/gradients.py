@@ -141,6 +141,21 @@ def sequence_ids(position_ids: torch.Tensor) -> torch.Tensor:
     return (torch.diff(position_ids, prepend=first, dim=-1) != 1).long().cumsum(-1)
 
 
+def token_layout(input_ids, attention_mask, position_ids, measure_mask):
+    """``(valid, position_ids, segments)``, each ``[B, T]``: tokens to measure (real and in
+    ``measure_mask``), position ids (counted over the mask unless given), and the sequence index of
+    each token (packed rows when ``attention_mask`` is None; padding is segment −1, seen by no query)."""
+    real = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+    valid = real if measure_mask is None else measure_mask.bool() & real
+    if position_ids is None:
+        position_ids = positions_from_mask(real)
+    if attention_mask is None:
+        segments = sequence_ids(position_ids)
+    else:
+        segments = torch.where(real, 0, -1).to(position_ids.dtype)
+    return valid, position_ids, segments
+
+
 # ----------------------------------------------------------------------------------------------
 # Public entry point
 # ----------------------------------------------------------------------------------------------
@@ -186,10 +201,7 @@ def logit_gradient_norms(
     _validate(matrices, norm, layers)
     if input_ids.shape != target_ids.shape or input_ids.dim() != 2:
         raise ValueError(f"input_ids {tuple(input_ids.shape)} and target_ids {tuple(target_ids.shape)} must both be [B, T]")
-    real = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
-    valid = real if measure_mask is None else measure_mask.bool() & real
-    if position_ids is None:
-        position_ids = positions_from_mask(real)
+    valid, position_ids, _ = token_layout(input_ids, attention_mask, position_ids, measure_mask)
     method = resolve_method(model, layers, matrices, method)
     if method == "exact":
         return _exact_norms(model, input_ids, target_ids, attention_mask, position_ids, valid, layers, matrices, norm)
@@ -321,14 +333,7 @@ def forward_with_logit_gradient_norms(
     reason = fast_support_error(model, (-1,), matrices)
     if reason is not None:
         raise UnsupportedModelError(reason)
-    real = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
-    valid = real if measure_mask is None else measure_mask.bool() & real
-    if position_ids is None:
-        position_ids = positions_from_mask(real)
-    if attention_mask is None:
-        segments = sequence_ids(position_ids)
-    else:  # one sequence per row; padding is a segment of its own that no query sees
-        segments = torch.where(real, 0, -1).to(position_ids.dtype)
+    valid, position_ids, segments = token_layout(input_ids, attention_mask, position_ids, measure_mask)
     result = {}
 
     def measure(capture: LastLayerCapture) -> None:
