@@ -43,15 +43,12 @@ def test_demo_on_tiny_model(tiny_model_dir, tiny_tokenizer, tmp_path):
     # J_b of the first response recomputed with a plain forward of the saved checkpoint
     from transformers import AutoModelForCausalLM
 
-    from verl_repro.analysis.frontend import SYSTEM_PROMPT, USER_SUFFIX, bundled_problems
+    from verl_repro.demo_training import demo_messages, train_problems
 
-    problem = bundled_problems(1)[0]
-    prompt = tiny_tokenizer.apply_chat_template(
-        [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": problem.prompt + USER_SUFFIX}],
-        add_generation_prompt=True, tokenize=False,
-    )
+    problem = train_problems()[0]
+    prompt = tiny_tokenizer.apply_chat_template(demo_messages(problem["question"]), add_generation_prompt=True, tokenize=False)
     context = tiny_tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    answer = tiny_tokenizer("\\boxed{" + problem.ground_truth + "}", add_special_tokens=False)["input_ids"]
+    answer = tiny_tokenizer("\\boxed{" + problem["answer"] + "}", add_special_tokens=False)["input_ids"]
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
     assert abs(rows[0]["j_base"] - _direct_answer_loglik(model, context, answer)) < 1e-4
     for name in ("j_curves.png", "entropy_vs_grad_norm.png"):

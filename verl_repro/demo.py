@@ -29,7 +29,6 @@ from verl_repro.analysis import figures
 from verl_repro.analysis.frontend import (
     SYSTEM_PROMPT,
     USER_SUFFIX,
-    bundled_problems,
     encode,
     end_token_ids,
     grade_responses,
@@ -58,10 +57,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     training.add_argument("--verbose", action="store_true", help="show veRL's whole console output (always in each run's verl.log)")
     walk = parser.add_argument_group("--walkthrough (one batch in detail, without veRL)")
     walk.add_argument("--walkthrough", action="store_true", help="print RePro's and CorR-PO's figures for each response of one batch")
-    walk.add_argument("--problems", default=None, help="jsonl with question/answer (default: bundled problems)")
+    walk.add_argument("--problems", default=None, help="jsonl with question/answer (default: the training demo's problems)")
     walk.add_argument("--num-problems", type=int, default=4)
     walk.add_argument("--samples-per-prompt", type=int, default=3, help="GRPO group size n")
-    walk.add_argument("--max-new-tokens", type=int, default=160)
+    walk.add_argument("--max-new-tokens", type=int, default=48)
     walk.add_argument("--temperature", type=float, default=0.8)
     walk.add_argument("--num-segments", type=int, default=10, help="repro.num_segments (k)")
     walk.add_argument("--stability-weight", type=float, default=0.5, help="repro.stability_weight (w)")
@@ -96,9 +95,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def load_problems(path: str | None, limit: int):
-    """``limit`` problems (question + answer) of ``path``, or of the bundled problems."""
+    """``limit`` problems (question + answer) of ``path``, or the training demo's problems posed as
+    it poses them (two worked examples first), which SmolLM2 gets right about half the time."""
     if path is None:
-        return bundled_problems(limit)
+        from verl_repro.analysis.frontend import Trajectory
+        from verl_repro.demo_training import demo_messages, train_problems
+
+        return [Trajectory(id=p["id"], prompt=demo_messages(p["question"]), response=None, ground_truth=p["answer"])
+                for p in train_problems()[:limit]]
     return load_trajectories(path, need_response=False, limit=limit, flag="--problems")
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Iterator, Optional, Sequence
 
 from verl_repro.cpu.progress import clock
-from verl_repro.run_metrics import FIGURES_BY_NAME, figure_value, read_metrics, series
+from verl_repro.run_metrics import FIGURES_BY_NAME, read_metrics, series
 
 DATA_SOURCE = "verl_repro/demo"
 TRAIN_PROBLEMS = "data/demo_train_problems.jsonl"
