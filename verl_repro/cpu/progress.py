@@ -27,6 +27,8 @@ STEP_LINE_FIGURES = (
     ("process_adv", "|Ã|"),
     ("rho", "ρ"),
 )
+# veRL's phase timers worth a glance: (metric key, short label)
+STEP_LINE_PHASES = (("timing_s/gen", "rollout"), ("timing_s/repro_scoring", "scoring"), ("timing_s/update_actor", "update"))
 LOG_TAIL_LINES = 25
 # veRL's trainer logs this once every worker is up and the first step begins.
 TRAINING_STARTS = b"ready to fit"
@@ -52,7 +54,8 @@ def step_line(step: int, total: Optional[int], data: dict[str, float], elapsed: 
     timing = []
     step_time = figure_value(data, "step_time")
     if step_time is not None:
-        timing.append(f"{step_time:.1f} s/step")
+        phases = [f"{short} {data[key]:.0f} s" for key, short in STEP_LINE_PHASES if key in data]
+        timing.append(f"{step_time:.1f} s/step" + (f" ({', '.join(phases)})" if phases else ""))
     timing.append(f"elapsed {clock(elapsed)}")
     if eta is not None:
         timing.append(f"ETA {clock(eta)}")
