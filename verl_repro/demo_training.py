@@ -65,7 +65,7 @@ METHODS = {
 @dataclass(frozen=True)
 class DemoSettings:
     steps: int = 3
-    prompts_per_step: int = 3
+    prompts_per_step: int = 2
     group_size: int = 4
     max_response_length: int = 40
     lr: float = 5e-6
