@@ -5,6 +5,11 @@ Sets ``VERL_PLATFORM=cpu`` (which makes this package register the CPU platform, 
 override given on the command line is passed through and wins over the CPU defaults for the
 same key. ``--smoke DIR`` adds a tiny checkpoint, dataset and reward (see
 :mod:`verl_repro.cpu.smoke`) for a 2-step run; explicit overrides win over those too.
+
+Each run writes into a run directory of its own (never reused): veRL's console output
+(``verl.log``), its per-step metrics (``metrics.jsonl``), Hydra's folder and the checkpoints. The
+terminal gets one line per step (:mod:`verl_repro.cpu.progress`); ``--verbose`` shows everything.
+main_ppo and its Ray instance never outlive the launcher (:mod:`verl_repro.cpu.watchdog`).
 """
 
 from __future__ import annotations
