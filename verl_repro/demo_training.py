@@ -2,7 +2,7 @@
 
 Each method is one ``cpu-run``: veRL's own ``main_ppo`` (TransferQueue, FSDP2 actor, reference
 worker, the ``hf`` rollout, the ``repro_math`` reward manager, our ``repro_sync`` trainer and
-estimators), with the same model, data, seed and settings; only ``algorithm.adv_estimator``
+estimators), with the same model, data and settings; only ``algorithm.adv_estimator``
 differs. The model is the embedded SmolLM2-135M-Instruct (:mod:`verl_repro.demo_model`).
 
 The problems are one-step addition word problems with a two-example prompt that shows the answer
@@ -269,7 +269,7 @@ def run_training_demo(output_dir: Optional[str], settings: DemoSettings, methods
     out = claim_run_dir(output_dir, Path("outputs") / "demo").resolve()
     print(f"verl-repro demo: {len(runs)} short training runs of veRL's main_ppo on this CPU, results in {out}")
     print(f"  {settings.steps} steps x {settings.prompts_per_step} problems x {settings.group_size} responses "
-          f"(<= {settings.max_response_length} tokens), the same seed and data for every method")
+          f"(<= {settings.max_response_length} tokens), the same settings and data for every method")
     model_path = Path(model).resolve() if model else embedded_model()
     train, val = write_dataset(out / "data", settings)
     prompt_tokens = max_prompt_tokens(model_path, train_problems())
@@ -292,7 +292,7 @@ def run_training_demo(output_dir: Optional[str], settings: DemoSettings, methods
         summaries[method.name] = method_summary(all_metrics[method.name])
 
     figure = plot_training_curves(all_metrics, out / FIGURE_FILE,
-                                  title=f"SmolLM2-135M-Instruct, {settings.steps} steps on a CPU (same seed and data)")
+                                  title=f"SmolLM2-135M-Instruct, {settings.steps} steps of veRL main_ppo on a CPU (same settings and data)")
     wall = time.monotonic() - started
     (out / "summary.json").write_text(json.dumps(
         {"settings": settings.__dict__, "model": str(model_path), "wall_s": round(wall, 1), "methods": summaries},

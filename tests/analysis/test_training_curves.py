@@ -92,3 +92,16 @@ def test_bad_inputs_are_one_line_errors(tmp_path):
         load_runs([wrong])
     with pytest.raises(SystemExit, match="2 --labels for 1"):
         load_runs([empty], ["a", "b"])
+
+
+def test_a_run_keeps_its_colour_in_every_panel(tmp_path, monkeypatch):
+    from verl_repro.analysis import figures
+
+    saved = {}
+    monkeypatch.setattr(figures, "save_figure", lambda figure, path: saved.setdefault("figure", figure) and path)
+    plot_training_curves({"grpo": dict(GRPO), "repro_grpo": dict(REPRO)}, tmp_path / "unused.png")
+    colours = {}
+    for ax in saved["figure"].axes:
+        for line in ax.get_lines():
+            colours.setdefault(line.get_label(), set()).add(line.get_color())
+    assert all(len(c) == 1 for c in colours.values()) and colours["grpo"] != colours["repro_grpo"]

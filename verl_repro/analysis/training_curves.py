@@ -36,10 +36,10 @@ def plot_training_curves(runs: Mapping[str, Mapping[int, Mapping[str, float]]], 
     axes = figure.subplots(2, 3, squeeze=False).reshape(-1)
     for ax, name in zip(axes, PANELS):
         drawn = 0
-        for label, metrics in runs.items():
+        for index, (label, metrics) in enumerate(runs.items()):
             steps, values = series(metrics, name)
-            if steps:
-                ax.plot(steps, values, marker="o", markersize=4, label=label)
+            if steps:  # a run keeps its colour in every panel, also where others have no line
+                ax.plot(steps, values, marker="o", markersize=4, label=label, color=f"C{index % 10}")
                 drawn += 1
         ax.set_title(FIGURES_BY_NAME[name].label, fontsize=10)
         ax.set_xlabel("training step")
