@@ -44,6 +44,30 @@ def tiny_tokenizer(tiny_model_dir):
 
     return AutoTokenizer.from_pretrained(tiny_model_dir)
 
+
+@pytest.fixture(scope="session")
+def random_causal_lm():
+    """Factory of small random-weight causal LMs, ``random_causal_lm(kind, seed, **config)``: ``kind``
+    is ``qwen2``, ``llama`` (attention bias) or ``qwen3`` (q/k norms before rotary)."""
+
+    def build(kind: str = "qwen2", seed: int = 0, **overrides):
+        from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
+
+        torch.manual_seed(seed)
+        common = dict(
+            vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+        )
+        common.update(overrides)
+        if kind == "qwen2":
+            return Qwen2ForCausalLM(Qwen2Config(**common)).eval()
+        if kind == "qwen3":  # q/k RMS norms before rotary
+            return Qwen3ForCausalLM(Qwen3Config(head_dim=8, **common)).eval()
+        return LlamaForCausalLM(LlamaConfig(attention_bias=True, **common)).eval()
+
+    return build
+
+
 # CI runs a fixed set of hypothesis examples so a landing is reproducible; run with
 # HYPOTHESIS_PROFILE=explore to search new random examples (e.g. the Pearson near-zero-variance
 # case found there, left open: ρ for variance ~1e-160 differs from scipy).

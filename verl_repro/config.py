@@ -3,7 +3,9 @@
 In a veRL run these live under the top-level Hydra group ``repro`` (``+repro=default`` adds the
 group with these defaults; ``repro.alpha=0.2`` then overrides a key). CorR-PO keys are the nested
 group ``repro.corr``. This module imports no veRL, so the maths, the analysis tools and the
-recipes' ``--dry-run`` can all validate the same objects.
+recipes' ``--dry-run`` can all validate the same objects. The choices the maths defines (``no_think_end``
+policies, correlation kinds and scopes, the default boundary patterns and ``j_base_eps``) are read from
+:mod:`verl_repro.algorithms`, their one owner.
 """
 
 from __future__ import annotations
@@ -13,12 +15,13 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from verl_repro.algorithms.correlation import CORRELATION_KINDS, TOKEN_SCOPES
+from verl_repro.algorithms.repro import DEFAULT_J_BASE_EPS
+from verl_repro.algorithms.segments import DEFAULT_BOUNDARY_PATTERNS, NO_THINK_END_POLICIES
+
 SCORERS = ("ref", "actor")
 SCORING_MODES = ("naive", "prefix_shared")
-NO_THINK_END_POLICIES = ("skip", "use_end")
 PROCESS_REWARD_NORMS = ("auto", "group", "batch", "none")
-CORRELATION_KINDS = ("spearman", "pearson")
-TOKEN_SCOPES = ("thinking", "all")
 CORR_SIGNALS = ("param_grad", "softmax_grad")
 CORR_AGGREGATES = ("mean", "sum")
 ANSWER_PLACEHOLDER = "{ground_truth}"
@@ -129,13 +132,13 @@ class ReproConfig:
     """How the ground truth is rendered after a cut; ``{ground_truth}`` is replaced literally."""
     max_answer_tokens: int = 64
     """Rendered answers longer than this are truncated (counted in ``repro/truncated_answers``)."""
-    boundary_patterns: list[str] = field(default_factory=lambda: ["\n\n", ".\n", "?\n"])
+    boundary_patterns: list[str] = field(default_factory=lambda: list(DEFAULT_BOUNDARY_PATTERNS))
     """A token ends a step when its decoded text ends with one of these."""
     think_end_token: str = "</think>"
     """End-of-thinking token; its id is looked up in the tokenizer, never hard-coded."""
     no_think_end: str = "skip"
     """Response without ``</think>``: ``skip`` (outcome advantage only) or ``use_end`` (end acts as e)."""
-    j_base_eps: float = 1e-6
+    j_base_eps: float = DEFAULT_J_BASE_EPS
     """|J_b| below this makes the magnitude undefined: that response gets no process reward."""
     process_reward_norm: str = "auto"
     """How process rewards are normalized: ``group`` (per prompt group, in the estimator's group form), ``batch`` (whitened over the batch), ``none``; ``auto`` is each estimator's own (docs/repro.md)."""

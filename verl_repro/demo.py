@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 from verl_repro.analysis import figures
+from verl_repro.config import SCORING_MODES
 from verl_repro.analysis.frontend import (
     SYSTEM_PROMPT,
     USER_SUFFIX,
@@ -66,7 +67,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     walk.add_argument("--stability-weight", type=float, default=0.5, help="repro.stability_weight (w)")
     walk.add_argument("--alpha", type=float, default=0.1, help="repro.alpha")
     walk.add_argument("--boundary-patterns", nargs="+", default=["\n"], help="repro.boundary_patterns (escapes like \\n are decoded)")
-    walk.add_argument("--scoring-mode", choices=("auto", "naive", "prefix_shared"), default="auto")
+    walk.add_argument("--scoring-mode", choices=("auto", *SCORING_MODES), default="auto")
     walk.add_argument("--seed", type=int, default=0)
 
 
@@ -111,8 +112,8 @@ def walkthrough(args: argparse.Namespace) -> int:
 
     from verl_repro import algorithms as alg
     from verl_repro.analysis.hf_scoring import response_token_stats, sample_responses
-    from verl_repro.analysis.trajectories import score_j
     from verl_repro.config import ReproConfig
+    from verl_repro.scoring import score_j
 
     started = time.time()
     torch.manual_seed(args.seed)
@@ -155,7 +156,7 @@ def walkthrough(args: argparse.Namespace) -> int:
         for gt in ground_truths
     ]
     j_base, j_cuts, scoring = score_j(
-        model, rows_prompt, response_ids, cuts, cut_mask, answers, mode=args.scoring_mode, pad_id=pad_id
+        model, rows_prompt, response_ids, cuts, cut_mask, answers, mode=args.scoring_mode
     )
     repro = alg.compute_repro_process_advantage(
         j_cuts, j_base, cuts, cut_mask, has_think_end, response_mask.float(), group_ids=group_ids,

@@ -40,6 +40,18 @@ def collect() -> dict[str, object]:
     }
 
 
+def all_patches() -> list[dict[str, str]]:
+    """Every monkey-patch of a veRL private name in this package: layer, veRL file, target, reason."""
+    from verl_repro.cpu.patches import PATCHES as CPU_PATCHES
+    from verl_repro.verl_ext.patches import VERL_EXT_PATCHES
+
+    return [
+        {"layer": layer, "verl_file": patch.verl_file, "target": f"{patch.module}:{patch.target}", "reason": patch.reason}
+        for layer, patches in (("verl_ext", VERL_EXT_PATCHES), ("cpu", CPU_PATCHES))
+        for patch in patches
+    ]
+
+
 def run(args: argparse.Namespace) -> int:
     info = collect()
     if args.json:

@@ -20,6 +20,7 @@ from verl_repro.analysis import trajectories as tr
 from verl_repro.analysis.backtracking import BacktrackingCounter, parse_phrases
 from verl_repro.analysis.frontend import to_trajectory
 from verl_repro.analysis.summary import summarize
+from verl_repro.scoring import score_j
 from verl_repro.cli import main
 
 NUM_SEGMENTS = 2
@@ -232,9 +233,7 @@ def test_sampling_from_prompts(tiny_model_dir, tmp_path):
 
 
 def test_scoring_modes_agree(tiny_model_dir, tiny_tokenizer):
-    """The one scoring switch: prefix-shared (when the package has it) gives naive's J̃."""
-    if tr._prefix_shared_scorer() is None:
-        pytest.skip("verl_repro.scoring (prefix-shared scorer) is not in this checkout")
+    """The one scoring switch: prefix-shared gives naive's J̃."""
     from transformers import AutoModelForCausalLM
 
     from verl_repro import algorithms as alg
@@ -245,8 +244,8 @@ def test_scoring_modes_agree(tiny_model_dir, tiny_tokenizer):
     cuts, cut_mask, _ = alg.select_cuts(response_ids, response_mask, torch.zeros(response_ids.shape), alg.boundary_token_ids(tiny_tokenizer),
                                         alg.think_end_token_id(tiny_tokenizer), 100)
     answers = [tiny_tokenizer("\\boxed{5}", add_special_tokens=False)["input_ids"]] * 2
-    naive = tr.score_j(model, batch.prompt_ids, response_ids, cuts, cut_mask, answers, mode="naive")
-    shared = tr.score_j(model, batch.prompt_ids, response_ids, cuts, cut_mask, answers, mode="prefix_shared")
+    naive = score_j(model, batch.prompt_ids, response_ids, cuts, cut_mask, answers, mode="naive")
+    shared = score_j(model, batch.prompt_ids, response_ids, cuts, cut_mask, answers, mode="prefix_shared")
     torch.testing.assert_close(shared[0], naive[0], atol=1e-5, rtol=0)
     torch.testing.assert_close(shared[1], naive[1], atol=1e-5, rtol=0, equal_nan=True)
     assert naive[2]["mode"] == "naive" and shared[2]["mode"] == "prefix_shared"

@@ -294,9 +294,8 @@ def test_plugin_registers_on_import_of_the_fsdp_engine():
 
 
 def test_vendor_engine_routes_prefix_shared_batches_to_the_scoring_hook(monkeypatch):
-    """Prefix-shared scoring batches (issue 10) go through the tree-attention hook; others reach veRL."""
-    from verl_repro.scoring import engine_step
-    from verl_repro.scoring import prefix_shared as ps
+    """Prefix-shared scoring batches go through the tree-attention hook; others reach veRL."""
+    from verl_repro.verl_ext import engine_step, transport
     from verl_repro.verl_ext.engine import engine_class_for
 
     calls = []
@@ -317,7 +316,7 @@ def test_vendor_engine_routes_prefix_shared_batches_to_the_scoring_hook(monkeypa
         pass
 
     assert engine.forward_step(Batch(input_ids=1), None, True) == "base"
-    assert engine.forward_step(Batch({"input_ids": 1, ps.PREFIX_LENGTHS_KEY: 2}), None, True) == "hook"
+    assert engine.forward_step(Batch({"input_ids": 1, transport.PREFIX_LENGTHS_KEY: 2}), None, True) == "hook"
     assert calls == [("base", True), ("base", True), ("hook", "base")]
 
 

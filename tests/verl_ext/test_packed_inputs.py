@@ -75,7 +75,8 @@ def test_engine_vendor_outputs_packed_equal_padded(transformer_impl, tiny_model,
 
 
 def _prefix_shared_j(engine, make_worker_group, tokenizer, batch, use_remove_padding: bool):
-    from verl_repro.verl_ext.scoring import LogProbBackend, score_ground_truth
+    from verl_repro.verl_ext.scoring import score_ground_truth
+    from verl_repro.verl_ext.transport import LogProbBackend
 
     group = make_worker_group(dp_size=2, use_remove_padding=use_remove_padding)
     group.engine = engine

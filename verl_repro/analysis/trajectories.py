@@ -52,52 +52,9 @@ from verl_repro.analysis.frontend import (
     pad_token_id,
     render_prompt,
 )
-from verl_repro.analysis.summary import FALLBACK_REASONS, compare_table, markdown_table, summarize
-
-SCORING_MODES = ("auto", "naive", "prefix_shared")
-
-
-# ----------------------------------------------------------------------------- scoring
-
-
-def _prefix_shared_scorer():
-    try:
-        from verl_repro.scoring import score_cuts_prefix_shared
-    except ImportError:
-        return None
-    return score_cuts_prefix_shared
-
-
-def score_j(model, prompt_ids, response_ids, cuts, cut_mask, answer_ids, *, mode: str = "auto", micro_batch_size: int = 8, pad_id: int = 0):
-    """``J_b [B]`` and ``J̃`` at every cut ``[B, K]`` (float32, NaN where not scored) through the
-    library's scoring path, and ``{"mode", "scored_tokens", "naive_tokens"}``.
-
-    The one switch between scorers: ``naive`` is :func:`verl_repro.analysis.hf_scoring.score_cuts`
-    (one sequence per cut); ``prefix_shared`` is :func:`verl_repro.scoring.score_cuts_prefix_shared`
-    (all cuts of a response in one pass; it falls back to the naive maths itself on models whose
-    attention cannot take its mask); ``auto`` takes prefix-shared when the package has it.
-    """
-    import torch
-
-    from verl_repro.analysis.hf_scoring import score_cuts
-
-    if mode not in SCORING_MODES:
-        raise ValueError(f"--scoring-mode must be one of {SCORING_MODES}, got {mode!r}")
-    prefix_shared = _prefix_shared_scorer() if mode != "naive" else None
-    if mode == "prefix_shared" and prefix_shared is None:
-        raise ValueError("--scoring-mode prefix_shared: this installation has no verl_repro.scoring; use naive or auto")
-    if prefix_shared is not None:
-        result = prefix_shared(model, prompt_ids, response_ids, cuts, cut_mask, answer_ids)
-        used = "prefix_shared" if result.fallback_reason is None else f"naive (prefix-shared unsupported: {result.fallback_reason})"
-        return result.j_base, result.j_cuts, {"mode": used, "scored_tokens": int(result.scored_tokens), "naive_tokens": int(result.naive_tokens)}
-    j_base, j_cuts = score_cuts(model, prompt_ids, response_ids, cuts, cut_mask, answer_ids, micro_batch_size=micro_batch_size, pad_id=pad_id)
-    # Tokens fed: prompt + c + answer for the base cut and every valid cut of each scored row.
-    answer_lengths = torch.tensor([len(a) for a in answer_ids], dtype=torch.long)
-    scored = cut_mask.any(dim=1) & (answer_lengths > 0)
-    prompt_lengths = torch.tensor([len(p) for p in prompt_ids], dtype=torch.long)
-    per_row = (cut_mask.sum(1) + 1) * (prompt_lengths + answer_lengths) + (cuts * cut_mask).sum(1)
-    tokens = int(per_row[scored].sum())
-    return j_base, j_cuts, {"mode": "naive", "scored_tokens": tokens, "naive_tokens": tokens}
+from verl_repro.analysis.summary import compare_table, markdown_table, summarize
+from verl_repro.config import SCORING_MODES
+from verl_repro.scoring import score_j
 
 
 # ----------------------------------------------------------------------------- the analysis
@@ -147,7 +104,7 @@ class TokenizedBatch:
 
 
 def analyze_batch(model, tokenizer, batch: TokenizedBatch, correct: Sequence[bool | None], *, config, backtracking,
-                  temperature: float = 1.0, scoring_mode: str = "auto", micro_batch_size: int = 8) -> tuple[list[dict], dict]:
+                  temperature: float = 1.0, scoring_mode: str = "auto", max_tokens_per_pass: int = 16384) -> tuple[list[dict], dict]:
     """Per-trajectory records for one batch (see the module docstring; every list in a record is
     over cuts, ascending) and the scorer's ``{"mode", "scored_tokens", "naive_tokens"}``.
     ``config`` is a :class:`~verl_repro.config.ReproConfig`."""
@@ -172,7 +129,7 @@ def analyze_batch(model, tokenizer, batch: TokenizedBatch, correct: Sequence[boo
     ]
     answers = [ids[: config.max_answer_tokens] for ids in full_answers]
     j_base, j_all, scoring = score_j(model, batch.prompt_ids, response_ids, all_cuts, all_mask, answers,
-                            mode=scoring_mode, micro_batch_size=micro_batch_size, pad_id=pad_id)
+                                     mode=scoring_mode, max_tokens_per_pass=max_tokens_per_pass)
     j_base, j_all = j_base.double(), j_all.double()
     j_topk = lookup_cut_values(all_cuts, all_mask, j_all, topk_cuts, topk_mask)
 
@@ -244,7 +201,7 @@ def _think_end_id(tokenizer, token: str) -> int:
 
 
 def analyze(model, tokenizer, batch: TokenizedBatch, *, config, backtracking, temperature: float = 1.0,
-            scoring_mode: str = "auto", micro_batch_size: int = 8, batch_size: int = 16,
+            scoring_mode: str = "auto", max_tokens_per_pass: int = 16384, batch_size: int = 16,
             require_think_end: bool | None = None, progress: bool = False) -> tuple[list[dict], dict]:
     """Grade every trajectory, then :func:`analyze_batch` in chunks of ``batch_size`` (progress bar).
 
@@ -265,7 +222,7 @@ def analyze(model, tokenizer, batch: TokenizedBatch, *, config, backtracking, te
             chunk = slice(start, start + batch_size)
             part = TokenizedBatch(*(getattr(batch, name)[chunk] for name in TokenizedBatch.__dataclass_fields__))
             part_records, scoring = analyze_batch(model, tokenizer, part, correct[chunk], config=config, backtracking=backtracking,
-                                                  temperature=temperature, scoring_mode=scoring_mode, micro_batch_size=micro_batch_size)
+                                                  temperature=temperature, scoring_mode=scoring_mode, max_tokens_per_pass=max_tokens_per_pass)
             records += part_records
             totals["modes"] = sorted(set(totals["modes"]) | {scoring["mode"]})
             totals["scored_tokens"] += scoring["scored_tokens"]
@@ -310,7 +267,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             "use '\\n' for tokenizers that keep newlines apart, e.g. SmolLM2)")
     repro.add_argument("--no-think-end", choices=("skip", "use_end"), default="use_end",
                        help="response without </think>: use its end as e (default, so every trajectory has a curve) or skip it")
-    repro.add_argument("--scoring-mode", choices=SCORING_MODES, default="auto", help="J̃ scorer (auto: prefix-shared when available)")
+    repro.add_argument("--scoring-mode", choices=("auto", *SCORING_MODES), default="auto",
+                       help="J̃ scorer (auto: prefix-shared, which scores naive on models whose attention cannot take its mask)")
     other = parser.add_argument_group("other")
     other.add_argument("--backtracking-phrases", default=None, help="comma-separated phrases, or @file (one per line)")
     other.add_argument("--backtracking-scope", choices=("thinking", "all"), default="thinking")
@@ -318,7 +276,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="grading: only text after </think> counts (auto: when the tokenizer has </think>)")
     other.add_argument("--grid-points", type=int, default=11, help="points of the normalized step grid")
     other.add_argument("--batch-size", type=int, default=16, help="trajectories per scoring chunk")
-    other.add_argument("--micro-batch-size", type=int, default=8, help="sequences per forward pass")
+    other.add_argument("--tokens-per-pass", type=int, default=16384, help="tokens per J̃ scoring forward (naive: padded)")
     other.add_argument("--device", default="auto", help="auto | cpu | cuda[:i]")
     other.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto")
     other.add_argument("--no-progress", action="store_true")
@@ -408,7 +366,7 @@ def analyze_run(model_path, args, trajectories_path: str | None, output_dir: Pat
                   "max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "seed": args.seed}
     require = {"auto": None, "yes": True, "no": False}[args.require_think_end]
     records, scoring = analyze(model, tokenizer, batch, config=config, backtracking=counter, temperature=args.temperature,
-                      scoring_mode=args.scoring_mode, micro_batch_size=args.micro_batch_size, batch_size=args.batch_size,
+                      scoring_mode=args.scoring_mode, max_tokens_per_pass=args.tokens_per_pass, batch_size=args.batch_size,
                       require_think_end=require, progress=progress)
     summary = summarize(records, args.grid_points)
     summary.update({

@@ -9,24 +9,11 @@ a target that has disappeared, stops with an error saying which patch to revisit
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
 from types import ModuleType
-from typing import Callable
 
-PINNED_VERL_VERSION = "0.9.1"
+from verl_repro.patching import Patch, apply_patch, check_verl_version
 
-
-class VerlVersionError(RuntimeError):
-    """veRL is not the release these patches were written against."""
-
-
-@dataclass(frozen=True)
-class Patch:
-    verl_file: str  # path inside the veRL package, for readers
-    module: str  # module holding the target
-    target: str  # attribute replaced or edited
-    reason: str
-    apply: Callable[[ModuleType], None]
+REVISIT = "verl_repro/cpu/patches.py"
 
 
 # --- patch bodies ---------------------------------------------------------------------------------
@@ -146,31 +133,6 @@ PATCHES: tuple[Patch, ...] = (
 # --- checks and installation -------------------------------------------------------------------
 
 
-def check_verl_version() -> None:
-    """Raise :class:`VerlVersionError` unless the installed veRL is the pinned release."""
-    import verl
-
-    installed = getattr(verl, "__version__", "unknown")
-    if installed != PINNED_VERL_VERSION:
-        listing = "; ".join(f"{patch.verl_file}:{patch.target}" for patch in PATCHES)
-        raise VerlVersionError(
-            f"verl-repro's CPU backend patches veRL {PINNED_VERL_VERSION} private names ({listing}), "
-            f"but veRL {installed} is installed. Install verl=={PINNED_VERL_VERSION} or revisit "
-            "verl_repro/cpu/patches.py."
-        )
-
-
-def apply_patch(patch: Patch, module: ModuleType) -> None:
-    """Apply one patch to its (imported) module, failing loudly if the target is gone."""
-    if not hasattr(module, patch.target):
-        raise VerlVersionError(
-            f"verl-repro CPU patch target {patch.verl_file}:{patch.target} no longer exists "
-            f"(patch reason: {patch.reason}); veRL changed since {PINNED_VERL_VERSION}, revisit "
-            "verl_repro/cpu/patches.py."
-        )
-    patch.apply(module)
-
-
 def install_patches() -> list[str]:
     """Check the veRL version, then apply each patch when its module is imported.
 
@@ -178,7 +140,8 @@ def install_patches() -> list[str]:
     """
     from verl_repro.import_hooks import when_imported
 
-    check_verl_version()
+    listing = "; ".join(f"{patch.verl_file}:{patch.target}" for patch in PATCHES)
+    check_verl_version(f"verl-repro's CPU backend ({listing})", REVISIT)
     for patch in PATCHES:
-        when_imported(patch.module, functools.partial(apply_patch, patch))
+        when_imported(patch.module, functools.partial(apply_patch, patch, revisit=REVISIT))
     return [f"patch:{patch.verl_file}:{patch.target}" for patch in PATCHES]

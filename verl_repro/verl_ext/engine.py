@@ -40,6 +40,8 @@ from typing import Optional
 
 import torch
 
+from verl_repro.verl_ext.transport import jagged
+
 logger = logging.getLogger("verl_repro")
 
 VENDOR = "repro"
@@ -201,7 +203,7 @@ def param_grad_request(micro_batch) -> Optional[dict]:
 
 
 def _nest(values: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
-    return torch.nested.nested_tensor_from_jagged(values, cu_seqlens)
+    return jagged(values, cu_seqlens.diff())
 
 
 def _pack_padded(values: torch.Tensor, input_ids) -> torch.Tensor:
@@ -231,7 +233,7 @@ class TokenStatsEngineMixin:
     def forward_step(self, micro_batch, loss_function, forward_only):
         # RePro's prefix-shared scoring batches (repro.scoring_mode=prefix_shared) need a tree
         # attention layout on this forward; every other batch takes veRL's path unchanged.
-        from verl_repro.scoring.engine_step import is_prefix_shared_batch, prefix_shared_forward_step
+        from verl_repro.verl_ext.engine_step import is_prefix_shared_batch, prefix_shared_forward_step
 
         if is_prefix_shared_batch(micro_batch):
             return prefix_shared_forward_step(self, micro_batch, loss_function, forward_only, super().forward_step)

@@ -139,18 +139,11 @@ def validate_repro_setup(config: Any) -> ReproConfig:
         return repro
 
     if "repro_scoring" in needs:
-        from verl_repro.verl_ext.scoring import SCORING_MODES
-
         if repro.scorer == "ref" and not need_reference_policy(config):
             raise ConfigError(
                 f"repro.scorer=ref ({estimator}) scores the ground truth with veRL's reference model, which veRL "
                 "creates only with actor_rollout_ref.actor.use_kl_loss=True (actor_rollout_ref.actor.kl_loss_coef "
                 "may be 0) or algorithm.use_kl_in_reward=True; enable one of them, or set repro.scorer=actor"
-            )
-        if repro.scoring_mode not in SCORING_MODES:
-            raise ConfigError(
-                f"repro.scoring_mode={repro.scoring_mode!r} is not available in this build; "
-                f"available: {sorted(SCORING_MODES)}"
             )
         if repro.scoring_mode == "prefix_shared" and not engine_vendor_requested(config):
             # The tree-attention forward lives in the repro engine vendor; stock engines can only
@@ -321,7 +314,7 @@ class _ReproSyncMixin:
         return self._compute_advantage_with_inputs(batch, metrics, needs)
 
     def _scoring_backend(self):
-        from verl_repro.verl_ext.scoring import LogProbBackend
+        from verl_repro.verl_ext.transport import LogProbBackend
 
         extra = {}
         if self.repro_config.scorer == "ref":

@@ -11,7 +11,6 @@ Not exercised on CPU: Ray, FSDP sharding, bf16 autocast, flash-attention.
 from __future__ import annotations
 
 import logging
-import math
 import pickle
 import tempfile
 
@@ -20,7 +19,7 @@ import torch
 
 from verl_repro.algorithms import boundary_token_ids, think_end_token_id
 from verl_repro.config import ReproConfig
-from verl_repro.scoring import prefix_shared as ps
+from verl_repro.verl_ext import transport
 
 STEPS = ["First, we add 3 and 4 to get 7.\n", "Wait, let me re-check the sum.\n\n", "So the total is 7.\n", "Is 3 larger than 4?\n"]
 
@@ -34,7 +33,7 @@ def engine_classes(tiny_model_dir):
     import verl.workers.engine.fsdp.transformer_impl as impl
     from verl.workers.config import FSDPEngineConfig
 
-    from verl_repro.scoring.engine_step import is_prefix_shared_batch, prefix_shared_forward_step
+    from verl_repro.verl_ext.engine_step import is_prefix_shared_batch, prefix_shared_forward_step
 
     patcher = pytest.MonkeyPatch()
     patcher.setattr(impl, "get_device_id", lambda: "cpu")
@@ -127,7 +126,8 @@ def _rollout(tokenizer, seed: int = 0):
 
 
 def _score(tokenizer, group, mode: str, dp_size: int):
-    from verl_repro.verl_ext.scoring import LogProbBackend, score_ground_truth
+    from verl_repro.verl_ext.scoring import score_ground_truth
+    from verl_repro.verl_ext.transport import LogProbBackend
 
     config = ReproConfig(num_segments=12, scoring_mode=mode, scoring_micro_batch_size=2).validate()
     backend = LogProbBackend(group.compute_ref_log_prob, dp_size=dp_size, temperature=0.9)
@@ -168,7 +168,7 @@ def test_prefix_shared_through_the_engine_equals_naive(engine_classes, model, ti
     _assert_same_j(shared, naive)
     # One worker sequence per scored response (plus DP layout padding), far fewer tokens.
     (sent,) = group.sent
-    assert ps.PREFIX_LENGTHS_KEY in sent.keys() and len(sent) >= 3
+    assert transport.PREFIX_LENGTHS_KEY in sent.keys() and len(sent) >= 3
     assert shared.stats["num_sequences"] == 3 < naive.stats["num_sequences"]
     assert shared.stats["scored_tokens"] < naive.stats["scored_tokens"] / 3
     verdicts = engine._repro_prefix_shared_verdicts
@@ -186,7 +186,7 @@ def test_stock_engine_is_detected_and_scored_naive(engine_classes, model, tiny_t
     assert len(group.sent) == 2  # the refused prefix-shared call, then the naive one
     # The next step (a new backend over the same workers) goes straight to naive.
     again, _ = _score(tiny_tokenizer, group, "prefix_shared", 1)
-    assert len(group.sent) == 3 and ps.PREFIX_LENGTHS_KEY not in group.sent[-1].keys()
+    assert len(group.sent) == 3 and transport.PREFIX_LENGTHS_KEY not in group.sent[-1].keys()
     _assert_same_j(again, naive)
 
 
@@ -206,30 +206,3 @@ def test_model_that_cannot_take_the_mask_runs_naive_in_the_worker(engine_classes
     assert any("runs naive in this worker" in r.getMessage() and "sliding" in r.getMessage() for r in caplog.records)
     _assert_same_j(shared, naive)
     assert shared.stats["scored_tokens"] == naive.stats["scored_tokens"]
-
-
-def test_worker_batch_round_trip_hand_case():
-    """transport_tensors → worker-side rebuild gives back the same layout; slots map back to samples."""
-    layout = ps.build_prefix_shared_batch(
-        torch.tensor([10, 11, 20, 21, 22, 23, 12, 24, 25]), torch.tensor([0, 6, 9]), torch.tensor([2, 1]),
-        torch.tensor([[1, 3], [2, 0]]), torch.tensor([[True, True, True], [True, True, False]]),
-        torch.tensor([90, 91, 92]), torch.tensor([2, 1]),
-    )
-    order = torch.tensor([1, 0, 1])  # slot 2 repeats sample 1 (DP layout padding)
-    sent = ps.transport_tensors(layout, order)
-    rebuilt = ps.prefix_shared_batch_from_packed(
-        sent["input_ids"].values(), sent["position_ids"].values(), sent["input_ids"].offsets().diff(),
-        sent[ps.PREFIX_LENGTHS_KEY], sent[ps.COPY_LENGTHS_KEY],
-    )
-    assert rebuilt.copy_starts.tolist() == [0, 2, 1, 2, 4, 0, 2]
-    assert rebuilt.copy_slot.tolist() == [0, 1, 0, 1, 2, 0, 1]
-    assert sent["loss_mask"].values().sum() == rebuilt.scored_index.numel() == 2 * 8 - 6
-    # Log-prob of token p + 1 at position p: encode (slot, position) and read it back per scored token.
-    lengths = sent["input_ids"].offsets().diff()
-    owner, position = ps.segment_positions(lengths)
-    fake = ps.jagged((owner * 100 + position).float(), lengths)
-    values = ps.scored_from_slots(layout, order, torch.tensor([False, False, True]), fake)
-    local = layout.scored_index - torch.tensor([0] * 14 + [14] * 7)[layout.scored_index]
-    slot = torch.tensor([1] * 14 + [0] * 7)[layout.scored_index]
-    assert values.tolist() == (slot * 100 + local).float().tolist()
-    assert not math.isnan(float(values.sum()))
