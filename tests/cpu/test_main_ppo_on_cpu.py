@@ -166,7 +166,7 @@ def _assert_recipe_path(run: Run) -> None:
 
 
 def test_dp_layout_of_the_two_rank_scoring_run_pads():
-    from verl_repro.verl_ext.scoring import dp_layout
+    from verl_repro.verl_ext.transport import dp_layout
 
     _, is_padding, micro_batch = dp_layout(torch.full((16,), 40), dp_size=2, micro_batch_size=SCORING_MICRO_BATCH)
     assert (int(is_padding.sum()), micro_batch) == (2, 3)

@@ -16,8 +16,9 @@ messages:
   build them (``MathRewardConfig.from_mapping``), and for any reward manager no ``inf`` / ``nan``.
 
 :func:`run_checks` runs them all. Two callers: veRL's ``validate_config`` in the driver, extended
-by the one patch in :data:`verl_repro.verl_ext.patches.VERL_EXT_PATCHES` (installed by
-:func:`register` on ``import verl``), and the recipes' ``--dry-run`` (``recipes/launch.py``).
+by the one patch of the glue, :data:`VALIDATE_CONFIG_PATCH` (installed by :func:`register` on
+``import verl``; listed in :data:`verl_repro.verl_ext.patches.VERL_EXT_PATCHES`), and the recipes'
+``--dry-run`` (``recipes/launch.py``).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import math
 from typing import Any, Mapping
 
 from verl_repro.config import ConfigError, ReproConfig
+from verl_repro.patching import Patch, apply_patch, check_verl_version
 
 TRAINER_MODE = "repro_sync"
 
@@ -143,9 +145,7 @@ def extend_validate_config(module) -> None:
 
     @functools.wraps(original)
     def validate_config(config, *args, **kwargs):
-        from verl_repro.verl_ext.patches import check_verl_version
-
-        check_verl_version("the verl-repro start-up checks in validate_config (verl_ext/patches.py)")
+        check_verl_version("the verl-repro start-up checks in validate_config (verl_ext/patches.py)", REVISIT)
         run_checks(config)
         return original(config, *args, **kwargs)
 
@@ -153,8 +153,28 @@ def extend_validate_config(module) -> None:
     module.validate_config = validate_config
 
 
-def register() -> list[str]:
-    """Plugin hook: install the driver check (see :mod:`verl_repro.verl_ext.patches`)."""
-    from verl_repro.verl_ext.patches import install_verl_ext_patches
+REVISIT = "verl_repro/verl_ext/preflight.py"
 
-    return install_verl_ext_patches()
+VALIDATE_CONFIG_PATCH = Patch(
+    verl_file="verl/utils/config.py",
+    module="verl.utils.config",
+    target="validate_config",
+    reason=(
+        "main_ppo calls it in the driver right before run_ppo starts Ray: the verl-repro start-up checks "
+        "(verl_ext/preflight.py: reward options, estimator/trainer pairing, repro group, finiteness) run there"
+    ),
+    apply=extend_validate_config,
+)
+
+
+def register() -> list[str]:
+    """Plugin hook: apply :data:`VALIDATE_CONFIG_PATCH` when ``verl.utils.config`` is imported (at once
+    if it is). The patched function itself refuses another veRL than the pinned one when it is
+    called (not here: this runs in every process on ``import verl``). Returns a
+    ``"preflight:<file>:<target>"`` entry (not ``patch:``, which the registration report keeps for
+    the CPU backend's patches)."""
+    from verl_repro.import_hooks import when_imported
+
+    patch = VALIDATE_CONFIG_PATCH
+    when_imported(patch.module, functools.partial(apply_patch, patch, revisit=REVISIT))
+    return [f"preflight:{patch.verl_file}:{patch.target}"]

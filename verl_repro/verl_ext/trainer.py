@@ -237,9 +237,9 @@ class _ReproSyncMixin:
     def __init__(self, config):
         from omegaconf import open_dict
 
-        from verl_repro.verl_ext.patches import check_verl_version
+        from verl_repro.patching import check_verl_version
 
-        check_verl_version(f"trainer.v1.trainer_mode={TRAINER_MODE}")
+        check_verl_version(f"trainer.v1.trainer_mode={TRAINER_MODE}", "verl_repro/verl_ext/patches.py")
         self.repro_config = validate_repro_setup(config)
         from verl_repro.verl_ext.estimators import log_paper_setting_differences
 
