@@ -51,6 +51,7 @@ METHODS = ("auto", "fast", "exact")
 CAPTURE_ATTENTION = "verl_repro_capture"
 # Bytes of attention scratch (probabilities and attention-weighted inputs) per chunk of queries.
 ATTENTION_CHUNK_BYTES = 64 * 2**20
+ATTENTION_CHUNK_QUERIES = 128
 
 
 class UnsupportedModelError(ValueError):
@@ -518,19 +519,22 @@ def _attended_input_factor(query, key, x, segments, scaling):
     group = heads // key.shape[1]
     key = key.repeat_interleave(group, dim=1)
     position = torch.arange(length, device=x.device)
+    values = _finite(x)
     chunk = max(1, ATTENTION_CHUNK_BYTES // max(1, batch * heads * (length + x.shape[-1]) * x.element_size()))
+    chunk = min(chunk, ATTENTION_CHUNK_QUERIES)  # short chunks skip most of the causally hidden keys
     factors = []
     for start in range(0, length, chunk):
         stop = min(length, start + chunk)
-        scores = torch.einsum("bhqd,bhkd->bhqk", query[:, :, start:stop], key) * scaling
+        # causal: the queries of this chunk see keys before `stop` only
+        scores = torch.einsum("bhqd,bhkd->bhqk", query[:, :, start:stop], key[:, :, :stop]) * scaling
         visible = (
-            (position[None, start:stop, None] >= position[None, None, :])
-            & (segments[:, start:stop, None] == segments[:, None, :])
-            & (segments[:, None, :] >= 0)
+            (position[None, start:stop, None] >= position[None, None, :stop])
+            & (segments[:, start:stop, None] == segments[:, None, :stop])
+            & (segments[:, None, :stop] >= 0)
         )
         scores = scores.masked_fill(~visible.unsqueeze(1), float("-inf"))
         probs = torch.softmax(scores.float(), dim=-1).to(x.dtype).nan_to_num(0.0)
-        attended = torch.einsum("bhqk,bkc->bqch", probs, _finite(x))  # [B, q, H, heads]
+        attended = torch.einsum("bhqk,bkc->bqch", probs, values[:, :stop])  # [B, q, H, heads]
         factors.append(torch.linalg.qr(attended, mode="r").R)
     return torch.cat(factors, dim=1)
 
