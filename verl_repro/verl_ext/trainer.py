@@ -198,11 +198,10 @@ def as_jagged(tensor: torch.Tensor) -> torch.Tensor:
     every sample has the same shape, and then returns a plain ``[B, L, ...]`` tensor."""
     if tensor.is_nested:
         return tensor
+    from verl_repro.verl_ext.transport import jagged
+
     batch, length = tensor.shape[0], tensor.shape[1]
-    offsets = torch.arange(batch + 1, device=tensor.device) * length
-    values = tensor.reshape(batch * length, *tensor.shape[2:])
-    # Without the length hints, to_padded_tensor() pads to the total length instead of L.
-    return torch.nested.nested_tensor_from_jagged(values, offsets=offsets, min_seqlen=length, max_seqlen=length)
+    return jagged(tensor.reshape(batch * length, *tensor.shape[2:]), torch.full((batch,), length))
 
 
 def response_aligned(field: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:

@@ -31,9 +31,17 @@ SERVED_TREE, SERVED_NAIVE = 1.0, 2.0
 
 
 def jagged(values: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """Nested (jagged) ``[len(lengths), j]`` tensor of packed ``values`` (``lengths [N] long``)."""
+    """Nested (jagged) ``[len(lengths), j, ...]`` tensor of packed ``values [sum(lengths), ...]``.
+
+    Lengths on the CPU also give the shortest and longest length as hints (without them
+    ``to_padded_tensor()`` pads to the total length); on a GPU they are left out, as reading them
+    would wait for the device.
+    """
     offsets = F.pad(lengths.cumsum(0), (1, 0)).to(device=values.device, dtype=lengths.dtype)
-    return torch.nested.nested_tensor_from_jagged(values, offsets=offsets)
+    hints = {}
+    if lengths.device.type == "cpu" and lengths.numel():
+        hints = {"min_seqlen": int(lengths.min()), "max_seqlen": int(lengths.max())}
+    return torch.nested.nested_tensor_from_jagged(values, offsets=offsets, **hints)
 
 
 # ----------------------------------------------------------------------------- plain sequences
