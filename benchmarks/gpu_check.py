@@ -363,14 +363,10 @@ def scoring_section(report: Report, device: torch.device, sizes: Sizes, dry_run:
 
 def gradients_section(report: Report, device: torch.device, sizes: Sizes) -> None:
     """The CorR-PO signal: ``fast`` against ``exact`` (float32) and the cost of ``fast``."""
-    try:
-        from verl_repro.gradients import logit_gradient_norms
-    except ImportError as error:
-        report.add(f"## CorR-PO gradient signal\n\nnot measured: `verl_repro.gradients` is not importable ({error}).")
-        return
     import bench_scoring
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
+    from verl_repro.gradients import logit_gradient_norms
     from verl_repro.testing import TINY_MODEL_KWARGS
 
     config = Qwen2Config(**TINY_MODEL_KWARGS, vocab_size=512)

@@ -110,7 +110,7 @@ class CorrConfig:
 
 @dataclass
 class ReproConfig:
-    """RePro process rewards (DESIGN §2) and the ground-truth scoring that feeds them."""
+    """RePro process rewards (docs/repro.md, "RePro maths") and the ground-truth scoring that feeds them."""
 
     num_segments: int = 10
     """k: step boundaries kept per response, those whose next token has the highest entropy."""

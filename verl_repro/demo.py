@@ -174,7 +174,7 @@ def walkthrough(args: argparse.Namespace) -> int:
     )
 
     # 5. CorR-PO signature: per-response Spearman correlation of entropy and gradient norm
-    rho = alg.masked_spearman(stats.entropy.double(), stats.grad_norm.double(), response_mask) if hasattr(alg, "masked_spearman") else None
+    rho = alg.masked_spearman(stats.entropy.double(), stats.grad_norm.double(), response_mask)
 
     rows = []
     for b in range(len(rows_prompt)):
@@ -195,7 +195,7 @@ def walkthrough(args: argparse.Namespace) -> int:
                 "final_adv_mean": float(final_adv[b][response_mask[b]].mean()),
                 "entropy_mean": float(stats.entropy[b][response_mask[b]].mean()),
                 "grad_norm_mean": float(stats.grad_norm[b][response_mask[b]].mean()),
-                "rho_entropy_grad": float(rho[b]) if rho is not None else None,
+                "rho_entropy_grad": float(rho[b]),
                 "j_curve": [float(j_base[b])] + [float(v) for v in j_cuts[b][valid]],
                 "cut_positions": [int(c) for c in cuts[b][valid]],
                 "response": texts[b],
@@ -231,11 +231,10 @@ def _print_table(rows: list[dict]) -> None:
     print("\n" + header)
     print("-" * len(header))
     for r in rows:
-        rho = "   n/a" if r["rho_entropy_grad"] is None else f"{r['rho_entropy_grad']:7.2f}"
         print(
             f"{r['problem']:<9}{r['sample']:>2} {'yes' if r['correct'] else 'no':>3} {r['tokens']:>4} {r['cuts']:>4} "
             f"{r['j_base']:7.2f} {r['j_final']:7.2f} {r['score_final']:6.3f} {r['process_adv_abs_mean']:6.3f} "
-            f"{r['final_adv_mean']:6.2f} {r['entropy_mean']:5.2f} {r['grad_norm_mean']:5.2f} {rho}"
+            f"{r['final_adv_mean']:6.2f} {r['entropy_mean']:5.2f} {r['grad_norm_mean']:5.2f} {r['rho_entropy_grad']:7.2f}"
         )
     print(
         "n: sample of the problem; ok: graded correct; tok: response tokens; cuts: RePro's cuts (top-k entropy "

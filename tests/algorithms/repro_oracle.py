@@ -1,4 +1,4 @@
-"""Loop-based oracle of RePro's maths, written straight from DESIGN §2 / §6 in float64 Python.
+"""Loop-based oracle of RePro's maths, written straight from docs/repro.md ("RePro maths", "Bad input") in float64 Python.
 
 One response at a time, one cut at a time, Kendall's tau from ``scipy.stats.kendalltau``
 (tau-b). It shares no code with ``verl_repro.algorithms``; the tests and

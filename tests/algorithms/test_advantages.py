@@ -1,4 +1,4 @@
-"""Normalization of process rewards, token process advantages, the batched chain (DESIGN §2, §6)."""
+"""Normalization of process rewards, token process advantages, the batched chain (docs/repro.md, "RePro maths", "Bad input")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""RePro scores (magnitude, stability, combined) and process rewards (DESIGN §2 "Scores", §6)."""
+"""RePro scores (magnitude, stability, combined) and process rewards (docs/repro.md, "RePro maths", "Bad input")."""
 
 from __future__ import annotations
 
@@ -130,7 +130,7 @@ def test_ema_smoothing_written_out_and_it_steadies_an_oscillation():
     assert repro_scores(j, jb, mask, 1.0, stability_ema=None).equal(plain)
 
 
-# --------------------------------------------------------------------------- bad input (DESIGN §6)
+# --------------------------------------------------------------------------- bad input (docs/repro.md, "Bad input")
 
 
 def test_nonfinite_j_and_j_base_near_zero_give_zero_scores():

@@ -1,4 +1,4 @@
-"""Step boundaries and entropy top-k cut selection (DESIGN §2 "Boundaries" / "Selection", §6)."""
+"""Step boundaries and entropy top-k cut selection (docs/repro.md, "RePro maths", "Bad input")."""
 
 from __future__ import annotations
 
@@ -272,7 +272,7 @@ def test_low_precision_entropy_selects_the_same_cuts(dtype):
 
 
 def test_the_maths_layer_imports_torch_only():
-    """DESIGN §1: verl_repro.algorithms may import torch and nothing heavier (no veRL, no HF)."""
+    """docs/development.md, layers: verl_repro.algorithms may import torch and nothing heavier (no veRL, no HF)."""
     import subprocess
 
     code = (

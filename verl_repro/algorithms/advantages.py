@@ -1,4 +1,4 @@
-"""From per-cut process rewards to token advantages (DESIGN §2, "Normalization", "Token process advantage").
+"""From per-cut process rewards to token advantages (docs/repro.md, "RePro maths").
 
 Process rewards live on *reward entries* ``[B, K]`` (one per valid cut). They are normalized over
 entries — per prompt group (GRPO), leave-one-response-out within the group (RLOO), over the

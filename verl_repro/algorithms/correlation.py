@@ -1,4 +1,4 @@
-"""Per-response correlation between per-token entropy and logit-gradient norm (CorR-PO, DESIGN §3).
+"""Per-response correlation between per-token entropy and logit-gradient norm (CorR-PO, docs/corrpo.md, "Definition (ours)").
 
 Everything works on padded ``[B, T]`` batches and returns one value per row; a row's statistic uses
 only the tokens where its mask is true. Spearman is the Pearson correlation of average ranks (ties

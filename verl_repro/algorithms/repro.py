@@ -1,4 +1,4 @@
-"""RePro scores and process rewards from the surrogate objective J (DESIGN §2, "Scores", "Process rewards").
+"""RePro scores and process rewards from the surrogate objective J (docs/repro.md, "RePro maths").
 
 ``J(c)`` is the mean log-prob of the ground-truth answer tokens appended after the first ``c``
 response tokens; ``J_b = J(0)``. For cuts ``j = 1..m`` of one response:
@@ -36,7 +36,7 @@ def _check_cut_mask(cut_mask: torch.Tensor, shape: torch.Size) -> torch.Tensor:
 def invalid_j_rows(
     j_cuts: torch.Tensor, j_base: torch.Tensor, cut_mask: torch.Tensor, eps: float = DEFAULT_J_BASE_EPS
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rows whose J cannot be scored (DESIGN §6: their process reward is 0, counted in metrics).
+    """Rows whose J cannot be scored (docs/repro.md, "Bad input": their process reward is 0, counted in metrics).
 
     Args:
         j_cuts: ``[B, K] float`` — J at each cut; padding entries are ignored.

@@ -1,4 +1,4 @@
-"""Step boundaries and RePro's entropy top-k cut selection (DESIGN §2, "Boundaries", "Selection").
+"""Step boundaries and RePro's entropy top-k cut selection (docs/repro.md, "RePro maths").
 
 A *cut* ``c`` is a number of response tokens kept: the prefix ``y_1..y_c`` (response indices
 ``0..c-1``). Candidate cuts sit just after a step-ending token at response index ``t``, so

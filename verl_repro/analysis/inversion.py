@@ -1,4 +1,4 @@
-"""``verl-repro inversion``: the entropy–gradient inversion signature of a model (CorR-PO, DESIGN §3).
+"""``verl-repro inversion``: the entropy–gradient inversion signature of a model (CorR-PO, docs/corrpo.md).
 
 For every response (read from a file, or sampled with HF ``generate``) it computes, teacher-forced
 exactly as veRL's old-log-prob pass does, the per-token entropy ``H_t`` and logit-gradient norm

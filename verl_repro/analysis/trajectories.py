@@ -4,7 +4,7 @@ For every trajectory (prompt + response + ground truth) the tool computes, with 
 checkpoint as the policy:
 
 * ``J̃`` — the mean log-prob of the rendered ground-truth answer appended after the response
-  prefix — at *every* step boundary before ``</think>`` and at ``e + 1`` (DESIGN §2), plus
+  prefix — at *every* step boundary before ``</think>`` and at ``e + 1`` (docs/repro.md), plus
   ``J_b = J̃(0)``;
 * the cuts RePro's top-k entropy selection would pick (``repro.num_segments``) and, at those cuts,
   the magnitude, stability and combined scores that training would turn into process rewards;

@@ -1,5 +1,5 @@
 """Per-token softmax statistics — log p_y, entropy, Σp² and the logit-gradient norm — with one
-dispatcher over a fused Triton kernel and a plain-torch reference (DESIGN §4).
+dispatcher over a fused Triton kernel and a plain-torch reference (docs/kernel.md).
 
 Backends (``backend=``):
 

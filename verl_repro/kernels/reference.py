@@ -9,7 +9,7 @@ For a row of logits ``x`` (one token), its sampled / target token ``y`` and a te
     sum_p_squared  = Σ_j p_j²
     grad_norm      = g = ||p - onehot(y)||₂ = sqrt(Σ p² - 2 p_y + 1)
 
-``g`` is the norm of ∂(-log p_y)/∂z, the logit-gradient norm of DESIGN §3. Rows whose label equals
+``g`` is the norm of ∂(-log p_y)/∂z, the logit-gradient norm of docs/corrpo.md. Rows whose label equals
 ``ignore_index`` give 0 in all four outputs and no gradient.
 
 Everything is computed in float32 whatever the logits' dtype (bf16 logits are upcast before the

@@ -1,6 +1,6 @@
 """Engine vendor ``repro``: veRL's FSDP LM-head engine whose forward also returns the per-token
-logit-gradient norm ``logit_grad_norm`` (g_t = ||softmax(z_t/T) - onehot(y_t)||₂, DESIGN §3), computed
-by the fused token-statistics kernel together with ``log_probs`` / ``entropy`` (DESIGN §4).
+logit-gradient norm ``logit_grad_norm`` (g_t = ||softmax(z_t/T) - onehot(y_t)||₂, docs/corrpo.md), computed
+by the fused token-statistics kernel together with ``log_probs`` / ``entropy`` (docs/kernel.md).
 
 Enable it in every worker with the environment variable ``VERL_ENGINE_VENDOR=repro`` (veRL's own
 switch, read by ``EngineRegistry.get_engine_cls``); veRL does not forward the driver's environment,

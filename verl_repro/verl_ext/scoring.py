@@ -1,4 +1,4 @@
-"""Ground-truth scoring for RePro through a veRL worker: J at every cut of every response (DESIGN §2).
+"""Ground-truth scoring for RePro through a veRL worker: J at every cut of every response (docs/repro.md).
 
 For each response with a ``</think>`` (or its end, under ``no_think_end=use_end``) and a usable
 ground truth, the policy scores ``prompt + response[:c] + answer`` for ``c ∈ {0, c_1..c_m}``;

@@ -2,7 +2,7 @@
 
 veRL 0.9.1 calls an advantage estimator with ``token_level_rewards``, ``response_mask``, the
 ``algorithm`` config and the uid index only, and its step has no hook between the reference pass
-and the advantage step (DESIGN §5, "integration route"). So the plugin registers
+and the advantage step (docs/repro.md, "Using RePro in a veRL recipe"). So the plugin registers
 ``ReproSyncTrainer`` (a ``PPOTrainerSync`` subclass) with veRL's ``register_trainer`` under
 ``repro_sync``; the stock entry point selects it:
 
@@ -215,7 +215,7 @@ def response_aligned(field: torch.Tensor, response_mask: torch.Tensor) -> torch.
 
 
 def logit_grad_norm_from_sum_pi_squared(log_probs: torch.Tensor, sum_pi_squared: torch.Tensor) -> torch.Tensor:
-    """``g_t = ||p − onehot(y)||₂ = sqrt(Σp² − 2·p_y + 1)`` (DESIGN §3) from veRL's unfused outputs."""
+    """``g_t = ||p − onehot(y)||₂ = sqrt(Σp² − 2·p_y + 1)`` (docs/corrpo.md) from veRL's unfused outputs."""
     p_y = log_probs.float().exp()
     return torch.sqrt((sum_pi_squared.float() - 2.0 * p_y + 1.0).clamp_min(0.0))
 
