@@ -277,9 +277,9 @@ def plot_demo(rows: Sequence[dict], entropy, grad_norm, output_dir: Path) -> lis
     (all response tokens) in ``output_dir``.
 
     The curve joins J_b and J at the step boundaries (line ends); the last point, J after the
-    response's final token, is drawn apart (a cross, no line to it): a response without
-    ``</think>`` mostly ends mid-line, so the answer is appended without a line break there and
-    is less likely than at any boundary before, whatever the reasoning was worth.
+    response's final token, is drawn apart (a cross, no line to it): without ``</think>`` the
+    answer is appended right after the response's own ending — mid-line, or after its own
+    ``\\boxed{}`` — where a second answer is unlikely whatever the reasoning was worth.
     """
     from matplotlib.lines import Line2D
 
@@ -295,7 +295,7 @@ def plot_demo(rows: Sequence[dict], entropy, grad_norm, output_dir: Path) -> lis
         ax.plot(xs[-1:], curve[-1:], color=color, alpha=0.8, marker="x", markersize=6, linestyle="none")
     handles = [Line2D([], [], color=GROUP_COLORS[g], marker="o", markersize=3, label=f"{g} (n={n})") for g, n in counts.items()]
     handles.append(Line2D([], [], color="black", marker="x", linestyle="none",
-                          label="after the last token (answer appended mid-line)"))
+                          label="after the last token (answer appended after the response's own ending)"))
     ax.legend(handles=handles, fontsize=8)
     ax.set_xlabel("normalized step position (0 = no reasoning; boundaries = line ends)")
     ax.set_ylabel("J: mean log-prob of the ground-truth answer")
