@@ -1,6 +1,11 @@
-"""Engine vendor ``repro``: veRL's FSDP LM-head engine whose forward also returns the per-token
-logit-gradient norm ``logit_grad_norm`` (g_t = ||softmax(z_t/T) - onehot(y_t)||₂, docs/corrpo.md), computed
-by the fused token-statistics kernel together with ``log_probs`` / ``entropy`` (docs/kernel.md).
+"""Engine vendor ``repro``: veRL's FSDP LM-head engine whose forward also returns, per token,
+
+* ``logit_grad_norm`` (g_t = ||softmax(z_t/T) - onehot(y_t)||₂, the softmax proxy of docs/corrpo.md),
+  computed by the fused token-statistics kernel together with ``log_probs`` / ``entropy``
+  (docs/kernel.md), and
+* when asked (``PARAM_GRAD_REQUEST_KEY``), ``logit_param_grad_norm``: CorR-PO's gradient strength
+  ``||∂z[t, y_{t+1}]/∂W||`` for the last decoder layer's attention projections, measured inside the
+  same forward by :mod:`verl_repro.gradients` (docs/corrpo.md).
 
 Enable it in every worker with the environment variable ``VERL_ENGINE_VENDOR=repro`` (veRL's own
 switch, read by ``EngineRegistry.get_engine_cls``); veRL does not forward the driver's environment,
