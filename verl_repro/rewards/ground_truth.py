@@ -23,26 +23,35 @@ from typing import Any, Optional
 BOXED_COMMANDS = ("\\boxed", "\\fbox")
 
 
+def closing_brace(text: str, opening: int, limit: Optional[int] = None) -> Optional[int]:
+    """Index of the ``}`` that closes the ``{`` at ``text[opening]``, scanning no further than
+    ``limit``; None when it is not closed there. ``\\{`` and ``\\}`` are literal braces and do not nest."""
+    depth = 0
+    index = opening
+    stop = len(text) if limit is None else min(len(text), limit)
+    while index < stop:
+        char = text[index]
+        if char == "\\":
+            index += 2
+            continue
+        if char == "{":
+            depth += 1
+        elif char == "}":
+            depth -= 1
+            if depth == 0:
+                return index
+        index += 1
+    return None
+
+
 def _unwrap_boxed(text: str) -> str:
     """``\\boxed{X}`` → ``X`` when the whole text is one boxed command; otherwise unchanged."""
     for command in BOXED_COMMANDS:
         if not text.startswith(command + "{") or not text.endswith("}"):
             continue
-        depth = 0
-        index = len(command)
-        while index < len(text):
-            char = text[index]
-            if char == "\\":
-                index += 2
-                continue
-            if char == "{":
-                depth += 1
-            elif char == "}":
-                depth -= 1
-                if depth == 0:
-                    # The closing brace of the command must be the last character: "\boxed{1}+\boxed{2}" stays.
-                    return text[len(command) + 1:index].strip() if index == len(text) - 1 else text
-            index += 1
+        # The closing brace of the command must be the last character: "\boxed{1}+\boxed{2}" stays.
+        if closing_brace(text, len(command)) == len(text) - 1:
+            return text[len(command) + 1:-1].strip()
     return text
 
 

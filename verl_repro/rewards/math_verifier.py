@@ -28,11 +28,10 @@ from typing import Any, Mapping
 
 from verl_repro.config import check_number_fields
 
-from .ground_truth import ground_truth_answers
+from .ground_truth import BOXED_COMMANDS, closing_brace, ground_truth_answers
 from .guarded import GuardedPool, ScoringCrash, ScoringError, ScoringTimeout
 from .normalization import comparison_pairs
 
-BOXED_COMMANDS = ("\\boxed", "\\fbox")
 
 
 class RewardConfigError(ValueError):
@@ -131,22 +130,8 @@ def last_boxed_answer(text: str, max_chars: int = 1000) -> str | None:
     command = next(c for c in BOXED_COMMANDS if text.startswith(c, start))
     position = start + len(command)
     if text.startswith("{", position):
-        depth = 0
-        index = position
-        limit = min(len(text), position + max_chars + 2)
-        while index < limit:
-            char = text[index]
-            if char == "\\":
-                index += 2
-                continue
-            if char == "{":
-                depth += 1
-            elif char == "}":
-                depth -= 1
-                if depth == 0:
-                    return text[position + 1:index].strip()
-            index += 1
-        return None
+        closing = closing_brace(text, position, limit=position + max_chars + 2)
+        return None if closing is None else text[position + 1:closing].strip()
     if text.startswith(" ", position):
         token = text[position:position + max_chars + 1].split(None, 1)
         if token and len(token[0]) <= max_chars:
