@@ -121,6 +121,7 @@ def verl_linear_cross_entropy():
     """veRL's fused kernel (CUDA only), or the reason it is unavailable."""
     try:
         from verl.utils.kernel.linear_cross_entropy import linear_cross_entropy
+        from verl.utils.kernel import kernels  # noqa: F401  (imported lazily by the call: fail here instead)
     except Exception as error:  # noqa: BLE001 - any import failure means "not measured"
         return None, f"{type(error).__name__}: {error}"[:80]
     return (lambda h, w, y: linear_cross_entropy(h, w, y, TEMPERATURE, "none")), None
@@ -292,18 +293,24 @@ def check_stats(name: str, outputs, oracle: dict[str, torch.Tensor], dtype: torc
 def check_gradients(name: str, fn: Callable, inputs: tuple[torch.Tensor, ...], labels: torch.Tensor,
                     oracle_fn: Callable) -> CheckResult:
     """Gradients of :func:`training_loss` into every input, ``fn`` against ``oracle_fn`` in float64.
-    Tolerance: the inputs' rounding of the gradient (``4 eps · max |grad|``) plus float32 noise."""
-    leaves = [tensor.detach().requires_grad_() for tensor in inputs]
-    outputs = fn(*leaves, labels)
-    got = torch.autograd.grad(training_loss(outputs[0], outputs[1]), leaves)
-    oracle_leaves = [tensor.detach().double().requires_grad_() for tensor in inputs]
-    oracle_outputs = oracle_fn(*oracle_leaves, labels)
-    want = torch.autograd.grad(training_loss(oracle_outputs[0], oracle_outputs[1]), oracle_leaves)
+    Tolerance: the inputs' rounding of the gradient (``4 eps · max |grad|``) plus float32 noise, or
+    twice the error of the oracle's own formulas run eagerly in float32 on the same inputs, whichever
+    is larger: float32 maths cannot do better than that on a long reduction (a GPU's float32 matmul
+    over V = 151,936 in the hidden kernel's backward), and a wrong backward is still far outside it."""
+    def loss_gradients(function, dtype):
+        leaves = [tensor.detach().to(dtype or tensor.dtype).requires_grad_() for tensor in inputs]
+        outputs = function(*leaves, labels)
+        return torch.autograd.grad(training_loss(outputs[0], outputs[1]), leaves)
+
+    got = loss_gradients(fn, None)
+    want = loss_gradients(oracle_fn, torch.float64)
+    eager_float32 = loss_gradients(oracle_fn, torch.float32)
     names = [f"d{label}" for label in ("logits",)] if len(inputs) == 1 else ["dhidden", "dweight"]
     result = CheckResult(name, {})
-    for key, value, expected in zip(names, got, want):
+    for key, value, expected, eager in zip(names, got, want, eager_float32):
         scale = float(expected.abs().max())
-        atol = 4 * torch.finfo(inputs[0].dtype).eps * scale + 1e-6 * max(scale, 1.0)
+        eager_error = float((eager.double() - expected).abs().max())
+        atol = max(4 * torch.finfo(inputs[0].dtype).eps * scale + 1e-6 * max(scale, 1.0), 2 * eager_error)
         part = _compare(name, {key: value}, {key: expected}, atol, 0.0)
         result.max_errors.update(part.max_errors)
         result.failures += part.failures
@@ -501,6 +508,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--backend", default="auto", choices=["auto", "triton", "torch"],
         help="backend of 'ours' (auto: Triton on CUDA, and on CPU when TRITON_INTERPRET=1)",
     )
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                        help="auto: CUDA when available, else the CPU")
     parser.add_argument("--out", default=None, help="also write the report (Markdown) here")
     return parser
 
@@ -511,7 +520,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("--device cuda: no CUDA device is visible", file=sys.stderr)
+        return 2
+    device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu")
     if args.smoke:
         token_counts, hidden_sizes, vocab = [32], [32], 500
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32

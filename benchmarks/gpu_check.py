@@ -172,8 +172,11 @@ def load_verl_kernel_files() -> str | None:
     """Make ``verl.utils.kernel.linear_cross_entropy`` importable from a carried tree holding only
     ``verl/utils/kernel/*.py``, without veRL's package ``__init__`` (which needs Ray and tensordict).
     Returns None, or why not."""
-    if "verl" in sys.modules and hasattr(sys.modules["verl"], "__version__"):
+    try:
+        importlib.import_module("verl.utils.device")
         return None  # the real package is there
+    except ImportError:
+        pass
     for root in sys.path:
         kernel_dir = Path(root) / "verl" / "utils" / "kernel"
         if (kernel_dir / "linear_cross_entropy.py").is_file() and (kernel_dir / "kernels.py").is_file():
@@ -199,13 +202,12 @@ def optional_baselines() -> dict[str, str]:
     status = {}
     liger, why = bench_kernel.liger_fused_linear_ce()
     status["Liger fused linear cross-entropy"] = "importable" if liger else f"not importable ({why})"
+    # Carried files alone import as namespace packages, and the kernel module imports
+    # verl.utils.device only when first called: the stand-in must be in place before that.
+    reason = load_verl_kernel_files() if torch.cuda.is_available() else None  # veRL's kernel is CUDA-only
     verl, why = bench_kernel.verl_linear_cross_entropy()
-    if verl is None and torch.cuda.is_available():  # veRL's kernel is CUDA-only
-        reason = load_verl_kernel_files()
-        if reason is None:
-            verl, why = bench_kernel.verl_linear_cross_entropy()
-        else:
-            why = reason
+    if verl is None and reason is not None:
+        why = reason
     status["veRL linear_cross_entropy"] = "importable" if verl else f"not importable ({why})"
     return status
 
@@ -270,7 +272,8 @@ def correctness_section(report: Report, device: torch.device, sizes: Sizes, back
              f"Against veRL's formulas in float64 on the same rounded inputs; N = {n} rows (every 7th ignored), "
              f"V = {vocab}, H = {hidden_size}, temperature {temperature}, backend `{backend}`. Outputs: tolerance "
              f"{bench_kernel.FLOAT32_ATOL:g} + {bench_kernel.FLOAT32_RTOL:g}·|x| (float32 maths); gradients of "
-             "log p + 0.01·H: 4·eps(dtype)·max|grad|.", "",
+             "log p + 0.01·H: 4·eps(dtype)·max|grad|, or twice the error of the same formulas run eagerly in float32 "
+             "if larger.", "",
              "| kernel | dtype | outputs (max abs error) | gradients (max abs error) |", "|---|---|---|---|"]
     labels = torch.randint(0, vocab, (n,), device=device, generator=generator)
     labels[::7] = IGNORE_INDEX

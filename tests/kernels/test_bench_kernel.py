@@ -13,7 +13,7 @@ import torch
 from verl_repro.kernels import TokenStats, token_stats_from_hidden, token_stats_from_logits
 
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_kernel.py"
-SMOKE = ["--smoke", "--repeats", "3", "--backend", "torch"]
+SMOKE = ["--smoke", "--repeats", "3", "--backend", "torch", "--device", "cpu"]
 
 
 def load_bench():
