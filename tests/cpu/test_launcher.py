@@ -103,10 +103,9 @@ def test_run_leaves_no_process_of_its_session_behind(tmp_path):
     _assert_gone(orphan)
 
     with (tmp_path / "log").open("w") as output:
-        started = time.monotonic()
         sleeper = [sys.executable, "-c", "import time; time.sleep(300)"]
         code = run_main_ppo(sleeper, dict(os.environ), timeout=1, output=output)
-    assert code == TIMEOUT_EXIT_CODE and time.monotonic() - started < 60
+    assert code == TIMEOUT_EXIT_CODE  # the sleeper itself would exit 0, after 300 s
 
 
 def _assert_gone(pid):

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-import time
 
 import pytest
 
@@ -32,10 +31,8 @@ def test_results_errors_and_restart_after_a_timeout():
 
     with GuardedPool("time:sleep", num_workers=1, timeout_s=0.5).start() as pool:
         (child,) = pool._children
-        started = time.monotonic()
         with pytest.raises(ScoringTimeout):
             pool.call(30)
-        assert time.monotonic() - started < 3.0
         assert not _alive(child.process.pid), "the timed-out child must be killed"
         assert pool.num_timeouts == 1 and pool.num_restarts == 1
         assert pool.call(0.01) is None  # its successor serves the next call
@@ -87,22 +84,26 @@ def test_threads_and_event_loop_share_the_children_without_mixing_replies():
 
 def test_a_slow_call_delays_only_itself():
     with GuardedPool("time:sleep", num_workers=2, timeout_s=1.5).start() as pool:
+        finished: list[str] = []
 
-        async def timed(seconds: float):
-            started = time.monotonic()
+        async def outcome(name: str, seconds: float):
             try:
                 await pool.acall(seconds)
-                outcome = "ok"
+                result = "ok"
             except ScoringTimeout:
-                outcome = "timeout"
-            return outcome, time.monotonic() - started
+                result = "timeout"
+            finished.append(name)
+            return result
 
         async def run():
-            return await asyncio.gather(timed(60), *(timed(0.01) for _ in range(10)))
+            return await asyncio.gather(outcome("slow", 60), *(outcome(f"fast {i}", 0.01) for i in range(10)))
 
-        (slow, slow_s), *fast = asyncio.run(run())
-        assert slow == "timeout" and slow_s < 4.0
-        assert all(outcome == "ok" and seconds < 1.5 for outcome, seconds in fast)
+        slow, *fast = asyncio.run(run())
+        assert slow == "timeout" and all(result == "ok" for result in fast)
+        assert pool.num_timeouts == 1
+        # the second process served the short calls while the slow one held the first (calls queued
+        # behind the slow one would all finish after it)
+        assert finished[0] != "slow", finished
 
 
 def test_close_kills_children_and_rejects_calls():

@@ -128,6 +128,12 @@ def test_rational_answers_in_any_form(verifier, numerator, denominator, other):
     assert grade_answer_region(f"\\boxed{{{wrong}}}", gt) == (True, False)
 
 
+def _far_above(deadline_s: float) -> float:
+    """A bound that only a hang exceeds: ten deadlines plus a process start on a loaded machine.
+    What a deadline test checks is that the deadline fired (``timed_out``, the pool's counters)."""
+    return 10 * deadline_s + 30
+
+
 def test_hostile_outputs_are_bounded():
     config = MathRewardConfig(timeout_s=1.0, num_processes=1, max_answer_chars=2_000_000)
     verifier = MathVerifier(config).start()
@@ -135,8 +141,9 @@ def test_hostile_outputs_are_bounded():
         # SymPy tries to evaluate a power tower with ~10^8 digits: only the deadline stops it.
         started = time.monotonic()
         tower = verifier.score(THINKING + "\\boxed{9^{9^{9^{9^{9}}}}}", "5")
-        assert time.monotonic() - started < 4.0
         assert (tower.timed_out, tower.acc, tower.score) == (1.0, 0.0, 0.0)
+        assert verifier.pool.num_timeouts == 1 and verifier.pool.num_restarts == 1
+        assert time.monotonic() - started < _far_above(config.timeout_s)
 
         one_megabyte = "\\frac{" * 105_000 + "1" + "}{2}" * 105_000
         assert len(one_megabyte) > 1_000_000
@@ -148,42 +155,44 @@ def test_hostile_outputs_are_bounded():
         ):
             started = time.monotonic()
             result = verifier.score(response, "5")
-            assert time.monotonic() - started < 4.0
+            assert time.monotonic() - started < _far_above(config.timeout_s)
             assert result.acc == 0.0
 
         assert verifier.score(THINKING + "\\boxed{5}", "5").acc == 1.0  # the pool recovered
-        assert verifier.pool.num_timeouts >= 1
     finally:
         verifier.close()
 
-    # With the default length guard a megabyte answer never reaches the parser.
+    # With the default length guard a megabyte answer never reaches the parser: the verifier is
+    # not even started, and the answer counts as not found.
     guarded = MathVerifier(MathRewardConfig(num_processes=1))
     try:
-        started = time.monotonic()
         result = guarded.score(THINKING + "\\boxed{" + "1+" * 500_000 + "1}", "5")
-        assert time.monotonic() - started < 1.0
-        assert (result.answer_found, result.timed_out) == (0.0, 0.0)
+        assert (result.answer_found, result.timed_out, result.acc) == (0.0, 0.0, 0.0)
     finally:
         guarded.close()
 
 
 def test_event_loop_grading_is_not_stalled_by_a_hostile_sample():
     verifier = MathVerifier(MathRewardConfig(timeout_s=1.5, num_processes=2)).start()
+    finished: list[str] = []
 
-    async def timed(response: str, gt: str):
-        started = time.monotonic()
+    async def graded(name: str, response: str, gt: str):
         result = await verifier.ascore(response, gt)
-        return result, time.monotonic() - started
+        finished.append(name)
+        return result
 
     async def run():
-        hostile = timed(THINKING + "\\boxed{9^{9^{9^{9^{9}}}}}", "1")
-        normal = [timed(THINKING + f"\\boxed{{{v}}}", str(v)) for v in range(12)]
+        hostile = graded("hostile", THINKING + "\\boxed{9^{9^{9^{9^{9}}}}}", "1")
+        normal = [graded(f"normal {v}", THINKING + f"\\boxed{{{v}}}", str(v)) for v in range(12)]
         return await asyncio.gather(hostile, *normal)
 
     try:
-        (hostile, hostile_s), *normal = asyncio.run(run())
-        assert hostile.timed_out == 1.0 and hostile_s < 5.0
-        assert all(result.acc == 1.0 and seconds < 1.5 for result, seconds in normal)
+        hostile, *normal = asyncio.run(run())
+        assert hostile.timed_out == 1.0 and verifier.pool.num_timeouts == 1
+        assert all(result.acc == 1.0 and result.timed_out == 0.0 for result in normal)
+        # the other process went on grading while the hostile sample held the first one (a blocked
+        # event loop would finish the hostile sample first)
+        assert finished[0] != "hostile", finished
     finally:
         verifier.close()
 

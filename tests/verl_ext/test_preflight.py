@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import subprocess
-import time
 
 import pytest
 from omegaconf import OmegaConf, open_dict
@@ -146,12 +145,9 @@ def test_main_ppo_refuses_before_ray_starts(smoke_workspace, overrides, message)
     from verl_repro.cpu.launcher import build_command, cpu_environment
 
     command = build_command(overrides, smoke_dir=str(smoke_workspace))
-    started = time.monotonic()
     # A run that got past the checks would start Ray and train: the timeout bounds the test then.
     result = subprocess.run(command, env=cpu_environment(), capture_output=True, text=True, timeout=300, cwd=smoke_workspace)
-    elapsed = time.monotonic() - started
     output = result.stdout + result.stderr
     assert result.returncode != 0, output[-3000:]
     assert message in output, output[-3000:]
     assert "ray init kwargs" not in output  # veRL prints it right before ray.init
-    assert elapsed < 120, f"{elapsed:.0f} s"
