@@ -9,7 +9,7 @@ PIP := $(PY) -m pip
 CONSTRAINTS := .ci/constraints.txt
 PYTEST_ARGS ?=
 
-.PHONY: install demo test clean
+.PHONY: install demo test gpu-image-check clean
 
 $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	@echo "make: installing verl-repro, veRL 0.9.1 and CPU torch into $(VENV) (first run only, a few minutes) ..."
@@ -45,5 +45,19 @@ test: $(VENV)/.installed
 	$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; rc=0; fi; exit $$rc
 
+# The GPU machine's image (Python 3.12, torch 2.11, Triton 3.6, transformers 5.17; no veRL, Ray or
+# vLLM) rehearsed on this CPU before a GPU session is spent on an import error: Triton 3.6 (its
+# interpreter) and transformers 5.17 over the CPU torch wheel, in a throwaway venv without veRL.
+GPU_IMAGE_VENV ?= .venv-gpu-image
+GPU_IMAGE_PACKAGES := triton==3.6.0 transformers==5.17.0 numpy scipy pytest pytest-timeout hypothesis
+gpu-image-check:
+	rm -rf $(GPU_IMAGE_VENV)
+	$(PYTHON) -m venv $(GPU_IMAGE_VENV)
+	$(GPU_IMAGE_VENV)/bin/python -m pip install -q -c $(CONSTRAINTS) torch==2.13.0 $(GPU_IMAGE_PACKAGES)
+	cd /tmp && TRITON_INTERPRET=1 PYTHONPATH=$(CURDIR) $(CURDIR)/$(GPU_IMAGE_VENV)/bin/python \
+		$(CURDIR)/benchmarks/gpu_check.py --dry-run --out /tmp/gpu-image-check.md
+	TRITON_INTERPRET=1 PYTHONPATH=$(CURDIR) $(GPU_IMAGE_VENV)/bin/python -m pytest -q -p no:cacheprovider \
+		tests/kernels tests/benchmarks/test_gpu_check.py
+
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis
+	rm -rf $(VENV) $(GPU_IMAGE_VENV) .pytest_cache .hypothesis

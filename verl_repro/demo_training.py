@@ -64,7 +64,7 @@ METHODS = {
 
 @dataclass(frozen=True)
 class DemoSettings:
-    steps: int = 3
+    steps: int = 2
     prompts_per_step: int = 2
     group_size: int = 4
     max_response_length: int = 40

@@ -150,3 +150,47 @@ def test_nucleus_is_the_smallest_prefix_reaching_top_p(logits, top_p):
         # dropping the least likely kept token would fall below top_p (the nucleus is minimal)
         assert kept_mass - probs[kept].min().item() < top_p + 1e-9
         assert kept_mass >= top_p - 1e-9
+
+
+def test_draw_tokens_hand_computed():
+    from verl_repro.cpu.sampling import draw_tokens
+
+    probs = torch.tensor([[0.2, 0.5, 0.3]] * 6 + [[0.0, 0.6, 0.0]] * 2)
+    uniforms = torch.tensor([0.0, 0.1999, 0.2001, 0.6999, 0.7001, 0.9999, 0.0, 0.99999999])
+    # cumulative 0.2 / 0.7 / 1.0: the first token whose cumulative probability exceeds u; an unnormalized
+    # row scales u by its total, and a zero-probability token is never drawn, even at its edges
+    assert draw_tokens(probs, uniforms).tolist() == [0, 0, 1, 1, 2, 2, 1, 1]
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.floats(0.0, 1.0), min_size=2, max_size=12).filter(lambda ws: sum(ws) > 1e-3))
+def test_draw_tokens_on_an_even_grid_of_uniforms_reproduces_the_distribution(weights):
+    from verl_repro.cpu.sampling import draw_tokens
+
+    grid = 2000
+    probs = torch.tensor(weights, dtype=torch.float64).expand(grid, -1)
+    uniforms = (torch.arange(grid, dtype=torch.float64) + 0.5) / grid
+    counts = torch.bincount(draw_tokens(probs, uniforms), minlength=len(weights)).double()
+    expected = torch.tensor(weights, dtype=torch.float64) / sum(weights) * grid
+    assert (counts - expected).abs().max() <= 1.0 + 1e-9
+    assert all(counts[k] == 0 for k, w in enumerate(weights) if w == 0.0)
+
+
+def test_per_prompt_streams_do_not_depend_on_the_batch(tiny_model, tiny_tokenizer):
+    # equal-length prompts, so that no row's padding changes with its neighbours
+    eos, pad = {tiny_tokenizer.eos_token_id}, tiny_tokenizer.pad_token_id
+    prompts = [[5, 6, 7, 8], [9, 10, 11, 12], [13, 14, 15, 16]]
+    settings_ = SamplingSettings(temperature=1.0, max_new_tokens=16)
+
+    def streams(*seeds):
+        return [torch.Generator().manual_seed(seed) for seed in seeds]
+
+    together = sample_batch(tiny_model, prompts, settings_, eos, pad, streams(1, 2, 3))
+    reordered = sample_batch(tiny_model, prompts[::-1], settings_, eos, pad, streams(3, 2, 1))
+    alone = [sample_batch(tiny_model, [p], settings_, eos, pad, streams(seed))[0] for p, seed in zip(prompts, (1, 2, 3))]
+    assert [s.token_ids for s in together] == [s.token_ids for s in reordered[::-1]] == [s.token_ids for s in alone]
+    # the streams matter: other seeds give other responses
+    other = sample_batch(tiny_model, prompts, settings_, eos, pad, streams(4, 5, 6))
+    assert [s.token_ids for s in other] != [s.token_ids for s in together]
+    with pytest.raises(ValueError, match="2 generators for 3 prompts"):
+        sample_batch(tiny_model, prompts, settings_, eos, pad, streams(1, 2))

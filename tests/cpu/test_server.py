@@ -146,3 +146,30 @@ def test_adapter_sends_copies_to_its_replica_server(monkeypatch):
     torch.testing.assert_close(received["named_tensors"]["w"], torch.ones(2, 2))
     with pytest.raises(NotImplementedError, match="lora"):
         asyncio.run(adapter.update_weights(iter([]), peft_config={"r": 8}))
+
+
+def test_responses_do_not_depend_on_batching_or_arrival_order(tiny_model_dir, tiny_tokenizer):
+    prompts = [_prompt(tiny_tokenizer, f"What is {i} plus {i}?") for i in (1, 2)]
+    assert len(prompts[0]) == len(prompts[1])  # no padding difference between the batches below
+    params = {"temperature": 1.0, "top_p": 1.0, "top_k": -1}
+
+    async def one_burst(server, order):
+        await server.launch_server()
+        return await asyncio.gather(*[server.generate(prompt_ids=prompts[i], sampling_params=dict(params), request_id=str(n))
+                                      for n, i in enumerate(order)])
+
+    async def one_at_a_time(server, order):
+        await server.launch_server()
+        return [await server.generate(prompt_ids=prompts[i], sampling_params=dict(params), request_id=str(n))
+                for n, i in enumerate(order)]
+
+    def responses(order, outputs):
+        return sorted((i, tuple(output.token_ids)) for i, output in zip(order, outputs))
+
+    burst = responses([0, 0, 1, 1], asyncio.run(one_burst(_server(tiny_model_dir), [0, 0, 1, 1])))
+    sequential = responses([1, 0, 1, 0], asyncio.run(one_at_a_time(_server(tiny_model_dir), [1, 0, 1, 0])))
+    assert burst == sequential
+    assert burst[0] != burst[1] or burst[2] != burst[3]  # the samples of one prompt are draws, not copies
+    # another seed samples other responses
+    reseeded = responses([0, 0, 1, 1], asyncio.run(one_burst(_server(tiny_model_dir, seed=7), [0, 0, 1, 1])))
+    assert reseeded != burst

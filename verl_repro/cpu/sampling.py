@@ -11,12 +11,15 @@ are the ones veRL's trainer assumes and do not drift with transformers releases:
   in its old-log-prob pass (``logits / T`` then ``log_softmax``), so the two can be compared;
   for greedy decoding (``T == 0``) it is the log-prob at ``T = 1``;
 * a sequence ends after its first end-of-sequence token (included in the output, as vLLM
-  returns it) or after ``max_new_tokens`` tokens.
+  returns it) or after ``max_new_tokens`` tokens;
+* given one random generator per prompt, each row draws from its own stream (one uniform per
+  token, inverse CDF), so a response does not depend on which other prompts share its batch.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 
@@ -69,6 +72,20 @@ def filter_top_k_top_p(logits: torch.Tensor, top_k: int, top_p: float) -> torch.
     return filtered
 
 
+def draw_tokens(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+    """Inverse-CDF draw, one token per row.
+
+    probs: [B, V] float, non-negative (rows need not sum to 1); uniforms: [B] float in [0, 1).
+    Returns [B] long: the first token whose cumulative probability exceeds ``u · Σp``. A token of
+    probability 0 is never drawn."""
+    cdf = probs.double().cumsum(-1)
+    targets = uniforms.double()[:, None] * cdf[:, -1:]
+    drawn = torch.searchsorted(cdf, targets, right=True).squeeze(-1)
+    # u · Σp can round up to Σp itself: fall back to the last token of non-zero probability
+    last_possible = probs.shape[-1] - 1 - (probs > 0).flip(-1).int().argmax(-1)
+    return torch.minimum(drawn, last_possible)
+
+
 def _apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
     """CTRL-style penalty on tokens already in prompt or response. seen: [B, V] bool."""
     if penalty == 1.0:
@@ -84,16 +101,20 @@ def sample_batch(
     settings: SamplingSettings,
     eos_token_ids: set[int],
     pad_token_id: int,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | Sequence[torch.Generator] | None = None,
 ) -> list[SampledSequence]:
     """Sample one response per prompt with a KV cache, prompts left-padded into one batch.
 
     model: HF causal LM (``model(input_ids, attention_mask, position_ids, past_key_values,
     use_cache)`` → ``.logits [B, L, V]``, ``.past_key_values``). prompts: token ids, each
-    non-empty. Returns one :class:`SampledSequence` per prompt, in order.
+    non-empty. generator: one for the whole batch, or one per prompt (each row then draws from its
+    own stream). Returns one :class:`SampledSequence` per prompt, in order.
     """
     if not prompts or any(len(prompt) == 0 for prompt in prompts):
         raise ValueError("sample_batch needs at least one prompt and no empty prompt")
+    row_generators = None if generator is None or isinstance(generator, torch.Generator) else list(generator)
+    if row_generators is not None and len(row_generators) != len(prompts):
+        raise ValueError(f"sample_batch got {len(row_generators)} generators for {len(prompts)} prompts")
     device = next(model.parameters()).device
     batch_size = len(prompts)
     prompt_width = max(len(prompt) for prompt in prompts)
@@ -131,7 +152,11 @@ def sample_batch(
         else:
             filtered = filter_top_k_top_p(logits / scale, settings.top_k, settings.top_p)
             probs = torch.softmax(filtered, dim=-1)
-            next_tokens = torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
+            if row_generators is None:
+                next_tokens = torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
+            else:
+                uniforms = torch.stack([torch.rand((), dtype=torch.float64, generator=g) for g in row_generators])
+                next_tokens = draw_tokens(probs, uniforms.to(probs.device))
         active = ~finished
         tokens_out[:, step] = torch.where(active, next_tokens, torch.full_like(next_tokens, pad_token_id))
         log_probs_out[:, step] = torch.where(

@@ -14,6 +14,7 @@ left-padded batch per group in a thread, so the actor keeps accepting calls mean
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -45,6 +46,7 @@ class _PendingRequest:
     prompt_ids: list[int]
     settings: SamplingSettings
     want_log_probs: bool
+    generator: torch.Generator = field(repr=False)
     future: asyncio.Future = field(repr=False)
 
 
@@ -71,7 +73,8 @@ class HFRolloutServer:
         self._work_available: Optional[asyncio.Event] = None
         self._batcher: Optional[asyncio.Task] = None
         self._model_lock: Optional[asyncio.Lock] = None
-        self._generator = torch.Generator().manual_seed(self.config.seed + replica_rank)
+        # (step, prompt) -> how many samples of that prompt this step has asked for so far
+        self._samples_asked: dict[tuple[Optional[int], tuple[int, ...]], int] = {}
 
     # lifecycle --------------------------------------------------------------------------------
     async def launch_server(self) -> None:
@@ -135,6 +138,20 @@ class HFRolloutServer:
         return {"tensors": len(named_tensors), "changed": changed, "delta": max_abs_delta}
 
     # generation -------------------------------------------------------------------------------
+    def _request_generator(self, prompt_ids: list[int]) -> torch.Generator:
+        """The random stream of one request, seeded by the rollout seed, the training step, the
+        prompt and which of that prompt's samples it is: a response then does not depend on the
+        requests it was batched with or on their arrival order, and runs that differ only in their
+        advantage estimator sample the same responses until their weights differ."""
+        key = (self.global_steps, tuple(prompt_ids))
+        if any(step != self.global_steps for step, _ in self._samples_asked):
+            self._samples_asked.clear()  # a new step: the earlier counts are done with
+        index = self._samples_asked.get(key, 0)
+        self._samples_asked[key] = index + 1
+        identity = repr((self.config.seed, self.replica_rank, self.global_steps, index, key[1])).encode()
+        seed = int.from_bytes(hashlib.blake2b(identity, digest_size=8).digest(), "little") >> 1
+        return torch.Generator().manual_seed(seed)
+
     def _settings(self, prompt_len: int, sampling_params: dict[str, Any]) -> SamplingSettings:
         budget = min(self.config.response_length, self.config.prompt_length + self.config.response_length - prompt_len)
         requested = sampling_params.get("max_tokens", sampling_params.get("max_new_tokens"))
@@ -169,6 +186,7 @@ class HFRolloutServer:
             prompt_ids=prompt_ids,
             settings=self._settings(len(prompt_ids), sampling_params),
             want_log_probs=bool(sampling_params.get("logprobs", False)),
+            generator=self._request_generator(prompt_ids),
             future=asyncio.get_running_loop().create_future(),
         )
         self._pending.append(request)
@@ -204,7 +222,7 @@ class HFRolloutServer:
                             settings,
                             self._eos_token_ids,
                             self._pad_token_id,
-                            self._generator,
+                            [request.generator for request in requests],
                         )
                 except Exception as exc:  # hand the failure to every caller instead of killing the loop
                     for request in requests:
