@@ -49,7 +49,9 @@ test: $(VENV)/.installed
 # vLLM) rehearsed on this CPU before a GPU session is spent on an import error: Triton 3.6 (its
 # interpreter) and transformers 5.17 over the CPU torch wheel, in a throwaway venv without veRL.
 GPU_IMAGE_VENV ?= .venv-gpu-image
-GPU_IMAGE_PACKAGES := triton==3.6.0 transformers==5.17.0 numpy scipy pytest pytest-timeout hypothesis
+# numpy < 2.4: Triton 3.6's interpreter converts 1-element arrays with int(), which numpy 2.4 refuses
+# (compiled kernels, as on the GPU, never take that path).
+GPU_IMAGE_PACKAGES := triton==3.6.0 transformers==5.17.0 "numpy<2.4" scipy pytest pytest-timeout hypothesis
 gpu-image-check:
 	rm -rf $(GPU_IMAGE_VENV)
 	$(PYTHON) -m venv $(GPU_IMAGE_VENV)

@@ -49,10 +49,10 @@ def test_workers_share_the_cores_instead_of_one_thread_each(monkeypatch):
 
     monkeypatch.setattr(launcher.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
     threads = "ray_kwargs.ray_init.runtime_env.env_vars.OMP_NUM_THREADS"
-    assert [_as_dict(cpu_overrides(workers))[threads] for workers in (1, 2, 3, 8)] == ["4", "2", "1", "1"]
+    assert [_as_dict(cpu_overrides(workers))[threads] for workers in (1, 2, 3, 8)] == ["'4'", "'2'", "'1'", "'1'"]
     # what a user sets wins, as for every CPU default
-    command = build_command([f"+{threads}=3"])
-    assert [arg for arg in command if "OMP_NUM_THREADS" in arg] == [f"+{threads}=3"]
+    command = build_command([f"+{threads}='3'"])
+    assert [arg for arg in command if "OMP_NUM_THREADS" in arg] == [f"+{threads}='3'"]
 
 
 def test_override_key_strips_hydra_prefixes():

@@ -53,7 +53,7 @@ def cpu_overrides(num_workers: int = 1) -> list[str]:
         # The dashboard's processes compete with training for the few cores.
         "+ray_kwargs.ray_init.include_dashboard=False",
         f"+ray_kwargs.ray_init.runtime_env.env_vars.{PLATFORM_ENV}=cpu",
-        f"+ray_kwargs.ray_init.runtime_env.env_vars.OMP_NUM_THREADS={worker_threads(num_workers)}",
+        f"+ray_kwargs.ray_init.runtime_env.env_vars.OMP_NUM_THREADS='{worker_threads(num_workers)}'",  # a string: Ray refuses an int
         # More storage units than cores stalls TransferQueue on a small machine.
         "transfer_queue.backend.SimpleStorage.num_data_storage_units=1",
         # No flash-attention on a CPU, hence no padding-free (remove-padding) path either.
