@@ -120,8 +120,9 @@ def test_demo_dataset_has_the_answer_format_and_no_overlap_with_the_examples(tmp
         write_dataset(tmp_path / "x", DemoSettings(steps=33, prompts_per_step=3))
 
 
-def _fake_runs(monkeypatch, interrupt_at=None):
-    """Replace main_ppo by a writer of plausible metrics (the real runs are the e2e tests' job)."""
+def _fake_runs(monkeypatch, interrupt_at=None, fault=None):
+    """Replace main_ppo by a writer of plausible metrics (the real runs are the e2e tests' job);
+    ``fault`` spoils the repro_grpo run's metrics in one way."""
     import json
 
     from verl_repro.cpu import launcher
@@ -140,6 +141,14 @@ def _fake_runs(monkeypatch, interrupt_at=None):
                     data["repro/process_adv_abs_mean"] = 0.7
                 if label == "corrpo":
                     data["corr/rho_mean"] = 0.6
+                if label == "repro_grpo" and fault is not None:
+                    if fault == "missing_step" and step > 1:
+                        break
+                    data.update({"constant_reward": {"critic/score/max": 0.0},
+                                 "no_signal": {"repro/process_adv_abs_mean": None},
+                                 "no_process_reward": {"repro/process_adv_abs_mean": 0.0},
+                                 "nan": {"actor/entropy": float("nan")}}.get(fault, {}))
+                    data = {key: value for key, value in data.items() if value is not None}
                 f.write(json.dumps({"step": step, "data": data}) + "\n")
         return 0
 
@@ -154,7 +163,7 @@ def test_demo_runs_baseline_and_methods_then_prints_the_table_and_draws_the_curv
 
     calls = _fake_runs(monkeypatch)
     out = tmp_path / "demo"
-    assert main(["demo", "--model", str(tiny_model_dir), "--output-dir", str(out)]) == 0
+    assert main(["demo", "--model", str(tiny_model_dir), "--output-dir", str(out), "--steps", "3"]) == 0
     assert calls == ["grpo", "repro_grpo", "corrpo"]
     printed = capsys.readouterr().out
     table = printed.split("\nmethod ", 1)[1].split("\n\n", 1)[0].splitlines()
@@ -171,6 +180,25 @@ def test_demo_runs_baseline_and_methods_then_prints_the_table_and_draws_the_curv
     # the same directory again is refused, nothing overwritten
     assert main(["demo", "--model", str(tiny_model_dir), "--output-dir", str(out)]) == 2
     assert "is not empty" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("fault, problem", [
+    ("constant_reward", "every response of every step got the same reward, so no advantage was learned from"),
+    ("no_signal", "repro/process_adv_abs_mean is missing from some steps"),
+    ("no_process_reward", "RePro gave no response a process reward"),
+    ("nan", "non-finite metrics: actor/entropy"),
+    ("missing_step", "it logged steps [1], not 1..2"),
+])
+def test_a_run_whose_figures_cannot_be_trusted_fails_the_demo(fault, problem, tmp_path, tiny_model_dir, monkeypatch, capsys):
+    from verl_repro.cli import main
+
+    calls = _fake_runs(monkeypatch, fault=fault)
+    out = tmp_path / "demo"
+    assert main(["demo", "--model", str(tiny_model_dir), "--output-dir", str(out), "--steps", "2"]) == 1
+    assert calls == ["grpo", "repro_grpo"]  # stopped there: a broken run is not compared
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last == (f"verl-repro demo: the repro_grpo run finished but its figures cannot be trusted: {problem} "
+                    f"(metrics in {out / 'repro_grpo' / 'metrics.jsonl'})")
 
 
 def test_ctrl_c_stops_the_demo_with_one_line(tmp_path, tiny_model_dir, monkeypatch, capsys):

@@ -17,6 +17,7 @@ are line ends (``repro.boundary_patterns=["\\n"]``).
 from __future__ import annotations
 
 import json
+import math
 import sys
 import threading
 import time
@@ -45,6 +46,8 @@ class Method:
     name: str
     description: str
     overrides: tuple[str, ...]
+    # the metric that shows the method itself ran (a run_metrics figure), checked after the run
+    signal: Optional[str] = None
 
 
 BASELINE = Method("grpo", "GRPO baseline (veRL's grpo estimator, outcome reward only)", ("algorithm.adv_estimator=grpo",))
@@ -53,11 +56,13 @@ METHODS = {
         "repro_grpo",
         "RePro-GRPO: process rewards from the ground truth's log-likelihood along each response",
         ("algorithm.adv_estimator=repro_grpo",),
+        signal="process_adv",
     ),
     "corrpo": Method(
         "corrpo",
         "CorR-PO: outcome reward regularized by the entropy / gradient-norm correlation",
         ("algorithm.adv_estimator=corrpo",),
+        signal="rho",
     ),
 }
 
@@ -224,6 +229,29 @@ def embedded_model() -> Path:
 TABLE_FIGURES = ("accuracy", "response_length", "entropy", "process_adv", "rho", "step_time")
 
 
+def run_problems(method: Method, metrics: dict[int, dict[str, float]], steps: int) -> list[str]:
+    """What would make a finished run's figures meaningless, in words; empty for a sound run.
+
+    A sound run logged every step, only finite numbers, a reward that differs between responses
+    (a constant reward gives every GRPO advantage 0) and, for RePro and CorR-PO, their own signal."""
+    problems = []
+    if sorted(metrics) != list(range(1, steps + 1)):
+        problems.append(f"it logged steps {sorted(metrics)}, not 1..{steps}")
+    nonfinite = sorted({key for values in metrics.values() for key, value in values.items()
+                        if isinstance(value, float) and not math.isfinite(value)})
+    if nonfinite:
+        problems.append(f"non-finite metrics: {', '.join(nonfinite[:5])}")
+    if not any(values.get("critic/score/max", 0.0) > values.get("critic/score/min", 0.0) for values in metrics.values()):
+        problems.append("every response of every step got the same reward, so no advantage was learned from")
+    if method.signal is not None:
+        _, values = series(metrics, method.signal)
+        if len(values) != len(metrics) or not all(math.isfinite(value) for value in values):
+            problems.append(f"{FIGURES_BY_NAME[method.signal].label} is missing from some steps")
+        elif method.signal == "process_adv" and not any(value > 0 for value in values):
+            problems.append("RePro gave no response a process reward")
+    return problems
+
+
 def method_summary(metrics: dict[int, dict[str, float]]) -> dict[str, object]:
     """Per figure: the values by step, their mean, first and last."""
     summary: dict[str, object] = {"steps": len(metrics)}
@@ -289,6 +317,11 @@ def run_training_demo(output_dir: Optional[str], settings: DemoSettings, methods
             print(f"verl-repro demo: the {method.name} run failed (exit {code}); its console output is in {run_dir / 'verl.log'}")
             return code
         all_metrics[method.name] = read_metrics(run_dir / "metrics.jsonl")
+        problems = run_problems(method, all_metrics[method.name], settings.steps)
+        if problems:
+            print(f"verl-repro demo: the {method.name} run finished but its figures cannot be trusted: "
+                  f"{'; '.join(problems)} (metrics in {run_dir / 'metrics.jsonl'})")
+            return 1
         summaries[method.name] = method_summary(all_metrics[method.name])
 
     figure = plot_training_curves(all_metrics, out / FIGURE_FILE,
