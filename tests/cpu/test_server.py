@@ -173,3 +173,34 @@ def test_responses_do_not_depend_on_batching_or_arrival_order(tiny_model_dir, ti
     # another seed samples other responses
     reseeded = responses([0, 0, 1, 1], asyncio.run(one_burst(_server(tiny_model_dir, seed=7), [0, 0, 1, 1])))
     assert reseeded != burst
+
+
+def test_a_burst_spread_over_milliseconds_is_one_batch(tiny_model_dir, tiny_tokenizer, monkeypatch):
+    from verl_repro.cpu import server as server_module
+
+    batch_sizes, original = [], server_module.sample_batch
+
+    def counting_sample_batch(model, prompts, settings, *args):
+        batch_sizes.append(len(prompts))
+        return original(model, prompts, settings, *args)
+
+    monkeypatch.setattr(server_module, "sample_batch", counting_sample_batch)
+    server = _server(tiny_model_dir, response_length=4)
+    params = {"temperature": 1.0, "top_p": 1.0, "top_k": -1}
+
+    async def scenario():
+        await server.launch_server()
+
+        async def late(index):
+            # a quarter of the quiet period apart: each arrives before the server stops waiting
+            await asyncio.sleep(index * server_module.BURST_QUIET_S / 4)
+            return await server.generate(prompt_ids=_prompt(tiny_tokenizer, f"{index}?"), sampling_params=dict(params),
+                                         request_id=str(index))
+
+        first = await asyncio.gather(*(late(i) for i in range(6)))
+        # after the burst, a lone request is served on its own once the quiet period has passed
+        await server.generate(prompt_ids=_prompt(tiny_tokenizer, "x?"), sampling_params=dict(params), request_id="x")
+        return first
+
+    assert len(asyncio.run(scenario())) == 6
+    assert batch_sizes == [6, 1]
