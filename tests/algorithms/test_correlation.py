@@ -101,6 +101,40 @@ def test_matches_scipy_on_long_rows_float32_and_bf16():
         np.testing.assert_allclose(masked_correlation(bf_x, bf_y, mask, kind=kind).rho.numpy(), expected_bf, atol=1e-5)
 
 
+def test_hand_computed_pearson_in_extreme_units():
+    # The row of test_hand_computed_pearson in units where its squares overflow (1e20² > 3.4e38)
+    # or underflow (1e-25² < 1.4e-45) in float32: r is unchanged, and exactly -r for -y.
+    x = torch.tensor([[1.0, 2.0, 3.0]])
+    y = torch.tensor([[2.0, 4.0, 5.0]])
+    mask = torch.ones(1, 3, dtype=torch.bool)
+    r = 3 / math.sqrt(2 * 42 / 9)
+    for scale in (1e20, 1e-25, 3e37, 1e-38):
+        assert masked_pearson(scale * x, y, mask).item() == pytest.approx(r, abs=1e-6), scale
+        assert masked_pearson(x, -scale * y, mask).item() == pytest.approx(-r, abs=1e-6), scale
+    assert masked_pearson(1e20 * x, -x, mask).item() == pytest.approx(-1.0, abs=1e-6)  # was -0.0
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    seed=st.integers(0, 2**16),
+    length=st.integers(3, 200),
+    x_exponent=st.integers(-30, 30),
+    y_exponent=st.integers(-30, 30),
+    flip=st.booleans(),
+)
+def test_pearson_is_scale_invariant_in_float32(seed, length, x_exponent, y_exponent, flip):
+    """ρ(a·x, b·y) = sign(ab)·ρ(x, y) for a, b from 1e-30 to 1e30 in float32, against scipy in float64."""
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(1, length, generator=generator)
+    y = 0.5 * x + torch.randn(1, length, generator=generator)
+    mask = torch.rand(1, length, generator=generator) > 0.1
+    x_scale, y_scale = 10.0**x_exponent, (-1.0 if flip else 1.0) * 10.0**y_exponent
+    expected = _scipy_rows(x.double().numpy(), y.double().numpy(), mask.numpy(), "pearson") * (-1 if flip else 1)
+    got = masked_pearson(x * x_scale, y * y_scale, mask)
+    assert got.dtype == torch.float32
+    np.testing.assert_allclose(got.numpy(), expected, atol=2e-5)
+
+
 def test_invariant_under_shuffling_tokens_and_monotone_maps():
     generator = torch.Generator().manual_seed(1)
     x = torch.randn(3, 50, generator=generator, dtype=torch.float64)

@@ -167,6 +167,87 @@ def test_logits_negative_infinity_entries_and_ignored_rows():
         assert field[1].item() == 0.0 and field[3].item() == 0.0
 
 
+# Rows of an 8-token vocabulary with non-finite logits (the rest drawn at random), the label, and
+# whether the row has a distribution. -inf entries are a masked vocabulary (p = 0); NaN, +inf or
+# no finite logit leave no distribution: every statistic NaN, gradient NaN.
+NON_FINITE_ROWS = {
+    "-inf entries": ({5: "-inf", 6: "-inf", 7: "-inf"}, 1, True),
+    "label at -inf": ({5: "-inf", 6: "-inf", 7: "-inf"}, 6, True),
+    "one finite logit": ({i: "-inf" for i in range(1, 8)}, 0, True),
+    "all -inf": ({i: "-inf" for i in range(8)}, 1, False),
+    "nan entry": ({3: "nan"}, 1, False),
+    "nan at label": ({3: "nan"}, 3, False),
+    "+inf entry": ({3: "inf"}, 1, False),
+    "+inf at label": ({3: "inf"}, 3, False),
+    "+inf and -inf": ({3: "inf", 4: "-inf"}, 1, False),
+}
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # interpreter arithmetic on inf
+@pytest.mark.parametrize("name", sorted(NON_FINITE_ROWS))
+def test_non_finite_logits_agree_across_backends(name):
+    entries, label, has_distribution = NON_FINITE_ROWS[name]
+    generator = torch.Generator().manual_seed(3)
+    logits = torch.randn(3, 8, generator=generator)
+    for column, value in entries.items():
+        logits[0, column] = float(value)
+    logits[2] = logits[0]  # the same row again, ignored: 0 and no gradient whatever it holds
+    labels = torch.tensor([label, 4, -100])
+    d_logprob, d_entropy = torch.tensor([0.7, -1.1, 2.0]), torch.tensor([-0.4, 0.9, 3.0])
+    results = {}
+    for backend in ("torch", "triton"):
+        leaf = logits.clone().to(DEVICE).requires_grad_(True)
+        stats = token_stats_from_logits(leaf, labels.to(DEVICE), backend=backend)
+        ((stats.logprob * d_logprob.to(DEVICE)).sum() + (stats.entropy * d_entropy.to(DEVICE)).sum()).backward()
+        results[backend] = (TokenStats(*(f.detach().cpu() for f in stats)), leaf.grad.cpu())
+    (torch_stats, torch_grad), (triton_stats, triton_grad) = results["torch"], results["triton"]
+
+    for field in TokenStats._fields:
+        torch.testing.assert_close(getattr(triton_stats, field), getattr(torch_stats, field), atol=2e-5, rtol=1e-5,
+                                   equal_nan=True, msg=f"{name}: {field}, triton vs torch")
+    torch.testing.assert_close(triton_grad, torch_grad, atol=2e-5, rtol=1e-5, equal_nan=True,
+                               msg=f"{name}: gradient, triton vs torch")
+    assert all(getattr(torch_stats, f)[2].item() == 0.0 for f in TokenStats._fields) and (torch_grad[2] == 0).all()
+    first_row = torch.stack([getattr(torch_stats, f)[0] for f in TokenStats._fields])
+    if not has_distribution:
+        assert first_row.isnan().all() and torch_grad[0].isnan().all()
+        return
+    # A masked vocabulary is the distribution over the finite logits: the float64 oracle on those.
+    finite = torch.isfinite(logits[0])
+    kept_label = int(finite[:label].sum()) if finite[label] else None
+    # ∂/∂z_j of log p_y is δ_jy - p_j: 0 at a masked entry, except d_logprob · 1 at a masked label
+    masked_gradient = torch.where(torch.arange(8) == label, d_logprob[0], 0.0)[~finite]
+    assert torch_grad[0].isfinite().all() and torch.equal(torch_grad[0][~finite], masked_gradient)
+    if kept_label is None:
+        assert torch_stats.logprob[0].item() == float("-inf")
+    else:
+        expected = oracle(logits[0, finite].unsqueeze(0), torch.tensor([kept_label]))
+        assert torch_stats.logprob[0].item() == pytest.approx(expected.logprob.item(), abs=2e-5)
+    only_finite = oracle(logits[0, finite].unsqueeze(0), torch.tensor([0]))
+    assert torch_stats.entropy[0].item() == pytest.approx(only_finite.entropy.item(), abs=2e-5)
+    assert torch_stats.sum_p_squared[0].item() == pytest.approx(only_finite.sum_p_squared.item(), abs=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+def test_non_finite_hidden_states_agree_across_backends():
+    generator = torch.Generator().manual_seed(4)
+    hidden = torch.randn(4, 16, generator=generator)
+    hidden[0, 3], hidden[1, 5] = float("nan"), float("inf")
+    weight = torch.randn(40, 16, generator=generator) / 4
+    labels = torch.tensor([1, 2, 3, 4])
+    results = {}
+    for backend in ("torch", "triton"):
+        h, w = hidden.clone().to(DEVICE).requires_grad_(True), weight.clone().to(DEVICE).requires_grad_(True)
+        stats = token_stats_from_hidden(h, w, labels.to(DEVICE), backend=backend)
+        (stats.logprob.sum() + stats.entropy.sum()).backward()
+        results[backend] = (torch.stack([f.detach().cpu() for f in stats]), h.grad.cpu())
+    torch.testing.assert_close(results["triton"][0], results["torch"][0], atol=5e-5, rtol=1e-5, equal_nan=True)
+    stats, grad_hidden = results["torch"]
+    assert stats[:, :2].isnan().all() and stats[:, 2:].isfinite().all()  # rows 0, 1: no distribution
+    assert grad_hidden[:2].isnan().all() and grad_hidden[2:].isfinite().all()
+    assert results["triton"][1][:2].isnan().all() and results["triton"][1][2:].isfinite().all()
+
+
 @settings(max_examples=15, deadline=None)
 @given(
     vocab_size=st.integers(2, 300),
@@ -375,8 +456,18 @@ def test_dispatch_rejects_bad_input():
         token_stats_from_logits(logits, torch.tensor([0, 1], device=DEVICE))
     with pytest.raises(TypeError, match="integer"):
         token_stats_from_logits(logits, torch.zeros(3, device=DEVICE))
-    with pytest.raises(ValueError, match="temperature must be > 0"):
-        token_stats_from_logits(logits, torch.tensor([0, 1, 2], device=DEVICE), temperature=0.0)
+    labels = torch.tensor([0, 1, 2], device=DEVICE)
+    # 0 and negative flip or break the distribution; inf flattens it to uniform; NaN poisons it
+    for temperature in (0.0, -1.0, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="temperature must be finite and > 0"):
+            token_stats_from_logits(logits, labels, temperature=temperature)
+    for bad in (float("nan"), float("inf"), 0.0, -0.5):
+        per_token = torch.tensor([1.0, bad, 0.7], device=DEVICE)
+        with pytest.raises(ValueError, match=r"temperature must be finite and > 0 everywhere; found"):
+            token_stats_from_logits(logits, labels, temperature=per_token)
+        with pytest.raises(ValueError, match=r"temperature must be finite and > 0 everywhere; found"):
+            token_stats_from_hidden(torch.randn(3, 4, device=DEVICE), torch.randn(10, 4, device=DEVICE), labels,
+                                    temperature=per_token)
     with pytest.raises(ValueError, match=r"weight must be \[V, H\]"):
         token_stats_from_hidden(torch.randn(3, 4), torch.randn(10, 5), torch.tensor([0, 1, 2]))
 

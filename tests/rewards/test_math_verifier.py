@@ -54,6 +54,10 @@ CASES = {
     "unbalanced_box": (THINKING + "\\boxed{\\frac{1}{2}", "0.5", 0, 0, 1),
     "empty_ground_truth": (THINKING + "\\boxed{5}", "", 0, 1, 1),
     "fbox": (THINKING + "\\fbox{42}", "42", 1, 1, 1),
+    "float_gt_in_e_notation": (THINKING + "\\boxed{0.00002}", 2e-05, 1, 1, 1),
+    "euler_reading_of_float_gt": (THINKING + "\\boxed{0.436564}", 2e-05, 0, 1, 1),
+    "false_equation": (THINKING + "So \\boxed{5 = 6}.", "6", 0, 1, 1),
+    "tiny_decimal": (THINKING + "\\boxed{0.0000004}", "0.0000001", 0, 1, 1),
     "no_think_end_truncated": ("<think>\nLet me compute... \\boxed{\\frac12} and then", "0.5", 0, 0, 0),
 }
 
@@ -65,7 +69,7 @@ def test_real_looking_outputs(verifier, name):
     assert (result.acc, result.answer_found, result.has_think_end, result.timed_out) == (acc, answer_found, has_think_end, 0)
     assert result.score == float(acc)
     assert result.extra_info() == {"acc": acc, "has_think_end": has_think_end, "answer_found": answer_found, "timed_out": 0.0,
-                                   "no_ground_truth": 0.0 if ground_truth else 1.0}
+                                   "no_ground_truth": 0.0 if ground_truth != "" else 1.0}
 
 
 def test_truncated_response_scores_as_configured():

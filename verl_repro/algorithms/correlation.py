@@ -92,12 +92,24 @@ def average_ranks(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return ranks.masked_fill(~mask, 0)
 
 
+def _unit_scaled(values: torch.Tensor) -> torch.Tensor:
+    """Each row divided by its largest magnitude (rows of zeros unchanged): entries in [-1, 1]."""
+    largest = values.abs().amax(dim=1, keepdim=True)
+    return values / torch.where(largest > 0, largest, torch.ones_like(largest))
+
+
 def _pearson_of_usable(x: torch.Tensor, y: torch.Tensor, usable: torch.Tensor, num_tokens: torch.Tensor) -> torch.Tensor:
     weights = usable.to(x.dtype)
-    count = num_tokens.clamp(min=1).to(x.dtype)
-    # Two-pass (centre first) for accuracy on long rows with large offsets.
-    x_centred = (x - (x * weights).sum(1, keepdim=True) / count.unsqueeze(1)) * weights
-    y_centred = (y - (y * weights).sum(1, keepdim=True) / count.unsqueeze(1)) * weights
+    count = num_tokens.clamp(min=1).to(x.dtype).unsqueeze(1)
+
+    def standardized(values: torch.Tensor) -> torch.Tensor:
+        # ρ does not change when a row is scaled, so each row is brought into [-1, 1] before and
+        # after centring (two passes, for long rows with large offsets): no sum or square can
+        # overflow (1e20² is inf in float32) or underflow (1e-25² is 0), whatever the units.
+        values = _unit_scaled(values * weights)
+        return _unit_scaled((values - values.sum(1, keepdim=True) / count) * weights)
+
+    x_centred, y_centred = standardized(x), standardized(y)
     covariance = (x_centred * y_centred).sum(1)
     scale = torch.sqrt((x_centred * x_centred).sum(1) * (y_centred * y_centred).sum(1))
     rho = covariance / torch.where(scale > 0, scale, torch.ones_like(scale))

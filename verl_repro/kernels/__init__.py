@@ -14,6 +14,8 @@ triton.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from verl_repro.kernels.reference import (
@@ -76,7 +78,10 @@ def _check_labels(labels: torch.Tensor, leading_shape: torch.Size, vocab_size: i
 
 
 def _inverse_temperature(temperature, leading_shape: torch.Size, device: torch.device) -> torch.Tensor:
-    """[N] float32 of 1/T from a positive float or a tensor broadcastable to the labels' shape."""
+    """[N] float32 of 1/T from a finite float > 0 or a tensor broadcastable to the labels' shape.
+
+    ``inf`` would silently flatten every distribution to uniform and NaN would poison it: both are
+    refused, like 0 and negative values (which flip or break the distribution)."""
     num_rows = leading_shape.numel()
     if isinstance(temperature, torch.Tensor):
         temperature = temperature.to(device=device, dtype=torch.float32)
@@ -88,12 +93,15 @@ def _inverse_temperature(temperature, leading_shape: torch.Size, device: torch.d
             raise ValueError(
                 f"temperature of shape {tuple(temperature.shape)} does not broadcast to {tuple(leading_shape)}"
             ) from error
-        if bool((temperature <= 0).any()):
-            raise ValueError("temperature must be > 0 everywhere")
+        bad = ~(torch.isfinite(temperature) & (temperature > 0))
+        if temperature.numel() and bool(bad.any()):
+            raise ValueError(
+                f"temperature must be finite and > 0 everywhere; found {temperature[bad].flatten()[0].item()}"
+            )
         return (1.0 / temperature).reshape(num_rows).contiguous()
     temperature = float(temperature)
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if not (temperature > 0 and math.isfinite(temperature)):
+        raise ValueError(f"temperature must be finite and > 0, got {temperature}")
     return torch.full((num_rows,), 1.0 / temperature, dtype=torch.float32, device=device)
 
 
@@ -114,7 +122,7 @@ def token_stats_from_logits(
         logits: [..., V] bf16/fp16/fp32 — e.g. [N, V] packed tokens or [B, T, V].
         labels: [...] int — the token whose log-probability is wanted (the next token), or
             ``ignore_index`` to skip the row (all four outputs 0 there).
-        temperature: a float > 0, or a float tensor broadcastable to ``labels.shape`` (per token).
+        temperature: a finite float > 0, or a float tensor broadcastable to ``labels.shape`` (per token).
         backend: ``"auto"`` | ``"triton"`` | ``"torch"`` (module docstring).
         ignore_index: label value that marks skipped rows.
 

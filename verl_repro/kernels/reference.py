@@ -10,7 +10,12 @@ For a row of logits ``x`` (one token), its sampled / target token ``y`` and a te
     grad_norm      = g = ||p - onehot(y)||₂ = sqrt(Σ p² - 2 p_y + 1)
 
 ``g`` is the norm of ∂(-log p_y)/∂z, the logit-gradient norm of docs/corrpo.md. Rows whose label equals
-``ignore_index`` give 0 in all four outputs and no gradient.
+``ignore_index`` give 0 in all four outputs and no gradient, whatever their logits hold.
+
+Non-finite logits (both backends agree, ``tests/kernels/test_token_stats.py``): ``-inf`` entries (a
+masked vocabulary) have p = 0 and contribute nothing — the statistics and their gradient stay finite,
+and a label at ``-inf`` has ``logprob = -inf``. A row with a NaN or ``+inf`` logit, or with no finite
+logit at all, has no distribution: all four statistics are NaN, and so is its gradient.
 
 Everything is computed in float32 whatever the logits' dtype (bf16 logits are upcast before the
 division by ``T``), and is differentiable by autograd in ``logprob`` and ``entropy`` (the oracle of
@@ -51,15 +56,19 @@ def _stats_of_rows(
 ) -> TokenStats:
     """The maths, written the obvious way. logits: [n, V]; labels: [n] int; inv_temperature: [n]."""
     compute_dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    valid = labels != ignore_index
     z = logits.to(compute_dtype) * inv_temperature.to(compute_dtype).unsqueeze(-1)
+    # An ignored row's logits never reach the maths: no gradient flows into it whatever they hold.
+    z = torch.where(valid.unsqueeze(-1), z, torch.zeros((), dtype=compute_dtype, device=z.device))
     log_p = torch.log_softmax(z, dim=-1)
     p = log_p.exp()
-    valid = labels != ignore_index
     safe_labels = torch.where(valid, labels, torch.zeros_like(labels))
 
     logprob = log_p.gather(-1, safe_labels.unsqueeze(-1)).squeeze(-1)
-    # p log p -> 0 where p underflows to 0 (log p = -inf for logits at -inf).
-    entropy = -torch.where(p > 0, p * log_p, torch.zeros_like(p)).sum(-1)
+    # p log p -> 0 where p is exactly 0 (a logit at -inf: log p = -inf). The zero goes into log p,
+    # not around the product, so its gradient is 0 rather than 0·(-inf) = NaN; a NaN p (a row
+    # holding NaN or +inf, or no finite logit) still makes the entropy NaN.
+    entropy = -(p * log_p.masked_fill(p == 0, 0.0)).sum(-1)
     with torch.no_grad():
         sum_p_squared = (p * p).sum(-1)
         one_hot = torch.nn.functional.one_hot(safe_labels, num_classes=z.shape[-1]).to(compute_dtype)

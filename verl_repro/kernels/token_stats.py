@@ -112,7 +112,18 @@ def _finish_stats(m, r, t, q, z_label):
     sum_p_squared = p_label * p_label + others_sq
     one_minus_p = -_expm1(logprob)
     grad_norm = tl.sqrt(one_minus_p * one_minus_p + others_sq)
-    return logprob, entropy, sum_p_squared, grad_norm, m + log_s
+    # A row without a distribution has no statistics (all NaN, as in the torch reference; the NaN
+    # lse makes its gradient NaN too): a NaN logit (NaN r or t), a +inf one (m - m is NaN) or no
+    # finite one (m never rose above the -inf stand-in).
+    defined = (m > _NEG_BIG) & ((m - m) == 0.0) & (r == r) & (t == t)
+    nan = float("nan")
+    return (
+        tl.where(defined, logprob, nan),
+        tl.where(defined, entropy, nan),
+        tl.where(defined, sum_p_squared, nan),
+        tl.where(defined, grad_norm, nan),
+        tl.where(defined, m + log_s, nan),
+    )
 
 
 @triton.jit
@@ -197,7 +208,9 @@ def _logits_stats_bwd_kernel(
         p = tl.exp(log_p)
         d_z = d_logprob * (tl.where(cols == label, 1.0, 0.0) - p)
         d_z -= d_entropy * tl.where(p > 0, p * (log_p + entropy), 0.0)
-        tl.store(grad_ptr + cols, (d_z * inv_t).to(grad_logits_ptr.dtype.element_ty), mask=in_vocab)
+        # An ignored row gets no gradient even when its (unused) logits hold NaN or inf.
+        d_z = tl.where(ignored, 0.0, d_z * inv_t)
+        tl.store(grad_ptr + cols, d_z.to(grad_logits_ptr.dtype.element_ty), mask=in_vocab)
 
 
 @triton.jit

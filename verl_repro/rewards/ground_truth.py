@@ -7,7 +7,9 @@ a missing value, or an answer already wrapped in ``\\boxed{}``. The rule:
 
 * a string is stripped; one enclosing ``\\boxed{...}`` / ``\\fbox{...}`` is unwrapped;
 * bytes are decoded as UTF-8 (undecodable bytes are unusable);
-* a finite int / float / numpy number is printed (an integral float without ``.0``: ``27.0`` → ``27``);
+* a finite number is printed as a plain decimal that reads back as the same value: an integral
+  float without ``.0`` (``27.0`` → ``27``), no exponent (``2e-05`` → ``0.00002``; math notation reads
+  ``2e-05`` as ``2·e − 5``), a ``Decimal`` by its digits (``1.50`` → ``1.5``), a ``Fraction`` as ``a/b``;
 * a list, tuple or array holds several accepted answers: each entry is read by this rule and the
   unusable ones are dropped; grading accepts a match with **any** of them, RePro scores the first;
 * everything else — ``None``, NaN / inf, bools, dicts, empty strings and lists — is unusable:
@@ -18,7 +20,10 @@ from __future__ import annotations
 
 import math
 import numbers
+from decimal import Decimal
 from typing import Any, Optional
+
+from .normalization import plain_decimal
 
 BOXED_COMMANDS = ("\\boxed", "\\fbox")
 
@@ -67,17 +72,18 @@ def _scalar_text(value: Any) -> Optional[str]:
     # bool is a Number (and numpy's bool_ is not): both are excluded, neither is an answer.
     if isinstance(value, bool) or type(value).__name__ == "bool_":
         return None
+    if isinstance(value, numbers.Rational):  # int, numpy ints, Fraction: exact
+        if value.denominator == 1:
+            return str(int(value.numerator))
+        return f"{value.numerator}/{value.denominator}"
+    if isinstance(value, Decimal):  # a decimal column (pyarrow decimal128 reads back as Decimal)
+        return plain_decimal(value) if value.is_finite() else None
     if isinstance(value, numbers.Real):
-        number = float(value)
-        if not math.isfinite(number):
+        if not math.isfinite(float(value)):
             return None
-        if isinstance(value, numbers.Integral):
-            return str(int(value))
-        if number.is_integer():
-            return str(int(number))
-        # numpy prints float32 0.1 as "0.1" (a Python float of it would be 0.10000000149011612);
-        # exact types (Fraction, Decimal) print themselves.
-        return repr(number) if isinstance(value, float) and type(value).__module__ != "numpy" else str(value)
+        # The shortest text that reads back as the same float (numpy prints float32 0.1 as "0.1"),
+        # then written without exponent: "2e-05" would be read as 2·e − 5.
+        return plain_decimal(Decimal(str(value) if type(value).__module__ == "numpy" else repr(float(value))))
     return None
 
 

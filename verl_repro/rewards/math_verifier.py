@@ -7,7 +7,9 @@ earns nothing; a response without ``</think>`` was cut off by the length limit a
 ``\\boxed{...}`` (or ``\\fbox{...}``) is the answer. Equivalence is decided by math-verify: both sides
 are parsed from LaTeX into SymPy and compared symbolically and numerically (``\\frac{1}{2}`` = ``0.5``,
 ``\\dfrac``, trailing units, set / interval / matrix forms), after the rewrites of
-:mod:`~verl_repro.rewards.normalization` (thousands separators, percent, trailing period). Nothing is ever ``eval``-ed: only
+:mod:`~verl_repro.rewards.normalization` (thousands separators, e-notation, percent, trailing
+period) and two rules of its own (numbers agree to 6 significant digits; an equation answer must be a
+true statement). Nothing is ever ``eval``-ed: only
 math-verify's LaTeX parser runs, never its plain-expression extractor (which goes through SymPy's
 ``parse_expr``).
 
@@ -30,7 +32,7 @@ from verl_repro.config import check_number_fields
 
 from .ground_truth import BOXED_COMMANDS, closing_brace, ground_truth_answers
 from .guarded import GuardedPool, ScoringCrash, ScoringError, ScoringTimeout
-from .normalization import comparison_pairs
+from .normalization import comparison_pair
 
 
 
@@ -144,20 +146,94 @@ def grade_boxed_answer(answer: str, ground_truth: Any) -> bool:
 
     ``ground_truth`` is a raw value read by :func:`~verl_repro.rewards.ground_truth.ground_truth_answers`
     (a list matches when any entry does). Both sides go through
-    :func:`~verl_repro.rewards.normalization.comparison_pairs` (thousands separators, percent,
-    trailing period), are parsed as LaTeX by math-verify and compared with ``math_verify.verify(gold,
-    prediction)``. Can run for unbounded time on hostile input: call it through
-    :class:`MathVerifier` (or a :class:`GuardedPool`) in training and evaluation.
+    :func:`~verl_repro.rewards.normalization.comparison_pair` (thousands separators, e-notation,
+    percent, trailing period), are parsed as LaTeX by math-verify and compared with
+    ``math_verify.verify(gold, prediction)`` under two rules of this package: numbers holding a float agree to
+    :func:`decimal_places` (6, more below 1, fewer above 10^9), and an equation or chain is
+    right only if it is a true statement (:func:`_is_true_statement`). Can run for unbounded time
+    on hostile input: call it through :class:`MathVerifier` (or a :class:`GuardedPool`) in
+    training and evaluation.
     """
     return any(
-        _verify(normalized_answer, normalized_gold)
+        _verify(*pair)
         for gold in ground_truth_answers(ground_truth)
-        for normalized_answer, normalized_gold in comparison_pairs(answer, gold)
+        if (pair := comparison_pair(answer, gold)) is not None
     )
+
+
+SIGNIFICANT_DIGITS = 6
+"""Numbers below 1 are equal when they agree to this many significant digits (others to as many decimal places)."""
+FLOAT_DIGITS = 15
+"""math-verify's working precision: a float carries this many significant digits and no more."""
+
+
+def decimal_places(*expressions: Any) -> int:
+    """The decimal places two numbers must agree to when one of them holds a float.
+
+    math-verify rounds to 6 places: below 1 that is an absolute tolerance (``0.0000004`` and
+    ``0.0000001`` both round to 0), so the places grow until the smallest number keeps
+    :data:`SIGNIFICANT_DIGITS` significant digits (12 places there: they differ). Above 10^9 six
+    places ask for more digits than a float carries (``6.02\\times 10^{23}`` is not exactly
+    602000000000000000000000 in binary), so the places shrink to :data:`FLOAT_DIGITS` - 1 significant
+    digits of the largest number. Exact expressions (``\\frac{1}{3}``, ``2^{-20}``) are compared exactly
+    by math-verify whatever this returns.
+    """
+    import mpmath
+    from sympy import Basic, Float, MatrixBase
+
+    def magnitudes(expr: Any):
+        if isinstance(expr, MatrixBase):
+            for element in expr:
+                yield from magnitudes(element)
+        elif isinstance(expr, Basic) and expr.is_number:
+            try:
+                value = abs(mpmath.mpmathify(complex(expr.evalf(FLOAT_DIGITS))))
+            except (TypeError, ValueError, OverflowError):  # zoo, nan: no magnitude to keep
+                return
+            if value and mpmath.isfinite(value):
+                yield int(mpmath.floor(mpmath.log10(value)))
+        elif isinstance(expr, Basic):
+            for argument in expr.args:
+                yield from magnitudes(argument)
+
+    if not any(isinstance(e, (Basic, MatrixBase)) and e.has(Float) for e in expressions):
+        return SIGNIFICANT_DIGITS
+    orders = [order for expression in expressions for order in magnitudes(expression)]
+    if not orders:
+        return SIGNIFICANT_DIGITS
+    places = max(SIGNIFICANT_DIGITS, SIGNIFICANT_DIGITS - 1 - min(orders))
+    return min(places, FLOAT_DIGITS - 2 - max(orders))
+
+
+def _is_true_statement(prediction: Any, gold: Any, places: int) -> bool:
+    """An equation or chain answer (``x = 2 + 3 = 5``) is judged as a statement: every link between two
+    closed expressions must hold (``\\boxed{5 = 6}`` is false whatever the ground truth), and
+    against a ground truth that is not itself a relation, every link with a variable must
+    assign it (``x = 5`` against ``5`` stays right; ``2x = 10`` against ``10`` is not ``10``)."""
+    from math_verify import verify
+    from sympy import And, Eq, Symbol
+    from sympy.core.function import AppliedUndef
+    from sympy.core.relational import Relational
+
+    links = prediction.args if isinstance(prediction, And) else (prediction,)
+    if not links or not all(isinstance(link, Eq) for link in links):
+        return True  # not an equation: math-verify's own comparison decides
+    gold_is_relation = isinstance(gold, Relational) or (
+        isinstance(gold, And) and all(isinstance(arg, Relational) for arg in gold.args))
+    for link in links:
+        if link.lhs.free_symbols or link.rhs.free_symbols:
+            names_a_quantity = isinstance(link.lhs, Symbol) or (
+                isinstance(link.lhs, AppliedUndef) and all(isinstance(a, Symbol) for a in link.lhs.args))
+            if not gold_is_relation and not names_a_quantity:
+                return False
+        elif not verify(link.lhs, link.rhs, float_rounding=places, timeout_seconds=None):
+            return False
+    return True
 
 
 def _verify(answer: str, ground_truth: str) -> bool:
     from math_verify import LatexExtractionConfig, parse, verify
+    from sympy import Basic
 
     extraction = [LatexExtractionConfig(boxed_match_priority=0)]
     gold_text = ground_truth if "\\boxed" in ground_truth else "\\boxed{" + ground_truth + "}"
@@ -167,7 +243,10 @@ def _verify(answer: str, ground_truth: str) -> bool:
     prediction = parse("\\boxed{" + answer + "}", extraction_config=extraction, parsing_timeout=None)
     if not gold or not prediction:
         return False
-    return bool(verify(gold, prediction, timeout_seconds=None))
+    places = decimal_places(gold[0], prediction[0])
+    if isinstance(prediction[0], Basic) and not _is_true_statement(prediction[0], gold[0], places):
+        return False
+    return bool(verify(gold, prediction, float_rounding=places, timeout_seconds=None))
 
 
 def grade_answer_region(answer_region: str, ground_truth: Any, max_answer_chars: int = 1000) -> tuple[bool, bool]:
