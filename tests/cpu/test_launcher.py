@@ -44,17 +44,6 @@ def test_cpu_overrides_cover_the_required_list():
     assert overrides["ray_kwargs.ray_init.runtime_env.env_vars.VERL_PLATFORM"] == "cpu"
 
 
-def test_workers_share_the_cores_instead_of_one_thread_each(monkeypatch):
-    import verl_repro.cpu.launcher as launcher
-
-    monkeypatch.setattr(launcher.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
-    threads = "ray_kwargs.ray_init.runtime_env.env_vars.OMP_NUM_THREADS"
-    assert [_as_dict(cpu_overrides(workers))[threads] for workers in (1, 2, 3, 8)] == ["'4'", "'2'", "'1'", "'1'"]
-    # what a user sets wins, as for every CPU default
-    command = build_command([f"+{threads}='3'"])
-    assert [arg for arg in command if "OMP_NUM_THREADS" in arg] == [f"+{threads}='3'"]
-
-
 def test_override_key_strips_hydra_prefixes():
     assert override_key("+a.b=1") == override_key("++a.b=2") == override_key("a.b=3") == "a.b"
     assert override_key("~a.b") == "a.b"

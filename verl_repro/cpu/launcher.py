@@ -33,15 +33,6 @@ RAY_LOGICAL_CPUS = 16
 RAY_LOGICAL_CPUS_PER_WORKER = 4
 
 
-def worker_threads(num_workers: int) -> int:
-    """torch threads of each Ray worker: the cores this process may use, shared by the trainer ranks.
-
-    Ray gives an actor declared without ``num_cpus`` one thread (``OMP_NUM_THREADS=1``); a CPU step's
-    phases (rollout, log-probs, update) run one after another, so each may use every core."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cores // num_workers)
-
-
 def cpu_overrides(num_workers: int = 1) -> list[str]:
     """The main_ppo overrides a CPU run needs (``num_workers`` = trainer ranks, one logical GPU each)."""
     return [
@@ -53,7 +44,6 @@ def cpu_overrides(num_workers: int = 1) -> list[str]:
         # The dashboard's processes compete with training for the few cores.
         "+ray_kwargs.ray_init.include_dashboard=False",
         f"+ray_kwargs.ray_init.runtime_env.env_vars.{PLATFORM_ENV}=cpu",
-        f"+ray_kwargs.ray_init.runtime_env.env_vars.OMP_NUM_THREADS='{worker_threads(num_workers)}'",  # a string: Ray refuses an int
         # More storage units than cores stalls TransferQueue on a small machine.
         "transfer_queue.backend.SimpleStorage.num_data_storage_units=1",
         # No flash-attention on a CPU, hence no padding-free (remove-padding) path either.
