@@ -112,7 +112,7 @@ def test_demo_dataset_has_the_answer_format_and_no_overlap_with_the_examples(tmp
     for row, problem in zip(rows.itertuples(), problems):
         messages = list(row.prompt)
         assert messages[-1]["content"] == problem["question"] and messages[0]["role"] == "system"
-        assert [m["content"] for m in messages[2:5:2]] == [a for _, a in FEW_SHOT]
+        assert [m["content"] for m in messages[1:-1]] == [text for example in FEW_SHOT for text in example]
         assert row.reward_model["ground_truth"] == problem["answer"] == str(eval(problem["question"].split(" has ")[1].split()[0]) + int(problem["question"].split(" more.")[0].split()[-1]))
     questions = {p["question"] for p in problems}
     assert not questions & {q for q, _ in FEW_SHOT}

@@ -97,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
 
 def load_problems(path: str | None, limit: int):
     """``limit`` problems (question + answer) of ``path``, or the training demo's problems posed as
-    it poses them (two worked examples first), which SmolLM2 gets right about half the time."""
+    it poses them (a worked example first), which SmolLM2 gets right about a quarter of the time."""
     if path is None:
         from verl_repro.analysis.frontend import Trajectory
         from verl_repro.demo_training import demo_messages, train_problems

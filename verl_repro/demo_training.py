@@ -5,8 +5,8 @@ worker, the ``hf`` rollout, the ``repro_math`` reward manager, our ``repro_sync`
 estimators), with the same model, data and settings; only ``algorithm.adv_estimator``
 differs. The model is the embedded SmolLM2-135M-Instruct (:mod:`verl_repro.demo_model`).
 
-The problems are one-step addition word problems with a two-example prompt that shows the answer
-format (one step per line, ``\\boxed{}`` at the end): a 135M model then answers about half of
+The problems are one-step addition word problems with a one-example prompt that shows the answer
+format (one step per line, ``\\boxed{}`` at the end): a 135M model then answers about a quarter of
 them right, so GRPO groups have both right and wrong answers (a constant outcome reward makes
 every GRPO advantage 0 and nothing would be learned). SmolLM2 has no ``</think>``: the grader reads
 the whole response (``require_think_end=False``) and RePro treats the end-of-turn token as the end
@@ -32,12 +32,14 @@ from verl_repro.run_metrics import FIGURES_BY_NAME, read_metrics, series
 DATA_SOURCE = "verl_repro/demo"
 TRAIN_PROBLEMS = "data/demo_train_problems.jsonl"
 SYSTEM_PROMPT = "Solve the problem. Write one step per line and end with the answer in \\boxed{}."
-# Two worked examples fix the answer format; their numbers are not among the training problems'.
+# One worked example fixes the answer format (its numbers are not among the training problems').
+# Measured on 12 problems x 4 samples (temperature 1, 40 tokens): two examples, 175-token prompts,
+# 33 % right, 9 of 12 groups mixed; this one, 115 tokens, 23 % right, 8 of 12 mixed; the system
+# prompt alone, 55 tokens, never answers in \boxed{}. Every token of the prompt is computed five
+# times a step (rollout, log-probs, reference, update forward and backward).
 FEW_SHOT = (
     ("Ann has 3 pens and buys 4 more. How many pens does Ann have now?",
      "Ann starts with 3 pens.\nShe buys 4 more: 3 + 4 = 7.\n\\boxed{7}"),
-    ("Tom has 6 cups and gets 2 more. How many cups does Tom have now?",
-     "Tom starts with 6 cups.\nHe gets 2 more: 6 + 2 = 8.\n\\boxed{8}"),
 )
 
 
@@ -80,7 +82,7 @@ class DemoSettings:
 
 
 def demo_messages(question: str) -> list[dict]:
-    """The chat a problem is posed in: system prompt, the two worked examples, the question."""
+    """The chat a problem is posed in: system prompt, the worked example, the question."""
     messages = [{"role": "system", "content": SYSTEM_PROMPT}]
     for user, assistant in FEW_SHOT:
         messages += [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
