@@ -172,7 +172,7 @@ def check_repro_group(config) -> str:
 
 
 def _plugin_failures() -> str:
-    from verl_repro.plugin import registration_report
+    from verl_repro.plugin.entry import registration_report
 
     failures = registration_report()["failures"]
     return f"plugin failures: {failures}" if failures else "the verl-repro plugin reported no failure"

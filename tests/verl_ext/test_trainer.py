@@ -510,7 +510,7 @@ def test_other_verl_versions_are_refused_loudly(base_config, monkeypatch):
     import verl as verl_module
 
     from verl_repro.info import all_patches
-    from verl_repro.patching import VerlVersionError
+    from verl_repro.plugin.patching import VerlVersionError
 
     monkeypatch.setattr(verl_module, "__version__", "0.9.2")
     with pytest.raises(VerlVersionError, match=r"trainer\.v1\.trainer_mode=repro_sync .*veRL 0\.9\.1 but veRL 0\.9\.2"):

