@@ -146,10 +146,10 @@ def check_reward_manager(config) -> str:
 
 def check_repro_group(config) -> str:
     from verl_repro.verl_ext import preflight
-    from verl_repro.verl_ext.estimator_inputs import SPECS
+    from verl_repro.verl_ext.estimator_registry import load_estimators
 
     estimator = str(config.algorithm.adv_estimator)
-    spec = SPECS.get(estimator)
+    spec = load_estimators().get(estimator)
     if spec is None:
         if preflight.check_repro_group(config) is not None:
             return "present, valid (unused by this estimator)"

@@ -44,8 +44,8 @@ def test_estimators_register_when_veRL_imports_core_algos_before_any_lookup():
         "from verl_repro.plugin.entry import registration_report\n"
         "light = 'verl.trainer.ppo.core_algos' not in sys.modules\n"
         "from verl.trainer.ppo.core_algos import ADV_ESTIMATOR_REGISTRY, get_adv_estimator_fn\n"
-        "from verl_repro.verl_ext.estimator_inputs import ESTIMATORS\n"
-        "found = {s.name: get_adv_estimator_fn(s.name) is s.load() for s in ESTIMATORS}\n"
+        "from verl_repro.verl_ext.estimator_registry import own_specs\n"
+        "found = {s.name: get_adv_estimator_fn(s.name) is s.function for s in own_specs()}\n"
         "print(json.dumps({'light': light, 'found': found, 'failures': registration_report()['failures']}))\n"
     )
     payload = json.loads(out.strip().splitlines()[-1])

@@ -28,7 +28,7 @@ from verl.trainer.ppo.v1.trainer_base import PPOTrainer
 from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 
 from verl_repro.config import ConfigError
-from verl_repro.verl_ext import estimator_inputs
+from verl_repro.verl_ext import estimator_registry
 from verl_repro.verl_ext.trainer import (
     TRAINER_MODE,
     as_jagged,
@@ -326,8 +326,8 @@ def test_contract_inputs_for_corrpo_like_estimators(base_config, tiny_tokenizer,
         return token_level_rewards, token_level_rewards
 
     register_adv_est("test_contract_probe")(probe)
-    estimator_inputs.add(estimator_inputs.EstimatorSpec(
-        "test_contract_probe", method="probe", base="grpo", normalization="group", group_form="grpo",
+    estimator_registry.add(estimator_registry.EstimatorSpec(
+        "test_contract_probe", method="probe", base="grpo", normalization="group",
         inputs=("responses", "entropy", "logit_grad_norm", "think_end_id", "repro_config", "metrics"), function=probe,
     ))
     try:
@@ -345,7 +345,7 @@ def test_contract_inputs_for_corrpo_like_estimators(base_config, tiny_tokenizer,
         trainer._compute_advantage(meta, metrics)
     finally:
         ADV_ESTIMATOR_REGISTRY.pop("test_contract_probe", None)
-        estimator_inputs.SPECS.pop("test_contract_probe", None)
+        estimator_registry.SPECS.pop("test_contract_probe", None)
     assert metrics["corr/probe"] == 1.0
     assert seen["think_end_id"] == tiny_tokenizer.convert_tokens_to_ids("</think>")
     assert seen["repro_config"] is trainer.repro_config

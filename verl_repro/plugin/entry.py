@@ -22,7 +22,7 @@ logger = logging.getLogger("verl_repro")
 # Each module exposes ``register() -> list[str]`` returning "kind:name" entries it adds to veRL
 # (now or when veRL imports the registry). A module is registered at most once per process.
 REGISTRATION_MODULES: tuple[str, ...] = (
-    "verl_repro.verl_ext.estimator_inputs",
+    "verl_repro.verl_ext.estimator_registry",
     "verl_repro.verl_ext.reward_managers",
     "verl_repro.verl_ext.engine",
     "verl_repro.verl_ext.trainer",

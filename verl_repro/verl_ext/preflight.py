@@ -42,11 +42,11 @@ def _select(config: Any, key: str, default: Any = None) -> Any:
 
 def check_estimator_pairing(config: Any) -> str:
     """Our estimators run only under the ``repro_sync`` v1 trainer with a ``repro`` group."""
-    from verl_repro.verl_ext.estimator_inputs import SPECS
+    from verl_repro.verl_ext.estimator_registry import load_estimators
 
     estimator = str(_select(config, "algorithm.adv_estimator", ""))
     mode = str(_select(config, "trainer.v1.trainer_mode", "sync"))
-    if estimator not in SPECS:
+    if estimator not in load_estimators():
         return f"{estimator} (veRL's own) under trainer mode {mode}"
     if not _select(config, "trainer.use_v1", True):
         raise ConfigError(f"algorithm.adv_estimator={estimator} needs veRL's v1 trainer: set trainer.use_v1=True")
@@ -62,9 +62,9 @@ def check_estimator_pairing(config: Any) -> str:
 
 def check_repro_group(config: Any) -> ReproConfig | None:
     """The ``repro`` group as the ``repro_sync`` trainer validates it (None when absent and unused)."""
-    from verl_repro.verl_ext.estimator_inputs import SPECS
+    from verl_repro.verl_ext.estimator_registry import load_estimators
 
-    if str(_select(config, "algorithm.adv_estimator", "")) in SPECS:
+    if str(_select(config, "algorithm.adv_estimator", "")) in load_estimators():
         from verl_repro.verl_ext.trainer import validate_repro_setup
 
         return validate_repro_setup(config)

@@ -9,7 +9,7 @@ and the advantage step (docs/repro.md, "Using RePro in a veRL recipe"). So the p
     python -m verl.trainer.main_ppo +repro=default algorithm.adv_estimator=repro_grpo ...
 
 (``+repro=default`` adds the ``repro`` group and sets ``trainer.v1.trainer_mode=repro_sync``.)
-What it changes, and only for estimators declared in ``estimator_inputs`` (others run veRL's code
+What it changes, and only for estimators declared in ``estimator_registry`` (others run veRL's code
 unchanged):
 
 * ``__init__`` validates the ``repro`` group and the estimator's needs (reference model for
@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 from verl_repro.config import ConfigError, ReproConfig
-from verl_repro.verl_ext import estimator_inputs
+from verl_repro.verl_ext import estimator_registry
 
 logger = logging.getLogger("verl_repro")
 
@@ -51,7 +51,7 @@ SYNC_TRAINER_MODULE = "verl.trainer.ppo.v1.trainer_sync"
 ENGINE_VENDOR = "repro"
 
 # What veRL's own _compute_advantage fetches (verl/trainer/ppo/v1/trainer_base.py); the fields of
-# each extra estimator input come from the estimator table (estimator_inputs.INPUT_FIELDS).
+# each extra estimator input come from the estimator table (estimator_registry.INPUT_FIELDS).
 BASE_ADVANTAGE_FIELDS = ["uid", "response_mask", "rm_scores", "rollout_log_probs", "old_log_probs", "ref_log_prob", "values"]
 # Per-token engine outputs laid out over the full sequence (shifted by one, like log_probs).
 FULL_SEQUENCE_FIELDS = ("logit_grad_norm", "sum_pi_squared", "logit_param_grad_norm")
@@ -75,7 +75,7 @@ def engine_vendor_requested(config: Any) -> bool:
 
 def estimator_needs(config: Any) -> tuple[str, ...]:
     """Extra inputs the configured ``algorithm.adv_estimator`` takes (empty for veRL's own)."""
-    return estimator_inputs.estimator_needs(config.algorithm.adv_estimator)
+    return estimator_registry.estimator_needs(config.algorithm.adv_estimator)
 
 
 # Architectures whose decoder layers the parameter-gradient signal re-runs (verl_repro.gradients).
@@ -341,7 +341,7 @@ class _ReproSyncMixin:
 
         estimator = str(self.config.algorithm.adv_estimator)
         fields = list(BASE_ADVANTAGE_FIELDS)
-        fields += [name for name in estimator_inputs.fields_to_fetch(needs) if name not in fields]
+        fields += [name for name in estimator_registry.fields_to_fetch(needs) if name not in fields]
         data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=fields)
         size = len(batch)
         for name in ("response_mask", "responses", "input_ids", *FULL_SEQUENCE_FIELDS):

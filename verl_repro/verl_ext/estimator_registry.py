@@ -1,32 +1,37 @@
-"""The estimator table: one spec per advantage estimator this package adds to veRL.
+"""The estimator registry: every advantage estimator this package adds to veRL, declared where it is
+defined.
 
-Every place that needs to know about our estimators reads :data:`ESTIMATORS`:
+An estimator module decorates its function with :func:`advantage_estimator` — the name, the veRL
+built-in it builds on, its default normalization and the extra inputs it takes, written once — as
+veRL's own ``core_algos`` does with ``@register_adv_est``. The decorator fills :data:`SPECS`, which
+every place that needs to know about our estimators reads:
 
 * registration — :func:`register` puts each spec's function into veRL's registry once veRL itself
   imports ``verl.trainer.ppo.core_algos`` (importing that module costs about a second in every
   process that runs ``import verl``; the processes that look an estimator up import it anyway);
-* the input check — :func:`checked_inputs` wraps an estimator so that a call without its required
-  inputs (veRL's stock trainer passes none) raises :func:`missing_inputs_error`;
+* the input check — the decorated function raises :func:`missing_inputs_error` when a required input
+  is absent (veRL's stock trainer passes none);
 * the trainer's field fetch — :func:`estimator_needs` and :data:`INPUT_FIELDS` (``repro_sync``);
-* the recipe launcher's checks (``recipes/launch.py``) and the docs tables (:func:`markdown_table`).
+* the start-up checks, the recipe launcher's dry run and the docs tables (:func:`markdown_table`).
 
-The extra keyword arguments themselves are described in ``docs/dev/estimator_contract.md``. This
-module imports neither veRL nor torch, so the launcher's dry run and the docs test read it cheaply.
+The extra keyword arguments themselves are described in ``docs/dev/estimator_contract.md``.
+:data:`ESTIMATOR_MODULES` names the modules that declare estimators; :func:`specs` imports them on
+first use (torch and the maths, not veRL), so reading the table stays cheap.
 """
 
 from __future__ import annotations
 
 import functools
 import importlib
-import logging
 from dataclasses import dataclass
-from typing import Any, Callable, Union
+from typing import Any, Callable
 
 from verl_repro.config import PROCESS_REWARD_NORMS
 
-logger = logging.getLogger("verl_repro")
-
 CORE_ALGOS = "verl.trainer.ppo.core_algos"
+
+# The modules whose functions carry @advantage_estimator, in the order of the docs tables.
+ESTIMATOR_MODULES = ("verl_repro.verl_ext.estimators", "verl_repro.verl_ext.corrpo")
 
 # Extra estimator input -> the TransferQueue fields the repro_sync trainer fetches to build it
 # (empty: the trainer holds it itself). Fields a batch lacks are simply not returned.
@@ -49,41 +54,39 @@ GROUP_FORMS: dict[str, str] = {
     "rloo": "minus the mean of the other responses' entries in the prompt group",
     "reinforce_plus_plus_baseline": "minus the prompt group's mean entry, then whitened over the batch",
 }
+NORMALIZATIONS = ("group", "batch", "none")
 
 
 @dataclass(frozen=True)
 class EstimatorSpec:
-    """One advantage estimator of this package, as veRL's registry and our trainer see it."""
+    """One advantage estimator, as veRL's registry and our trainer see it."""
 
     name: str
     """``algorithm.adv_estimator`` value."""
     method: str
-    """``repro`` or ``corrpo``."""
+    """``repro`` or ``corrpo`` (another package's estimator: any label)."""
     base: str
     """The veRL built-in whose outcome advantage (or reward normalization) it uses."""
     normalization: str
     """RePro: the default ``repro.process_reward_norm`` (``group`` / ``batch`` / ``none``);
     CorR-PO: how the regularized reward is normalized (``group``)."""
-    group_form: str
-    """What ``group`` normalization means for it (a key of :data:`GROUP_FORMS`)."""
     inputs: tuple[str, ...]
     """Extra keyword arguments it needs from the ``repro_sync`` trainer (checked before the call)."""
-    function: Union[str, Callable]
-    """``"module:attribute"`` of the estimator function (imported only at registration), or the function."""
+    function: Callable
+    """The function veRL's registry holds (input check included)."""
     optional_inputs: tuple[str, ...] = ()
     """Extra inputs the trainer passes when it has them; the estimator decides whether it needs them."""
     requirement: str = ""
     """What the run needs beyond the ``repro`` group (docs table)."""
 
     @property
+    def group_form(self) -> str:
+        """What ``group`` normalization means for it: the base's own group form, GRPO's otherwise."""
+        return self.base if self.base in GROUP_FORMS else "grpo"
+
+    @property
     def all_inputs(self) -> tuple[str, ...]:
         return self.inputs + tuple(name for name in self.optional_inputs if name not in self.inputs)
-
-    def load(self) -> Callable:
-        if callable(self.function):
-            return self.function
-        module_name, attribute = self.function.split(":")
-        return getattr(importlib.import_module(module_name), attribute)
 
     def process_normalization(self, process_reward_norm: str = "auto") -> str:
         """The ``verl_repro.algorithms`` normalization for ``repro.process_reward_norm`` (``auto``: the
@@ -94,59 +97,76 @@ class EstimatorSpec:
         return self.group_form if key == "group" else _FIXED_NORMALIZATIONS[key]
 
 
-_REPRO_INPUTS = ("repro_scoring", "repro_config", "metrics")
-_CORRPO_INPUTS = ("repro_config", "entropy", "logit_grad_norm")
-_ESTIMATORS_MODULE = "verl_repro.verl_ext.estimators"
-_CORRPO_MODULE = "verl_repro.verl_ext.corrpo"
-
-ESTIMATORS: tuple[EstimatorSpec, ...] = (
-    EstimatorSpec("repro_grpo", "repro", "grpo", "group", "grpo", _REPRO_INPUTS,
-                  f"{_ESTIMATORS_MODULE}:compute_repro_grpo_advantage"),
-    EstimatorSpec("repro_rloo", "repro", "rloo", "group", "rloo", _REPRO_INPUTS,
-                  f"{_ESTIMATORS_MODULE}:compute_repro_rloo_advantage"),
-    EstimatorSpec("repro_reinforce_plus_plus", "repro", "reinforce_plus_plus", "batch", "grpo", _REPRO_INPUTS,
-                  f"{_ESTIMATORS_MODULE}:compute_repro_reinforce_plus_plus_advantage"),
-    EstimatorSpec("repro_reinforce_plus_plus_baseline", "repro", "reinforce_plus_plus_baseline", "group",
-                  "reinforce_plus_plus_baseline", _REPRO_INPUTS,
-                  f"{_ESTIMATORS_MODULE}:compute_repro_reinforce_plus_plus_baseline_advantage"),
-    EstimatorSpec("repro_ppo", "repro", "gae", "none", "grpo", _REPRO_INPUTS + ("values",),
-                  f"{_ESTIMATORS_MODULE}:compute_repro_ppo_advantage", requirement="`critic.enable=True`"),
-    EstimatorSpec("corrpo", "corrpo", "grpo", "group", "grpo", _CORRPO_INPUTS, f"{_CORRPO_MODULE}:compute_corrpo_advantage",
-                  optional_inputs=("responses", "think_end_id", "metrics"), requirement="a source of `logit_grad_norm`"),
-    EstimatorSpec("corrpo_rloo", "corrpo", "rloo", "group", "rloo", _CORRPO_INPUTS, f"{_CORRPO_MODULE}:compute_corrpo_rloo_advantage",
-                  optional_inputs=("responses", "think_end_id", "metrics"), requirement="a source of `logit_grad_norm`"),
-)
-SPECS: dict[str, EstimatorSpec] = {spec.name: spec for spec in ESTIMATORS}
-
-
-def _check_spec(spec: EstimatorSpec) -> EstimatorSpec:
-    unknown = set(spec.all_inputs) - KNOWN_INPUTS
-    if unknown:
-        raise ValueError(f"estimator {spec.name!r}: unknown inputs {sorted(unknown)}; known: {sorted(KNOWN_INPUTS)}")
-    if spec.group_form not in GROUP_FORMS:
-        raise ValueError(f"estimator {spec.name!r}: group_form must be one of {sorted(GROUP_FORMS)}, got {spec.group_form!r}")
-    return spec
-
-
-for _spec in ESTIMATORS:
-    _check_spec(_spec)
+SPECS: dict[str, EstimatorSpec] = {}
+"""Every declared estimator by name (this package's, in :data:`ESTIMATOR_MODULES` order, then any added)."""
 
 
 def add(spec: EstimatorSpec) -> EstimatorSpec:
-    """Add an estimator of another package to the table, so ``repro_sync`` passes it the inputs it names.
-    Registering its function in veRL stays the caller's business."""
-    SPECS[spec.name] = _check_spec(spec)
+    """Put ``spec`` in the table after checking its fields (also for an estimator of another package,
+    so ``repro_sync`` passes it the inputs it names; registering its function in veRL stays the caller's)."""
+    unknown = set(spec.all_inputs) - KNOWN_INPUTS
+    if unknown:
+        raise ValueError(f"estimator {spec.name!r}: unknown inputs {sorted(unknown)}; known: {sorted(KNOWN_INPUTS)}")
+    if spec.normalization not in NORMALIZATIONS:
+        raise ValueError(f"estimator {spec.name!r}: normalization must be one of {NORMALIZATIONS}, got {spec.normalization!r}")
+    SPECS[spec.name] = spec
     return spec
 
 
+def advantage_estimator(
+    name: str,
+    *,
+    method: str,
+    base: str,
+    normalization: str,
+    inputs: tuple[str, ...],
+    optional_inputs: tuple[str, ...] = (),
+    requirement: str = "",
+) -> Callable[[Callable], Callable]:
+    """Declare the decorated function as the advantage estimator ``name`` (``algorithm.adv_estimator``).
+
+    The function is called as veRL calls an estimator, plus the extra inputs it names and
+    ``spec=`` its own :class:`EstimatorSpec`; a call in which a required input is absent or None
+    raises :func:`missing_inputs_error` before the body runs. Returns the checked function, which
+    is what veRL's registry receives.
+    """
+
+    def decorator(fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        def estimator(*args: Any, **kwargs: Any):
+            missing = [key for key in inputs if kwargs.get(key) is None]
+            if missing:
+                raise missing_inputs_error(name, missing)
+            return fn(*args, spec=SPECS[name], **kwargs)
+
+        add(EstimatorSpec(name, method, base, normalization, tuple(inputs), estimator, tuple(optional_inputs), requirement))
+        return estimator
+
+    return decorator
+
+
+def load_estimators() -> dict[str, EstimatorSpec]:
+    """Import the modules that declare this package's estimators (once) and return the table."""
+    for module_name in ESTIMATOR_MODULES:
+        importlib.import_module(module_name)
+    return SPECS
+
+
+def _table_rank(spec: EstimatorSpec) -> int:
+    module = spec.function.__module__
+    return ESTIMATOR_MODULES.index(module) if module in ESTIMATOR_MODULES else len(ESTIMATOR_MODULES)
+
+
 def specs(method: str | None = None) -> list[EstimatorSpec]:
-    """The specs of this package (``method``: only ``repro`` or ``corrpo`` ones), in table order."""
-    return [spec for spec in ESTIMATORS if method is None or spec.method == method]
+    """The declared specs (``method``: only ``repro`` or ``corrpo`` ones): this package's in
+    :data:`ESTIMATOR_MODULES` order, each module's in declaration order, then any added."""
+    ordered = sorted(load_estimators().values(), key=_table_rank)
+    return [spec for spec in ordered if method is None or spec.method == method]
 
 
 def estimator_needs(estimator: str) -> tuple[str, ...]:
-    """Extra inputs ``estimator`` takes from the trainer (empty for veRL's own estimators)."""
-    spec = SPECS.get(str(estimator))
+    """Extra inputs ``estimator`` takes from the trainer (empty for veRL's own)."""
+    spec = load_estimators().get(str(estimator))
     return spec.all_inputs if spec is not None else ()
 
 
@@ -156,9 +176,6 @@ def fields_to_fetch(needs: tuple[str, ...]) -> list[str]:
     for need in needs:
         fields += [name for name in INPUT_FIELDS[need] if name not in fields]
     return fields
-
-
-# ----------------------------------------------------------------------------- the input check
 
 
 def missing_inputs_error(estimator_name: str, missing: list[str]) -> RuntimeError:
@@ -175,33 +192,20 @@ def missing_inputs_error(estimator_name: str, missing: list[str]) -> RuntimeErro
     return RuntimeError(hint)
 
 
-def checked_inputs(estimator_name: str) -> Callable[[Callable], Callable]:
-    """Decorate the function of ``SPECS[estimator_name]``: a call in which one of the spec's required
-    inputs is absent or None raises :func:`missing_inputs_error` before the body runs."""
-    required = SPECS[estimator_name].inputs
-
-    def decorator(fn: Callable) -> Callable:
-        @functools.wraps(fn)
-        def estimator(*args: Any, **kwargs: Any):
-            missing = [name for name in required if kwargs.get(name) is None]
-            if missing:
-                raise missing_inputs_error(estimator_name, missing)
-            return fn(*args, **kwargs)
-
-        return estimator
-
-    return decorator
-
-
 # ----------------------------------------------------------------------------- registration
 
 
+def own_specs() -> list[EstimatorSpec]:
+    """The estimators this package declares (not those another package added with :func:`add`)."""
+    return [spec for spec in specs() if spec.function.__module__ in ESTIMATOR_MODULES]
+
+
 def register_now() -> list[str]:
-    """Put every estimator of the table into veRL's registry now (imports ``core_algos``; idempotent)."""
+    """Put every estimator of this package into veRL's registry now (imports ``core_algos``; idempotent)."""
     core_algos = importlib.import_module(CORE_ALGOS)
-    for spec in ESTIMATORS:
-        core_algos.register_adv_est(spec.name)(spec.load())
-    return [f"adv_estimator:{spec.name}" for spec in ESTIMATORS]
+    for spec in own_specs():
+        core_algos.register_adv_est(spec.name)(spec.function)
+    return [f"adv_estimator:{spec.name}" for spec in own_specs()]
 
 
 def _register_when_veRL_imports_core_algos(module) -> None:
@@ -214,12 +218,12 @@ def _register_when_veRL_imports_core_algos(module) -> None:
 
 
 def register() -> list[str]:
-    """Plugin hook: register the table's estimators once this process imports veRL's ``core_algos``
-    (at once if it already has). Returns the names it will register."""
+    """Plugin hook: register the estimators once this process imports veRL's ``core_algos`` (at once if
+    it already has). Returns the names it will register."""
     from verl_repro.plugin.import_hooks import when_imported
 
     when_imported(CORE_ALGOS, _register_when_veRL_imports_core_algos)
-    return [f"adv_estimator:{spec.name}" for spec in ESTIMATORS]
+    return [f"adv_estimator:{spec.name}" for spec in own_specs()]
 
 
 # ----------------------------------------------------------------------------- docs
