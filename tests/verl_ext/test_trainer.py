@@ -29,8 +29,8 @@ from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 
 from verl_repro.config import ConfigError
 from verl_repro.verl_ext import estimator_registry
+from verl_repro.verl_ext.switches import TRAINER_MODE
 from verl_repro.verl_ext.trainer import (
-    TRAINER_MODE,
     as_jagged,
     build_trainer_class,
     logit_grad_norm_from_sum_pi_squared,

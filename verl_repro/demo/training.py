@@ -28,6 +28,7 @@ from typing import Iterator, Optional, Sequence
 
 from verl_repro.cpu.progress import clock
 from verl_repro.run_metrics import FIGURES_BY_NAME, read_metrics, series
+from verl_repro.verl_ext.switches import ENGINE_VENDOR_OVERRIDE
 
 DATA_SOURCE = "verl_repro/demo"
 TRAIN_PROBLEMS = "data/demo_train_problems.jsonl"
@@ -176,7 +177,7 @@ def demo_overrides(method: Method, model: Path, train: Path, val: Path, settings
         # a real line feed: Hydra does not decode "\\n" inside quotes
         'repro.boundary_patterns=["\n"]',
         "repro.scoring_mode=prefix_shared",
-        "+ray_kwargs.ray_init.runtime_env.env_vars.VERL_ENGINE_VENDOR=repro",
+        ENGINE_VENDOR_OVERRIDE,
         f"trainer.total_training_steps={settings.steps}",
         "trainer.val_before_train=False",
         "trainer.test_freq=-1",

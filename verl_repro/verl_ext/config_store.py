@@ -15,10 +15,10 @@ Value ranges (``alpha >= 0`` ...) are checked by ``ReproConfig.validate`` when t
 from __future__ import annotations
 
 from verl_repro.config import ReproConfig
+from verl_repro.verl_ext.switches import TRAINER_MODE
 
 GROUP = "repro"
 OPTION = "default"
-TRAINER_MODE = "repro_sync"
 
 
 def default_node():

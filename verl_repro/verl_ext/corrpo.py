@@ -31,24 +31,13 @@ import torch
 from verl_repro.algorithms.advantages import group_ids_from_uids
 from verl_repro.algorithms.correlation import response_correlation
 from verl_repro.algorithms.corrpo import corrpo_advantages, corrpo_metrics, corrpo_rewards
-from verl_repro.config import CorrConfig, ReproConfig
+from verl_repro.config import CorrConfig, ReproConfig, setting
 from verl_repro.verl_ext.estimator_registry import EstimatorSpec, advantage_estimator, missing_inputs_error
 
 # What both CorR-PO estimators take from the repro_sync trainer; the optional ones depend on repro.corr.
 CORRPO_INPUTS = ("repro_config", "entropy", "logit_grad_norm")
 CORRPO_OPTIONAL_INPUTS = ("responses", "think_end_id", "metrics")
 CORRPO_REQUIREMENT = "a source of `logit_grad_norm`"
-
-
-def _config_value(config: Any, key: str, default: Any) -> Any:
-    if config is None:
-        return default
-    getter = getattr(config, "get", None)
-    if callable(getter):
-        value = getter(key, default)
-    else:
-        value = getattr(config, key, default)
-    return default if value is None else value
 
 
 def _corrpo_advantage(
@@ -96,7 +85,7 @@ def _corrpo_advantage(
         outcome_scores = token_level_rewards.sum(dim=-1)
         rewards, regularizer = corrpo_rewards(outcome_scores, correlation.rho, coef=corr.coef, outcome_weight=corr.outcome_weight)
         if norm_adv_by_std_in_grpo is None:
-            norm_adv_by_std_in_grpo = bool(_config_value(config, "norm_adv_by_std_in_grpo", True))
+            norm_adv_by_std_in_grpo = bool(setting(config, "norm_adv_by_std_in_grpo", True))
         advantages = corrpo_advantages(
             rewards, response_mask, group_ids_from_uids(index, rewards.shape[0]).to(rewards.device),
             normalization=spec.group_form, norm_adv_by_std_in_grpo=norm_adv_by_std_in_grpo, epsilon=epsilon,

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from verl_repro.config import PROCESS_REWARD_NORMS
+from verl_repro.verl_ext.switches import ENGINE_VENDOR, ENGINE_VENDOR_OVERRIDE, TRAINER_MODE
 
 CORE_ALGOS = "verl.trainer.ppo.core_algos"
 
@@ -181,13 +182,12 @@ def fields_to_fetch(needs: tuple[str, ...]) -> list[str]:
 def missing_inputs_error(estimator_name: str, missing: list[str]) -> RuntimeError:
     hint = (
         f"advantage estimator '{estimator_name}' needs {missing}, which veRL's stock trainer does not pass. "
-        "Run with trainer.v1.trainer_mode=repro_sync (registered by verl-repro)."
+        f"Run with trainer.v1.trainer_mode={TRAINER_MODE} (registered by verl-repro)."
     )
     if "logit_grad_norm" in missing:
         hint += (
-            " Per-token logit-gradient norms come from the repro engine vendor "
-            "(+ray_kwargs.ray_init.runtime_env.env_vars.VERL_ENGINE_VENDOR=repro) or from "
-            "actor_rollout_ref.actor.calculate_sum_pi_squared=True."
+            f" Per-token logit-gradient norms come from the {ENGINE_VENDOR} engine vendor "
+            f"({ENGINE_VENDOR_OVERRIDE}) or from actor_rollout_ref.actor.calculate_sum_pi_squared=True."
         )
     return RuntimeError(hint)
 

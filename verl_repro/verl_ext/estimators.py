@@ -37,7 +37,7 @@ from verl_repro.algorithms import (
     magnitude_scores,
     stability_scores,
 )
-from verl_repro.config import ReproConfig
+from verl_repro.config import ReproConfig, setting
 from verl_repro.verl_ext.estimator_registry import SPECS, EstimatorSpec, advantage_estimator
 
 GRPO_EPSILON = 1e-6  # veRL's default in compute_grpo_outcome_advantage
@@ -76,13 +76,6 @@ def log_paper_setting_differences(estimator: str, repro_config: ReproConfig) -> 
     return lines
 
 
-def _algo_get(config: Any, key: str, default: Any) -> Any:
-    if config is None:
-        return default
-    getter = getattr(config, "get", None)
-    return getter(key, default) if callable(getter) else getattr(config, key, default)
-
-
 def _process_advantage(
     spec: EstimatorSpec,
     response_mask: torch.Tensor,
@@ -111,7 +104,7 @@ def _process_advantage(
         stability_weight=repro_config.stability_weight,
         stability_ema=repro_config.stability_ema,
         j_base_eps=repro_config.j_base_eps,
-        norm_adv_by_std_in_grpo=bool(_algo_get(config, "norm_adv_by_std_in_grpo", True)),
+        norm_adv_by_std_in_grpo=bool(setting(config, "norm_adv_by_std_in_grpo", True)),
         epsilon=GRPO_EPSILON,
         gamma=repro_config.gamma,
         return_token_rewards=return_token_rewards,
@@ -198,7 +191,7 @@ def compute_repro_grpo_advantage(
         response_mask=response_mask,
         index=index,
         epsilon=GRPO_EPSILON,
-        norm_adv_by_std_in_grpo=bool(_algo_get(config, "norm_adv_by_std_in_grpo", True)),
+        norm_adv_by_std_in_grpo=bool(setting(config, "norm_adv_by_std_in_grpo", True)),
         config=config,
     )
     result = _process_advantage(spec, response_mask, index, config, repro_scoring, repro_config)
@@ -335,8 +328,8 @@ def compute_repro_ppo_advantage(
         token_level_rewards=shaped_rewards,
         values=values,
         response_mask=response_mask,
-        gamma=_algo_get(config, "gamma", 1.0),
-        lam=_algo_get(config, "lam", 1.0),
+        gamma=setting(config, "gamma", 1.0),
+        lam=setting(config, "lam", 1.0),
     )
     metrics.update(repro_metrics(repro_scoring, result, response_mask, repro_config))
     return advantages, returns
