@@ -40,7 +40,7 @@ seconds = time.perf_counter() - start
 print(json.dumps({
     "import_s": seconds,
     "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-    "plugin_loaded": "verl_repro.plugin" in sys.modules,
+    "plugin_loaded": "verl_repro.plugin.entry" in sys.modules,
     "core_algos_imported": "verl.trainer.ppo.core_algos" in sys.modules,
 }))
 """

@@ -42,7 +42,7 @@ from typing import Callable
 
 import torch
 
-from verl_repro.kernels import token_stats_from_hidden, token_stats_from_logits
+from verl_repro.kernels import BACKENDS, token_stats_from_hidden, token_stats_from_logits
 
 TEMPERATURE = 1.0
 STAT_NAMES = ("log p", "H", "Σp²", "g")
@@ -505,7 +505,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile baselines")
     parser.add_argument(
-        "--backend", default="auto", choices=["auto", "triton", "torch"],
+        "--backend", default="auto", choices=BACKENDS,
         help="backend of 'ours' (auto: Triton on CUDA, and on CPU when TRITON_INTERPRET=1)",
     )
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],

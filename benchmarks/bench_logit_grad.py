@@ -85,7 +85,7 @@ def load_model(tiny: bool):
         config._attn_implementation = "sdpa"
         torch.manual_seed(0)
         return AutoModelForCausalLM.from_config(config).float().eval(), "tiny random Qwen2 (2 layers, H=64)"
-    from verl_repro.demo_model import smollm2_checkpoint
+    from verl_repro.models.smollm2 import smollm2_checkpoint
 
     path = smollm2_checkpoint()
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="sdpa").eval()

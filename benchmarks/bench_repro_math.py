@@ -5,7 +5,7 @@ Times the whole chain a training step runs after the policy has scored J — ``s
 token return-to-go) → ``combine_advantages`` — on a padded batch shaped like a real one
 (default B=2048 responses, T=8192 tokens, k=10 cuts, a 151,936-token vocabulary, int64
 ``response_mask`` as veRL passes it), then the loop oracle of
-``tests/algorithms/repro_oracle.py`` on a row subsample, extrapolated to B rows (it is
+``verl_repro/algorithms/reference.py`` on a row subsample, extrapolated to B rows (it is
 per-row work; said so in the output). It also checks that both agree on the subsample.
 
     python benchmarks/bench_repro_math.py [--batch 2048 --length 8192 --k 10 --repeats 5 --oracle-rows 32 --threads 1]
@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from verl_repro.algorithms import combine_advantages, compute_repro_process_advantage, select_cuts
+from verl_repro.algorithms import reference as oracle
 
 REPO = Path(__file__).resolve().parents[1]
 VOCAB = 151_936
@@ -34,13 +35,6 @@ THINK_END = 151_668
 GROUP_SIZE = 8
 
 
-def load_oracle():
-    path = REPO / "tests" / "algorithms" / "repro_oracle.py"
-    spec = importlib.util.spec_from_file_location("repro_oracle", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def make_batch(batch: int, length: int, seed: int = 0):
@@ -156,7 +150,6 @@ def main():
     print(f"  {'chain, CPU time with 1 thread':34s} {statistics.median(single['chain, CPU time of all threads']) * 1e3:8.1f} ms"
           f"  (wall {statistics.median(single['chain']) * 1e3:.1f} ms)")
 
-    oracle = load_oracle()
     rows = torch.linspace(0, args.batch - 1, args.oracle_rows).long()
     subsample = [x if x is inputs[3] else x[rows] for x in inputs]  # inputs[3]: boundary ids, shared
     subsample[-1] = torch.arange(len(rows)) // GROUP_SIZE  # whole groups inside the subsample

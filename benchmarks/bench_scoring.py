@@ -11,7 +11,7 @@ Each case scores ``--responses`` responses of ``T`` tokens (after a ``--prompt-t
 
 Models: ``tiny`` (the 2-layer Qwen2 of the test checkpoint, random weights) and ``qwen2-1.5b``
 (Qwen2.5-1.5B's shape, random weights). ``--smoke`` runs a small CPU case in well under a minute and
-also checks both modes against the plain oracle ``verl_repro.testing.score_cuts_oracle``. The script exits with
+also checks both modes against the plain oracle ``verl_repro.scoring.reference.score_cuts_oracle``. The script exits with
 status 1 when the modes disagree by more than ``--tolerance`` (default: 1e-5 in float32, 0.05 in bf16).
 
 Defaults are the settings of the committed results (one CPU thread, best of 3); each run prints the
@@ -46,7 +46,7 @@ def build_model(name: str, device: str, dtype: torch.dtype):
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     if name == "tiny":
-        from verl_repro.testing import TINY_MODEL_KWARGS
+        from verl_repro.models.tiny import TINY_MODEL_KWARGS
 
         config = Qwen2Config(**{**TINY_MODEL_KWARGS, "max_position_embeddings": 32768}, vocab_size=512)
     elif name == "qwen2-1.5b":
@@ -185,12 +185,12 @@ def main(argv=None) -> int:
                 row += f" {naive_peak / 2**30:>9.2f} {shared_peak / 2**30:>10.2f}"
             emit(row)
             if args.smoke:
-                from verl_repro.testing import score_cuts_oracle
+                from verl_repro.scoring.reference import score_cuts_oracle
 
                 j_base, j_cuts = score_cuts_oracle(model, *case, micro_batch_size=4)
                 oracle = type(shared)(j_base, j_cuts, 0, 0, 0)
                 oracle_gap = max(max_gap(oracle, naive), max_gap(oracle, shared))
-                emit(f"# vs testing.score_cuts_oracle: max|dJ| = {oracle_gap:.2e}")
+                emit(f"# vs reference.score_cuts_oracle: max|dJ| = {oracle_gap:.2e}")
                 worst = max(worst, oracle_gap)
     verdict = "agree" if worst <= tolerance else "DISAGREE"
     emit(f"# modes {verdict}: max|dJ| = {worst:.2e} (tolerance {tolerance:g})")

@@ -370,7 +370,7 @@ def gradients_section(report: Report, device: torch.device, sizes: Sizes) -> Non
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     from verl_repro.gradients import logit_gradient_norms
-    from verl_repro.testing import TINY_MODEL_KWARGS
+    from verl_repro.models.tiny import TINY_MODEL_KWARGS
 
     config = Qwen2Config(**TINY_MODEL_KWARGS, vocab_size=512)
     config._attn_implementation = "sdpa"

@@ -146,10 +146,10 @@ def check_reward_manager(config) -> str:
 
 def check_repro_group(config) -> str:
     from verl_repro.verl_ext import preflight
-    from verl_repro.verl_ext.estimator_inputs import SPECS
+    from verl_repro.verl_ext.estimator_registry import load_estimators
 
     estimator = str(config.algorithm.adv_estimator)
-    spec = SPECS.get(estimator)
+    spec = load_estimators().get(estimator)
     if spec is None:
         if preflight.check_repro_group(config) is not None:
             return "present, valid (unused by this estimator)"
@@ -172,7 +172,7 @@ def check_repro_group(config) -> str:
 
 
 def _plugin_failures() -> str:
-    from verl_repro.plugin import registration_report
+    from verl_repro.plugin.entry import registration_report
 
     failures = registration_report()["failures"]
     return f"plugin failures: {failures}" if failures else "the verl-repro plugin reported no failure"

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Evaluate a model on the math test sets: avg@n, pass@k, mean length, </think> share (thin CLI over
-``verl_repro.evaluation``). Results go to OUT/results.json and OUT/results.md.
+``verl_repro.evaluation.evaluate``). Results go to OUT/results.json and OUT/results.md.
 
     python scripts/evaluate.py --model deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B --data-dir ~/data/verl_repro --out eval/base
     python scripts/evaluate.py --model ckpt/global_step_300/actor/merged_hf --data aime_2024=~/data/verl_repro/aime_2024.parquet \\
@@ -19,8 +19,8 @@ import sys
 from functools import partial
 from pathlib import Path
 
-from verl_repro import evaluation
-from verl_repro.datasets import TEST_SETS
+from verl_repro.evaluation import evaluate as evaluation
+from verl_repro.evaluation.datasets import TEST_SETS
 from verl_repro.rewards import MathRewardConfig
 
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Prepare the recipes' data as veRL parquet (thin CLI over ``verl_repro.datasets``).
+"""Prepare the recipes' data as veRL parquet (thin CLI over ``verl_repro.evaluation.datasets``).
 
     python scripts/prepare_data.py all --out ~/data/verl_repro          # every set below, from the hub
     python scripts/prepare_data.py aime_2024 math_500 --out DIR          # some sets
@@ -18,7 +18,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from verl_repro import datasets as repro_datasets
+from verl_repro.evaluation import datasets as repro_datasets
 
 
 def _positive_int(text: str) -> int:

@@ -22,7 +22,7 @@ def test_import_verl_alone_registers_our_names():
     # A fresh interpreter: only `import verl`, which must load our entry point by itself.
     out = _run_python(
         "import json, verl\n"
-        "from verl_repro.plugin import registration_report\n"
+        "from verl_repro.plugin.entry import registration_report\n"
         "from verl.trainer.ppo.core_algos import ADV_ESTIMATOR_REGISTRY\n"
         "report = registration_report()\n"
         "print(json.dumps({'report': report, 'estimators': sorted(ADV_ESTIMATOR_REGISTRY)}))\n"
@@ -41,11 +41,11 @@ def test_estimators_register_when_veRL_imports_core_algos_before_any_lookup():
     # Ray process); the first import of it, as veRL's trainer does, must bring our estimators along.
     out = _run_python(
         "import json, sys, verl\n"
-        "from verl_repro.plugin import registration_report\n"
+        "from verl_repro.plugin.entry import registration_report\n"
         "light = 'verl.trainer.ppo.core_algos' not in sys.modules\n"
         "from verl.trainer.ppo.core_algos import ADV_ESTIMATOR_REGISTRY, get_adv_estimator_fn\n"
-        "from verl_repro.verl_ext.estimator_inputs import ESTIMATORS\n"
-        "found = {s.name: get_adv_estimator_fn(s.name) is s.load() for s in ESTIMATORS}\n"
+        "from verl_repro.verl_ext.estimator_registry import own_specs\n"
+        "found = {s.name: get_adv_estimator_fn(s.name) is s.function for s in own_specs()}\n"
         "print(json.dumps({'light': light, 'found': found, 'failures': registration_report()['failures']}))\n"
     )
     payload = json.loads(out.strip().splitlines()[-1])
@@ -56,7 +56,7 @@ def test_estimators_register_when_veRL_imports_core_algos_before_any_lookup():
 
 def test_register_all_is_idempotent():
     import verl  # noqa: F401
-    from verl_repro.plugin import register_all, registration_report
+    from verl_repro.plugin.entry import register_all, registration_report
 
     before = registration_report()
     register_all()
@@ -67,7 +67,7 @@ def test_register_all_is_idempotent():
 def test_registration_failure_is_logged_not_raised(monkeypatch, caplog):
     import types
 
-    from verl_repro import plugin
+    from verl_repro.plugin import entry as plugin
 
     broken = types.ModuleType("verl_repro_broken_registration")
 

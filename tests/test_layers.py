@@ -1,9 +1,14 @@
 """The package's layers, read from its imports (every ``import`` statement, also inside functions).
 
-* ``algorithms/`` imports only torch and the standard library;
+* the package root holds only what a user imports or runs first (``cli``, ``config``, ``info``,
+  ``run_metrics``); everything else lives in a folder named after its job;
+* ``algorithms/`` imports only torch and the standard library (its oracle, ``algorithms/reference.py``,
+  also scipy and numpy);
+* ``plugin/`` (entry point, import hooks, the veRL pin) imports no other part of the package: the
+  entry point names the modules it registers and imports them by name when veRL loads it;
 * ``verl_ext/`` (the veRL glue) never imports the optional CPU backend ``cpu/``;
-* ``analysis/`` (the offline tools) never imports the veRL glue;
-* ``scoring/`` (model-level) imports neither veRL nor the glue;
+* ``analysis/`` (the offline tools) and ``evaluation/`` never import the veRL glue;
+* ``scoring/`` and ``gradients/`` (model-level) and ``models/`` import neither veRL nor the glue;
 * no two files of the package import each other, directly or through others.
 """
 
@@ -67,11 +72,31 @@ def test_the_reader_sees_every_file():
     assert "verl_repro.analysis.hf_scoring" in _package_edges("verl_repro.analysis.trajectories")  # inside a function
 
 
+ROOT_MODULES = {"verl_repro", "verl_repro.cli", "verl_repro.config", "verl_repro.info", "verl_repro.run_metrics"}
+
+
+def test_the_package_root_holds_only_what_a_user_meets_first():
+    at_root = {name for name, path in MODULES.items() if path.parent == PACKAGE}
+    assert at_root == ROOT_MODULES
+
+
 def test_algorithms_import_only_torch_and_the_standard_library():
+    def allowed(name: str, imported: str) -> bool:
+        top = imported.split(".")[0]
+        oracle_extra = ("scipy", "numpy") if name == "verl_repro.algorithms.reference" else ()
+        return _in(imported, "verl_repro.algorithms") or top in ("torch", *oracle_extra, *sys.stdlib_module_names)
+
     offenders = {
-        name: sorted(imported for imported in _imports(name)
-                     if not _in(imported, "verl_repro.algorithms") and imported.split(".")[0] not in ("torch", *sys.stdlib_module_names))
+        name: sorted(imported for imported in _imports(name) if not allowed(name, imported))
         for name in MODULES if _in(name, "verl_repro.algorithms")
+    }
+    assert not {name: found for name, found in offenders.items() if found}
+
+
+def test_plugin_plumbing_imports_no_other_part_of_the_package():
+    offenders = {
+        name: sorted(edge for edge in _package_edges(name) if not _in(edge, "verl_repro.plugin"))
+        for name in MODULES if _in(name, "verl_repro.plugin")
     }
     assert not {name: found for name, found in offenders.items() if found}
 
@@ -81,8 +106,13 @@ def test_algorithms_import_only_torch_and_the_standard_library():
     [
         ("verl_repro.verl_ext", "verl_repro.cpu"),
         ("verl_repro.analysis", "verl_repro.verl_ext"),
+        ("verl_repro.evaluation", "verl_repro.verl_ext"),
         ("verl_repro.scoring", "verl_repro.verl_ext"),
         ("verl_repro.scoring", "verl"),
+        ("verl_repro.gradients", "verl_repro.verl_ext"),
+        ("verl_repro.gradients", "verl"),
+        ("verl_repro.models", "verl_repro.verl_ext"),
+        ("verl_repro.models", "verl"),
     ],
 )
 def test_layer_does_not_import(layer, forbidden):

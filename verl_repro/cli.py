@@ -12,7 +12,7 @@ import sys
 
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "info": ("verl_repro.info", "versions, device, and what this package registered into veRL"),
-    "demo": ("verl_repro.demo", "train RePro-GRPO and CorR-PO against GRPO for a few steps on SmolLM2-135M (CPU); --walkthrough: one batch in detail"),
+    "demo": ("verl_repro.demo.command", "train RePro-GRPO and CorR-PO against GRPO for a few steps on SmolLM2-135M (CPU); --walkthrough: one batch in detail"),
     "cpu-run": ("verl_repro.cpu.launcher", "run veRL's main_ppo on a CPU (any main_ppo overrides)"),
     "inversion": ("verl_repro.analysis.inversion", "entropy-gradient inversion analysis of a model"),
     "analyze": ("verl_repro.analysis.trajectories", "RePro J-curves, backtracking and token efficiency"),

@@ -224,3 +224,24 @@ def config_markdown_table() -> str:
         shown = repr(default).replace("|", "\\|")
         lines.append(f"| `{key}` | `{shown}` | {doc.replace('|', chr(92) + '|')} |")
     return "\n".join(lines)
+
+
+def setting(config: Any, key: str, default: Any = None) -> Any:
+    """The value at the dotted ``key`` of ``config`` (an OmegaConf node, a mapping or an object with
+    attributes), or ``default`` where a part of the key is missing or the value is None.
+
+    One reader for every place that looks a veRL setting up: the start-up checks, the trainer and
+    the estimators (which veRL hands the ``algorithm`` node, or None in direct calls).
+    """
+    if type(config).__module__.startswith("omegaconf"):
+        from omegaconf import OmegaConf
+
+        value = OmegaConf.select(config, key, default=None)
+        return default if value is None else value
+    node = config
+    for part in key.split("."):
+        if node is None:
+            break
+        getter = getattr(node, "get", None)
+        node = getter(part, None) if callable(getter) else getattr(node, part, None)
+    return default if node is None else node

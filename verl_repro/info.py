@@ -22,7 +22,7 @@ def collect() -> dict[str, object]:
     import torch
 
     import verl  # noqa: F401  (runs the verl.plugins entry point, i.e. our registrations)
-    from verl_repro.plugin import register_all, registration_report
+    from verl_repro.plugin.entry import register_all, registration_report
 
     register_all()
     if torch.cuda.is_available():

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -26,18 +23,9 @@ from verl_repro.algorithms import (
     select_cuts,
     token_process_advantage,
 )
+from verl_repro.algorithms import reference as oracle
 
 
-def _load_oracle():
-    path = Path(__file__).with_name("repro_oracle.py")
-    spec = importlib.util.spec_from_file_location("verl_repro_tests_repro_oracle", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-oracle = _load_oracle()
 F64 = torch.float64
 BOUNDARY = (2, 3)
 THINK_END = 7

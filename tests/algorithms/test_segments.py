@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,18 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from verl_repro.algorithms import boundary_token_ids, select_cuts, think_end_token_id
+from verl_repro.algorithms import reference as oracle
 
 
-def _load_oracle():
-    path = Path(__file__).with_name("repro_oracle.py")
-    spec = importlib.util.spec_from_file_location("verl_repro_tests_repro_oracle", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-oracle = _load_oracle()
 
 BOUNDARY = (2, 3)
 THINK_END = 7

@@ -187,7 +187,7 @@ def test_plots_are_written_and_open(hand_run):
 def test_compare_two_checkpoints(hand_run, tiny_model_dir, tmp_path):
     from PIL import Image
 
-    from verl_repro.testing import build_tiny_checkpoint
+    from verl_repro.models.tiny import build_tiny_checkpoint
 
     _, data, first_out, first_summary, first_records = hand_run
     other = build_tiny_checkpoint(tmp_path / "tiny_seed1", seed=1)

@@ -20,7 +20,7 @@ OFF_SCRIPT = textwrap.dedent(
     import json, sys
     import verl
     from verl.plugin.platform import PlatformRegistry
-    from verl_repro.plugin import registration_report
+    from verl_repro.plugin.entry import registration_report
     from verl_repro.cpu import registration
     print(json.dumps({
         "platforms": list(PlatformRegistry.registered_names()),
@@ -36,7 +36,7 @@ ON_SCRIPT = textwrap.dedent(
     import json
     import torch.distributed as dist
     import verl
-    from verl_repro.plugin import registration_report
+    from verl_repro.plugin.entry import registration_report
     from verl.utils.device import get_device_name, get_nccl_backend, get_device_id, get_torch_device
     result = {"report": registration_report(), "device": get_device_name(), "backend": get_nccl_backend(),
               "device_id": get_device_id(), "device_label": get_torch_device().get_device_name()}

@@ -56,7 +56,7 @@ def make_batch(tokenizer, prompts: list[str], responses: list[str], ground_truth
 def test_registered_through_the_verl_plugin(verl_config):
     from verl.experimental.reward_loop.reward_manager import get_reward_manager_cls
 
-    from verl_repro.plugin import registration_report
+    from verl_repro.plugin.entry import registration_report
     from verl_repro.verl_ext import reward_managers
 
     assert "reward_manager:repro_math" in registration_report()["registered"]

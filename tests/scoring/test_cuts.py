@@ -1,4 +1,4 @@
-"""J at the cuts, prefix-shared and naive, against the plain oracle (``testing.score_cuts_oracle``).
+"""J at the cuts, prefix-shared and naive, against the plain oracle (``reference.score_cuts_oracle``).
 
 J from one packed pass is compared with the oracle on the tiny checkpoint and on random-weight
 Qwen2 / Llama / Qwen3 configs: many cuts, a cut at 0, adjacent cuts, answers of different lengths,
@@ -19,7 +19,7 @@ from verl_repro.scoring import attention
 from verl_repro.scoring import cuts as scoring_cuts
 from verl_repro.scoring import score_cuts_naive, score_cuts_prefix_shared, unsupported_reason
 from verl_repro.scoring.layout import build_prefix_shared_batch
-from verl_repro.testing import score_cuts_oracle
+from verl_repro.scoring.reference import score_cuts_oracle
 
 FLOAT32_TOLERANCE = 1e-5
 

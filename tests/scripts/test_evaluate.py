@@ -15,8 +15,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from verl_repro import datasets as rd
-from verl_repro import evaluation as ev
+from verl_repro.evaluation import datasets as rd
+from verl_repro.evaluation import evaluate as ev
 from verl_repro.rewards import MathRewardConfig
 
 REPO = Path(__file__).resolve().parents[2]

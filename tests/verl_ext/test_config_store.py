@@ -21,7 +21,7 @@ def compose_ppo():
 def test_group_is_registered_by_the_plugin():
     from hydra.core.config_store import ConfigStore
 
-    from verl_repro.plugin import registration_report
+    from verl_repro.plugin.entry import registration_report
 
     assert "config_group:repro" in registration_report()["registered"]
     assert "default.yaml" in ConfigStore.instance().list("repro")

@@ -8,8 +8,8 @@ import torch
 from omegaconf import OmegaConf
 
 from verl_repro.config import CorrConfig, ReproConfig
-from verl_repro.verl_ext import corrpo, estimator_inputs
-from verl_repro.verl_ext.estimator_inputs import SPECS
+from verl_repro.verl_ext import corrpo, estimator_registry
+from verl_repro.verl_ext.estimator_registry import SPECS
 
 THINK_END = 9
 LENGTH = 8
@@ -19,9 +19,9 @@ LENGTH = 8
 def registry():
     from verl.trainer.ppo import core_algos
 
-    entries = estimator_inputs.register_now()
+    entries = estimator_registry.register_now()
     assert {"adv_estimator:corrpo", "adv_estimator:corrpo_rloo"} <= set(entries)
-    assert estimator_inputs.register_now() == entries  # idempotent
+    assert estimator_registry.register_now() == entries  # idempotent
     return core_algos
 
 
@@ -79,7 +79,7 @@ def _call(fn, scores, index, rho_kinds, corr: CorrConfig | None = None, **overri
 def test_registered_and_declares_its_inputs(registry):
     assert registry.get_adv_estimator_fn("corrpo") is corrpo.compute_corrpo_advantage
     assert registry.get_adv_estimator_fn("corrpo_rloo") is corrpo.compute_corrpo_rloo_advantage
-    assert [spec.name for spec in estimator_inputs.specs("corrpo")] == ["corrpo", "corrpo_rloo"]
+    assert [spec.name for spec in estimator_registry.specs("corrpo")] == ["corrpo", "corrpo_rloo"]
     for name in ("corrpo", "corrpo_rloo"):
         assert set(SPECS[name].all_inputs) == {"repro_config", "responses", "entropy", "logit_grad_norm", "think_end_id", "metrics"}
 

@@ -274,7 +274,7 @@ def test_plugin_registers_on_import_of_the_fsdp_engine():
     code = (
         "import os, json\n"
         "import verl\n"
-        "from verl_repro.plugin import registration_report\n"
+        "from verl_repro.plugin.entry import registration_report\n"
         "report = registration_report()\n"
         "import verl.workers.engine.fsdp.transformer_impl\n"
         "from verl.workers.engine.base import EngineRegistry\n"

@@ -193,7 +193,7 @@ def test_stock_engine_is_detected_and_scored_naive(engine_classes, model, tiny_t
 def test_model_that_cannot_take_the_mask_runs_naive_in_the_worker(engine_classes, tiny_tokenizer, caplog):
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from verl_repro.testing import TINY_MODEL_KWARGS
+    from verl_repro.models.tiny import TINY_MODEL_KWARGS
 
     _, hooked = engine_classes
     torch.manual_seed(0)

@@ -19,8 +19,8 @@ from verl.trainer.ppo.ray_trainer import compute_advantage
 
 from verl_repro.algorithms import compute_repro_process_advantage
 from verl_repro.config import ReproConfig
-from verl_repro.verl_ext import estimator_inputs, estimators
-from verl_repro.verl_ext.estimator_inputs import SPECS
+from verl_repro.verl_ext import estimator_registry, estimators
+from verl_repro.verl_ext.estimator_registry import SPECS
 from verl_repro.verl_ext.scoring import ReproScoring
 
 REPRO_ESTIMATORS = ["repro_grpo", "repro_rloo", "repro_reinforce_plus_plus", "repro_reinforce_plus_plus_baseline", "repro_ppo"]
@@ -119,14 +119,14 @@ def builtin_through_verl(name, inputs, algo):
 
 
 def test_registered_in_verl_with_declared_inputs():
-    assert [spec.name for spec in estimator_inputs.specs("repro")] == REPRO_ESTIMATORS
+    assert [spec.name for spec in estimator_registry.specs("repro")] == REPRO_ESTIMATORS
     for name in REPRO_ESTIMATORS:
-        assert ADV_ESTIMATOR_REGISTRY[name] is SPECS[name].load()
+        assert ADV_ESTIMATOR_REGISTRY[name] is SPECS[name].function
         assert SPECS[name].base == BUILTIN[name]
         assert {"repro_scoring", "repro_config", "metrics"} <= set(SPECS[name].inputs)
         assert SPECS[name].process_normalization() == DEFAULT_NORMALIZATION[name]
     assert "values" in SPECS["repro_ppo"].inputs
-    entries = estimator_inputs.register_now()  # idempotent
+    entries = estimator_registry.register_now()  # idempotent
     assert [f"adv_estimator:{name}" for name in REPRO_ESTIMATORS] == [e for e in entries if e.startswith("adv_estimator:repro_")]
 
 
@@ -320,8 +320,8 @@ def test_docs_table_is_generated_from_the_specs():
     from pathlib import Path
 
     text = (Path(__file__).resolve().parents[2] / "docs" / "repro.md").read_text()
-    assert estimator_inputs.markdown_table("repro") in text, (
-        "regenerate: python -c 'from verl_repro.verl_ext.estimator_inputs import markdown_table as t; print(t())'"
+    assert estimator_registry.markdown_table("repro") in text, (
+        "regenerate: python -c 'from verl_repro.verl_ext.estimator_registry import markdown_table as t; print(t())'"
     )
 
 

@@ -28,9 +28,9 @@ from verl.trainer.ppo.v1.trainer_base import PPOTrainer
 from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 
 from verl_repro.config import ConfigError
-from verl_repro.verl_ext import estimator_inputs
+from verl_repro.verl_ext import estimator_registry
+from verl_repro.verl_ext.switches import TRAINER_MODE
 from verl_repro.verl_ext.trainer import (
-    TRAINER_MODE,
     as_jagged,
     build_trainer_class,
     logit_grad_norm_from_sum_pi_squared,
@@ -326,8 +326,8 @@ def test_contract_inputs_for_corrpo_like_estimators(base_config, tiny_tokenizer,
         return token_level_rewards, token_level_rewards
 
     register_adv_est("test_contract_probe")(probe)
-    estimator_inputs.add(estimator_inputs.EstimatorSpec(
-        "test_contract_probe", method="probe", base="grpo", normalization="group", group_form="grpo",
+    estimator_registry.add(estimator_registry.EstimatorSpec(
+        "test_contract_probe", method="probe", base="grpo", normalization="group",
         inputs=("responses", "entropy", "logit_grad_norm", "think_end_id", "repro_config", "metrics"), function=probe,
     ))
     try:
@@ -345,7 +345,7 @@ def test_contract_inputs_for_corrpo_like_estimators(base_config, tiny_tokenizer,
         trainer._compute_advantage(meta, metrics)
     finally:
         ADV_ESTIMATOR_REGISTRY.pop("test_contract_probe", None)
-        estimator_inputs.SPECS.pop("test_contract_probe", None)
+        estimator_registry.SPECS.pop("test_contract_probe", None)
     assert metrics["corr/probe"] == 1.0
     assert seen["think_end_id"] == tiny_tokenizer.convert_tokens_to_ids("</think>")
     assert seen["repro_config"] is trainer.repro_config
@@ -510,7 +510,7 @@ def test_other_verl_versions_are_refused_loudly(base_config, monkeypatch):
     import verl as verl_module
 
     from verl_repro.info import all_patches
-    from verl_repro.patching import VerlVersionError
+    from verl_repro.plugin.patching import VerlVersionError
 
     monkeypatch.setattr(verl_module, "__version__", "0.9.2")
     with pytest.raises(VerlVersionError, match=r"trainer\.v1\.trainer_mode=repro_sync .*veRL 0\.9\.1 but veRL 0\.9\.2"):

@@ -215,7 +215,7 @@ def end_token_ids(model, tokenizer) -> list[int]:
 
 def load_model(path: str | Path | None = None, *, device: str | None = "auto", dtype: str = "auto", progress: bool = True):
     """``(model, tokenizer, path)`` of an HF checkpoint in eval mode; ``path=None``: the embedded
-    SmolLM2-135M-Instruct (:mod:`verl_repro.demo_model`, converted from its GGUF on first use).
+    SmolLM2-135M-Instruct (:mod:`verl_repro.models.smollm2`, converted from its GGUF on first use).
 
     ``device``: ``auto`` / None (cuda when available, else cpu), ``cpu``, ``cuda[:i]``;
     ``dtype``: ``auto`` (bfloat16 on a GPU, float32 on a CPU) or a torch dtype name.
@@ -224,7 +224,7 @@ def load_model(path: str | Path | None = None, *, device: str | None = "auto", d
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if path is None:
-        from verl_repro.demo_model import smollm2_checkpoint
+        from verl_repro.models.smollm2 import smollm2_checkpoint
 
         if progress:
             print("loading embedded SmolLM2-135M-Instruct (the first run converts the GGUF, ~40 s) ...", flush=True)

@@ -2,7 +2,7 @@
 
 Each :class:`Patch` names the veRL file and attribute it replaces and why. Patches are applied
 only in CPU mode (``VERL_PLATFORM=cpu``), each when its veRL module is first imported (see
-:mod:`verl_repro.import_hooks`), and only against the pinned veRL release: another version, or
+:mod:`verl_repro.plugin.import_hooks`), and only against the pinned veRL release: another version, or
 a target that has disappeared, stops with an error saying which patch to revisit.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 from types import ModuleType
 
-from verl_repro.patching import Patch, apply_patch, check_verl_version
+from verl_repro.plugin.patching import Patch, apply_patch, check_verl_version
 
 REVISIT = "verl_repro/cpu/patches.py"
 
@@ -138,7 +138,7 @@ def install_patches() -> list[str]:
 
     Returns ``"patch:<file>:<target>"`` entries for the registration report.
     """
-    from verl_repro.import_hooks import when_imported
+    from verl_repro.plugin.import_hooks import when_imported
 
     listing = "; ".join(f"{patch.verl_file}:{patch.target}" for patch in PATCHES)
     check_verl_version(f"verl-repro's CPU backend ({listing})", REVISIT)

@@ -1,6 +1,6 @@
 """Plugin hook of the CPU backend: registers it into veRL only when asked.
 
-Called on every ``import verl`` (driver and every Ray worker) through ``verl_repro.plugin``.
+Called on every ``import verl`` (driver and every Ray worker) through ``verl_repro.plugin.entry``.
 Without ``VERL_PLATFORM=cpu`` it returns at once. With it, it registers the ``cpu`` platform
 right away (veRL resolves the platform on first use) and defers the rest until the veRL module
 concerned is imported by the process that needs it: the FSDP engines for device ``cpu``, the
@@ -34,7 +34,7 @@ def register() -> list[str]:
         return []
     from verl.plugin.platform import PlatformRegistry
 
-    from verl_repro.import_hooks import when_imported
+    from verl_repro.plugin.import_hooks import when_imported
     from verl_repro.cpu.engine import register_fsdp_engines
     from verl_repro.cpu.patches import install_patches
     from verl_repro.cpu.platform import PLATFORM_NAME, CPUPlatform

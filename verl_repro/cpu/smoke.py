@@ -58,7 +58,7 @@ def write_smoke_dataset(directory: str | Path, num_train: int = 16, num_val: int
 def prepare_smoke_workspace(directory: str | Path) -> dict[str, Path]:
     """Tiny checkpoint + data under ``directory`` (checkpoint reused when present); returns the paths,
     including where veRL's file logger writes the metrics (``metrics.jsonl``, one line per step)."""
-    from verl_repro.testing import build_tiny_checkpoint
+    from verl_repro.models.tiny import build_tiny_checkpoint
 
     workspace = smoke_workspace_paths(directory)
     if not (workspace["model"] / "config.json").exists():

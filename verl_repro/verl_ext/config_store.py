@@ -15,10 +15,10 @@ Value ranges (``alpha >= 0`` ...) are checked by ``ReproConfig.validate`` when t
 from __future__ import annotations
 
 from verl_repro.config import ReproConfig
+from verl_repro.verl_ext.switches import TRAINER_MODE
 
 GROUP = "repro"
 OPTION = "default"
-TRAINER_MODE = "repro_sync"
 
 
 def default_node():
@@ -42,7 +42,7 @@ def store(config_store_module=None) -> None:
 
 
 def register() -> list[str]:
-    from verl_repro.import_hooks import when_imported
+    from verl_repro.plugin.import_hooks import when_imported
 
     # Only processes that compose configs import Hydra (main_ppo imports it before veRL); the
     # Ray workers that also run this plugin never pay for it.

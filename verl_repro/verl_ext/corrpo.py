@@ -31,23 +31,17 @@ import torch
 from verl_repro.algorithms.advantages import group_ids_from_uids
 from verl_repro.algorithms.correlation import response_correlation
 from verl_repro.algorithms.corrpo import corrpo_advantages, corrpo_metrics, corrpo_rewards
-from verl_repro.config import CorrConfig, ReproConfig
-from verl_repro.verl_ext.estimator_inputs import checked_inputs, missing_inputs_error
+from verl_repro.config import CorrConfig, ReproConfig, setting
+from verl_repro.verl_ext.estimator_registry import EstimatorSpec, advantage_estimator, missing_inputs_error
 
-
-def _config_value(config: Any, key: str, default: Any) -> Any:
-    if config is None:
-        return default
-    getter = getattr(config, "get", None)
-    if callable(getter):
-        value = getter(key, default)
-    else:
-        value = getattr(config, key, default)
-    return default if value is None else value
+# What both CorR-PO estimators take from the repro_sync trainer; the optional ones depend on repro.corr.
+CORRPO_INPUTS = ("repro_config", "entropy", "logit_grad_norm")
+CORRPO_OPTIONAL_INPUTS = ("responses", "think_end_id", "metrics")
+CORRPO_REQUIREMENT = "a source of `logit_grad_norm`"
 
 
 def _corrpo_advantage(
-    normalization: str,
+    spec: EstimatorSpec,
     token_level_rewards: torch.Tensor,
     response_mask: torch.Tensor,
     index: Any,
@@ -61,17 +55,15 @@ def _corrpo_advantage(
     think_end_id: Optional[int],
     metrics: Optional[dict],
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    name = "corrpo" if normalization == "grpo" else "corrpo_rloo"
     corr: CorrConfig = repro_config.corr
-    # the spec's required inputs are checked by checked_inputs; these depend on the settings
+    # the spec's required inputs are checked by its decorator; these depend on the settings
     missing = []
     if corr.scope == "thinking":
         missing = [key for key, value in (("responses", responses), ("think_end_id", think_end_id)) if value is None]
     elif corr.unit == "unique_tokens" and responses is None:
         missing = ["responses"]
     if missing:
-        raise missing_inputs_error(name, missing)
-    corr.validate()
+        raise missing_inputs_error(spec.name, missing)
     if token_level_rewards.shape != response_mask.shape:
         raise ValueError(
             f"token_level_rewards {tuple(token_level_rewards.shape)} and response_mask {tuple(response_mask.shape)} differ"
@@ -93,10 +85,10 @@ def _corrpo_advantage(
         outcome_scores = token_level_rewards.sum(dim=-1)
         rewards, regularizer = corrpo_rewards(outcome_scores, correlation.rho, coef=corr.coef, outcome_weight=corr.outcome_weight)
         if norm_adv_by_std_in_grpo is None:
-            norm_adv_by_std_in_grpo = bool(_config_value(config, "norm_adv_by_std_in_grpo", True))
+            norm_adv_by_std_in_grpo = bool(setting(config, "norm_adv_by_std_in_grpo", True))
         advantages = corrpo_advantages(
             rewards, response_mask, group_ids_from_uids(index, rewards.shape[0]).to(rewards.device),
-            normalization=normalization, norm_adv_by_std_in_grpo=norm_adv_by_std_in_grpo, epsilon=epsilon,
+            normalization=spec.group_form, norm_adv_by_std_in_grpo=norm_adv_by_std_in_grpo, epsilon=epsilon,
         )
 
     if metrics is not None:
@@ -104,7 +96,10 @@ def _corrpo_advantage(
     return advantages, advantages
 
 
-@checked_inputs("corrpo")
+@advantage_estimator(
+    "corrpo", method="corrpo", base="grpo", normalization="group", inputs=CORRPO_INPUTS,
+    optional_inputs=CORRPO_OPTIONAL_INPUTS, requirement=CORRPO_REQUIREMENT,
+)
 def compute_corrpo_advantage(
     token_level_rewards: torch.Tensor,
     response_mask: torch.Tensor,
@@ -113,6 +108,7 @@ def compute_corrpo_advantage(
     norm_adv_by_std_in_grpo: Optional[bool] = None,
     config: Any = None,
     *,
+    spec: EstimatorSpec,
     repro_config: Optional[ReproConfig] = None,
     responses: Optional[torch.Tensor] = None,
     entropy: Optional[torch.Tensor] = None,
@@ -130,6 +126,7 @@ def compute_corrpo_advantage(
         epsilon: added to the group std.
         norm_adv_by_std_in_grpo: divide by the group std; default ``config.norm_adv_by_std_in_grpo`` (True).
         config: veRL's ``algorithm`` config.
+        spec: its own :class:`EstimatorSpec` (passed by the decorator); ``spec.group_form`` is the normalization.
         repro_config: validated :class:`ReproConfig`; ``.corr`` holds λ, kind, scope, min_tokens, w.
         responses: ``[B, T]`` long — response ids (scope ``thinking``).
         entropy: ``[B, T]`` float — per-token entropy of the old-log-prob pass.
@@ -141,12 +138,15 @@ def compute_corrpo_advantage(
         ``(advantages, returns)``, both ``[B, T]`` float, equal, zero outside ``response_mask``.
     """
     return _corrpo_advantage(
-        "grpo", token_level_rewards, response_mask, index, epsilon, norm_adv_by_std_in_grpo, config,
+        spec, token_level_rewards, response_mask, index, epsilon, norm_adv_by_std_in_grpo, config,
         repro_config, responses, entropy, logit_grad_norm, think_end_id, metrics,
     )
 
 
-@checked_inputs("corrpo_rloo")
+@advantage_estimator(
+    "corrpo_rloo", method="corrpo", base="rloo", normalization="group", inputs=CORRPO_INPUTS,
+    optional_inputs=CORRPO_OPTIONAL_INPUTS, requirement=CORRPO_REQUIREMENT,
+)
 def compute_corrpo_rloo_advantage(
     token_level_rewards: torch.Tensor,
     response_mask: torch.Tensor,
@@ -155,6 +155,7 @@ def compute_corrpo_rloo_advantage(
     norm_adv_by_std_in_grpo: Optional[bool] = None,
     config: Any = None,
     *,
+    spec: EstimatorSpec,
     repro_config: Optional[ReproConfig] = None,
     responses: Optional[torch.Tensor] = None,
     entropy: Optional[torch.Tensor] = None,
@@ -169,6 +170,6 @@ def compute_corrpo_rloo_advantage(
     are unused); a group of one keeps its reward as the advantage, as veRL's RLOO does.
     """
     return _corrpo_advantage(
-        "rloo", token_level_rewards, response_mask, index, epsilon, norm_adv_by_std_in_grpo, config,
+        spec, token_level_rewards, response_mask, index, epsilon, norm_adv_by_std_in_grpo, config,
         repro_config, responses, entropy, logit_grad_norm, think_end_id, metrics,
     )

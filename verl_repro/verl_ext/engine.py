@@ -45,12 +45,11 @@ from typing import Optional
 
 import torch
 
+from verl_repro.verl_ext.switches import ENGINE_VENDOR
 from verl_repro.verl_ext.transport import jagged
 
 logger = logging.getLogger("verl_repro")
 
-VENDOR = "repro"
-VENDOR_ENV = "VERL_ENGINE_VENDOR"
 OUTPUT_KEY = "logit_grad_norm"
 REQUEST_KEY = "calculate_logit_grad_norm"
 # CorR-PO's parameter-gradient signal (verl_repro.gradients): requested with a JSON spec under
@@ -67,9 +66,11 @@ TRANSFORMER_IMPL = "verl.workers.engine.fsdp.transformer_impl"
 def token_stats_backend() -> str:
     """Kernel backend used by the engine: ``auto`` unless ``VERL_REPRO_TOKEN_STATS_BACKEND`` says
     ``triton`` or ``torch`` (the torch reference everywhere, e.g. to rule the kernel out)."""
+    from verl_repro.kernels import BACKENDS
+
     backend = os.environ.get(BACKEND_ENV, "auto").strip().lower() or "auto"
-    if backend not in ("auto", "triton", "torch"):
-        raise ValueError(f"{BACKEND_ENV} must be auto|triton|torch, got {backend!r}")
+    if backend not in BACKENDS:
+        raise ValueError(f"{BACKEND_ENV} must be {'|'.join(BACKENDS)}, got {backend!r}")
     return backend
 
 
@@ -466,33 +467,33 @@ def register_engine_vendor(
     for backend in FSDP_BACKENDS:
         for device in devices:
             try:
-                EngineRegistry.register(model_type="language_model", backend=backend, device=device, vendor=VENDOR)(
+                EngineRegistry.register(model_type="language_model", backend=backend, device=device, vendor=ENGINE_VENDOR)(
                     engine_class
                 )
             except AssertionError:  # veRL asserts the (device, vendor) key is new
-                holder = EngineRegistry._engines["language_model"][backend][(device, VENDOR)]
+                holder = EngineRegistry._engines["language_model"][backend][(device, ENGINE_VENDOR)]
                 if holder is not engine_class:
                     logger.warning(
-                        "verl-repro: engine key (%s, %s) for %s is held by %s; left alone", device, VENDOR, backend, holder
+                        "verl-repro: engine key (%s, %s) for %s is held by %s; left alone", device, ENGINE_VENDOR, backend, holder
                     )
                     continue
-            added.append(f"engine:{VENDOR}/{backend}" + ("" if device == "cuda" else f"@{device}"))
+            added.append(f"engine:{ENGINE_VENDOR}/{backend}" + ("" if device == "cuda" else f"@{device}"))
     return added
 
 
 def register() -> list[str]:
     """Plugin hook: register the vendor engine once this process imports veRL's FSDP engine
     (immediately if it already has), so a plain ``import verl`` does not pay for that import."""
-    from verl_repro.import_hooks import when_imported
+    from verl_repro.plugin.import_hooks import when_imported
 
     def on_import(transformer_impl: ModuleType) -> None:
         try:
             register_engine_vendor(transformer_impl=transformer_impl)
         except Exception as error:  # never break veRL's own import
-            logger.warning("verl-repro: registering the %s engine failed: %s", VENDOR, error, exc_info=True)
+            logger.warning("verl-repro: registering the %s engine failed: %s", ENGINE_VENDOR, error, exc_info=True)
 
     when_imported(TRANSFORMER_IMPL, on_import)
-    return [f"engine:{VENDOR}/{backend}" + ("" if device == "cuda" else f"@{device}") for backend in FSDP_BACKENDS for device in DEFAULT_DEVICES]
+    return [f"engine:{ENGINE_VENDOR}/{backend}" + ("" if device == "cuda" else f"@{device}") for backend in FSDP_BACKENDS for device in DEFAULT_DEVICES]
 
 
 __all__ = [
@@ -501,7 +502,6 @@ __all__ = [
     "PARAM_GRAD_KEY",
     "PARAM_GRAD_REQUEST_KEY",
     "REQUEST_KEY",
-    "VENDOR",
     "TokenStatsEngineMixin",
     "engine_class_for",
     "forward_with_token_stats",

@@ -1,6 +1,7 @@
 """RePro advantage estimators in veRL's registry: ``repro_grpo``, ``repro_rloo``,
 ``repro_reinforce_plus_plus``, ``repro_reinforce_plus_plus_baseline``, ``repro_ppo`` (select with
-``algorithm.adv_estimator=...``; their specs are in :mod:`verl_repro.verl_ext.estimator_inputs`).
+``algorithm.adv_estimator=...``), each declared by :func:`~verl_repro.verl_ext.estimator_registry.advantage_estimator`
+on its function: name, veRL base estimator, default normalization and inputs, written once.
 
 Each computes its family's outcome advantage with veRL's own built-in estimator — so with
 ``repro.alpha=0`` the result *is* veRL's, bit for bit — and adds RePro's token process advantage:
@@ -14,7 +15,7 @@ group form), ``batch`` (whitened over the batch) or ``none``; ``auto`` keeps eac
 The process advantage comes from ground-truth scoring, which veRL's stock trainer does not run:
 these estimators need the ``repro_sync`` trainer (``trainer.v1.trainer_mode=repro_sync``, set by
 ``+repro=default``), which passes the extra inputs of ``docs/dev/estimator_contract.md``. Called
-without them they raise an error that names that trainer (:func:`checked_inputs`).
+without them they raise an error that names that trainer.
 
 The maths lives in ``verl_repro.algorithms``; this module only maps veRL's arguments onto it and
 reports ``repro/*`` metrics.
@@ -36,12 +37,15 @@ from verl_repro.algorithms import (
     magnitude_scores,
     stability_scores,
 )
-from verl_repro.config import ReproConfig
-from verl_repro.verl_ext.estimator_inputs import SPECS, checked_inputs
+from verl_repro.config import ReproConfig, setting
+from verl_repro.verl_ext.estimator_registry import SPECS, EstimatorSpec, advantage_estimator
 
 GRPO_EPSILON = 1e-6  # veRL's default in compute_grpo_outcome_advantage
 
 logger = logging.getLogger("verl_repro")
+
+# What every RePro estimator takes from the repro_sync trainer (docs/dev/estimator_contract.md).
+REPRO_INPUTS = ("repro_scoring", "repro_config", "metrics")
 
 # The `repro` keys of the paper's runs (arXiv 2512.01925) and its authors' code, where they are
 # known (docs/repro.md, "Paper setting"): J from the current policy, truncated responses scored up
@@ -72,15 +76,8 @@ def log_paper_setting_differences(estimator: str, repro_config: ReproConfig) -> 
     return lines
 
 
-def _algo_get(config: Any, key: str, default: Any) -> Any:
-    if config is None:
-        return default
-    getter = getattr(config, "get", None)
-    return getter(key, default) if callable(getter) else getattr(config, key, default)
-
-
 def _process_advantage(
-    name: str,
+    spec: EstimatorSpec,
     response_mask: torch.Tensor,
     index: Any,
     config: Any,
@@ -88,10 +85,10 @@ def _process_advantage(
     repro_config: ReproConfig,
     return_token_rewards: bool = False,
 ) -> ReproProcessAdvantage:
-    normalization = SPECS[name].process_normalization(repro_config.process_reward_norm)
+    normalization = spec.process_normalization(repro_config.process_reward_norm)
     batch = response_mask.shape[0]
     if repro_scoring.cuts.shape[0] != batch:
-        raise ValueError(f"{name}: repro_scoring has {repro_scoring.cuts.shape[0]} rows for {batch} responses")
+        raise ValueError(f"{spec.name}: repro_scoring has {repro_scoring.cuts.shape[0]} rows for {batch} responses")
     device = response_mask.device
     return compute_repro_process_advantage(
         repro_scoring.j_cuts.to(device),
@@ -107,7 +104,7 @@ def _process_advantage(
         stability_weight=repro_config.stability_weight,
         stability_ema=repro_config.stability_ema,
         j_base_eps=repro_config.j_base_eps,
-        norm_adv_by_std_in_grpo=bool(_algo_get(config, "norm_adv_by_std_in_grpo", True)),
+        norm_adv_by_std_in_grpo=bool(setting(config, "norm_adv_by_std_in_grpo", True)),
         epsilon=GRPO_EPSILON,
         gamma=repro_config.gamma,
         return_token_rewards=return_token_rewards,
@@ -152,19 +149,20 @@ def repro_metrics(repro_scoring, result: ReproProcessAdvantage, response_mask: t
     }
 
 
-def _finish(name, outcome, result, response_mask, repro_scoring, repro_config, metrics) -> torch.Tensor:
+def _finish(outcome, result, response_mask, repro_scoring, repro_config, metrics) -> torch.Tensor:
     advantages = combine_advantages(outcome, result.process_advantages, response_mask, repro_config.alpha)
     metrics.update(repro_metrics(repro_scoring, result, response_mask, repro_config))
     return advantages
 
 
-@checked_inputs("repro_grpo")
+@advantage_estimator("repro_grpo", method="repro", base="grpo", normalization="group", inputs=REPRO_INPUTS)
 def compute_repro_grpo_advantage(
     token_level_rewards: torch.Tensor,
     response_mask: torch.Tensor,
     index: Optional[np.ndarray] = None,
     config: Any = None,
     *,
+    spec: EstimatorSpec,
     repro_scoring=None,
     repro_config: Optional[ReproConfig] = None,
     metrics: Optional[dict] = None,
@@ -178,6 +176,7 @@ def compute_repro_grpo_advantage(
         response_mask: ``[B, T]``.
         index: ``[B]`` uid array (prompt groups).
         config: veRL's ``algorithm`` config (``norm_adv_by_std_in_grpo``).
+        spec: its own :class:`EstimatorSpec` (passed by the decorator).
         repro_scoring: :class:`verl_repro.verl_ext.scoring.ReproScoring` of this batch.
         repro_config: the validated ``repro`` group (``alpha``, ``stability_weight``, ...).
         metrics: ``repro/*`` scalars are added here.
@@ -185,7 +184,6 @@ def compute_repro_grpo_advantage(
     Returns:
         ``(advantages, returns)``, both ``[B, T]`` and equal, as veRL's GRPO returns them.
     """
-    name = "repro_grpo"
     from verl.trainer.ppo import core_algos
 
     outcome, _ = core_algos.compute_grpo_outcome_advantage(
@@ -193,21 +191,22 @@ def compute_repro_grpo_advantage(
         response_mask=response_mask,
         index=index,
         epsilon=GRPO_EPSILON,
-        norm_adv_by_std_in_grpo=bool(_algo_get(config, "norm_adv_by_std_in_grpo", True)),
+        norm_adv_by_std_in_grpo=bool(setting(config, "norm_adv_by_std_in_grpo", True)),
         config=config,
     )
-    result = _process_advantage(name, response_mask, index, config, repro_scoring, repro_config)
-    advantages = _finish(name, outcome, result, response_mask, repro_scoring, repro_config, metrics)
+    result = _process_advantage(spec, response_mask, index, config, repro_scoring, repro_config)
+    advantages = _finish(outcome, result, response_mask, repro_scoring, repro_config, metrics)
     return advantages, advantages
 
 
-@checked_inputs("repro_rloo")
+@advantage_estimator("repro_rloo", method="repro", base="rloo", normalization="group", inputs=REPRO_INPUTS)
 def compute_repro_rloo_advantage(
     token_level_rewards: torch.Tensor,
     response_mask: torch.Tensor,
     index: Optional[np.ndarray] = None,
     config: Any = None,
     *,
+    spec: EstimatorSpec,
     repro_scoring=None,
     repro_config: Optional[ReproConfig] = None,
     metrics: Optional[dict] = None,
@@ -218,24 +217,24 @@ def compute_repro_rloo_advantage(
 
     Shapes and extra inputs as :func:`compute_repro_grpo_advantage`; returns ``(advantages, advantages)``.
     """
-    name = "repro_rloo"
     from verl.trainer.ppo import core_algos
 
     outcome, _ = core_algos.compute_rloo_outcome_advantage(
         token_level_rewards=token_level_rewards, response_mask=response_mask, index=index, config=config
     )
-    result = _process_advantage(name, response_mask, index, config, repro_scoring, repro_config)
-    advantages = _finish(name, outcome, result, response_mask, repro_scoring, repro_config, metrics)
+    result = _process_advantage(spec, response_mask, index, config, repro_scoring, repro_config)
+    advantages = _finish(outcome, result, response_mask, repro_scoring, repro_config, metrics)
     return advantages, advantages
 
 
-@checked_inputs("repro_reinforce_plus_plus")
+@advantage_estimator("repro_reinforce_plus_plus", method="repro", base="reinforce_plus_plus", normalization="batch", inputs=REPRO_INPUTS)
 def compute_repro_reinforce_plus_plus_advantage(
     token_level_rewards: torch.Tensor,
     response_mask: torch.Tensor,
     index: Optional[np.ndarray] = None,
     config: Any = None,
     *,
+    spec: EstimatorSpec,
     repro_scoring=None,
     repro_config: Optional[ReproConfig] = None,
     metrics: Optional[dict] = None,
@@ -246,24 +245,26 @@ def compute_repro_reinforce_plus_plus_advantage(
 
     Returns ``(advantages, returns)`` — ``returns`` are veRL's outcome returns, unchanged.
     """
-    name = "repro_reinforce_plus_plus"
     from verl.trainer.ppo import core_algos
 
     outcome, returns = core_algos.compute_reinforce_plus_plus_outcome_advantage(
         token_level_rewards=token_level_rewards, response_mask=response_mask, config=config
     )
-    result = _process_advantage(name, response_mask, index, config, repro_scoring, repro_config)
-    advantages = _finish(name, outcome, result, response_mask, repro_scoring, repro_config, metrics)
+    result = _process_advantage(spec, response_mask, index, config, repro_scoring, repro_config)
+    advantages = _finish(outcome, result, response_mask, repro_scoring, repro_config, metrics)
     return advantages, returns
 
 
-@checked_inputs("repro_reinforce_plus_plus_baseline")
+@advantage_estimator(
+    "repro_reinforce_plus_plus_baseline", method="repro", base="reinforce_plus_plus_baseline", normalization="group", inputs=REPRO_INPUTS
+)
 def compute_repro_reinforce_plus_plus_baseline_advantage(
     token_level_rewards: torch.Tensor,
     response_mask: torch.Tensor,
     index: Optional[np.ndarray] = None,
     config: Any = None,
     *,
+    spec: EstimatorSpec,
     repro_scoring=None,
     repro_config: Optional[ReproConfig] = None,
     metrics: Optional[dict] = None,
@@ -277,24 +278,27 @@ def compute_repro_reinforce_plus_plus_baseline_advantage(
     Shapes and extra inputs as :func:`compute_repro_grpo_advantage`; returns ``(advantages, advantages)``,
     as veRL's built-in returns its advantage twice.
     """
-    name = "repro_reinforce_plus_plus_baseline"
     from verl.trainer.ppo import core_algos
 
     outcome, _ = core_algos.compute_reinforce_plus_plus_baseline_outcome_advantage(
         token_level_rewards=token_level_rewards, response_mask=response_mask, index=index, config=config
     )
-    result = _process_advantage(name, response_mask, index, config, repro_scoring, repro_config)
-    advantages = _finish(name, outcome, result, response_mask, repro_scoring, repro_config, metrics)
+    result = _process_advantage(spec, response_mask, index, config, repro_scoring, repro_config)
+    advantages = _finish(outcome, result, response_mask, repro_scoring, repro_config, metrics)
     return advantages, advantages
 
 
-@checked_inputs("repro_ppo")
+@advantage_estimator(
+    "repro_ppo", method="repro", base="gae", normalization="none", inputs=REPRO_INPUTS + ("values",),
+    requirement="`critic.enable=True`",
+)
 def compute_repro_ppo_advantage(
     token_level_rewards: torch.Tensor,
     response_mask: torch.Tensor,
     index: Optional[np.ndarray] = None,
     config: Any = None,
     *,
+    spec: EstimatorSpec,
     values: Optional[torch.Tensor] = None,
     repro_scoring=None,
     repro_config: Optional[ReproConfig] = None,
@@ -316,17 +320,16 @@ def compute_repro_ppo_advantage(
     Returns:
         ``(advantages, returns)`` from veRL's ``compute_gae_advantage_return`` on the shaped rewards.
     """
-    name = "repro_ppo"
     from verl.trainer.ppo import core_algos
 
-    result = _process_advantage(name, response_mask, index, config, repro_scoring, repro_config, return_token_rewards=True)
+    result = _process_advantage(spec, response_mask, index, config, repro_scoring, repro_config, return_token_rewards=True)
     shaped_rewards = token_level_rewards + repro_config.alpha * result.token_rewards.to(token_level_rewards.dtype)
     advantages, returns = core_algos.compute_gae_advantage_return(
         token_level_rewards=shaped_rewards,
         values=values,
         response_mask=response_mask,
-        gamma=_algo_get(config, "gamma", 1.0),
-        lam=_algo_get(config, "lam", 1.0),
+        gamma=setting(config, "gamma", 1.0),
+        lam=setting(config, "lam", 1.0),
     )
     metrics.update(repro_metrics(repro_scoring, result, response_mask, repro_config))
     return advantages, returns

@@ -11,17 +11,17 @@
 * The ``repro_sync`` trainer overrides private methods of veRL's ``PPOTrainer`` in a subclass
   (``_compute_advantage``, ``_compute_old_log_prob``, ``_init_tokenizer``;
   ``verl/trainer/ppo/v1/trainer_base.py``) and reads a worker group's ``_dispatch_info`` as veRL's
-  own ``_balance_batch`` does, so it checks the pinned veRL of :mod:`verl_repro.patching` when it
+  own ``_balance_batch`` does, so it checks the pinned veRL of :mod:`verl_repro.plugin.patching` when it
   starts.
 
-A patch of this layer is a :class:`verl_repro.patching.Patch` listed in :data:`VERL_EXT_PATCHES`;
+A patch of this layer is a :class:`verl_repro.plugin.patching.Patch` listed in :data:`VERL_EXT_PATCHES`;
 the CPU backend keeps its own list (:data:`verl_repro.cpu.patches.PATCHES`), and
 :func:`verl_repro.info.all_patches` lists both.
 """
 
 from __future__ import annotations
 
-from verl_repro.patching import Patch
+from verl_repro.plugin.patching import Patch
 from verl_repro.verl_ext.preflight import VALIDATE_CONFIG_PATCH
 
 VERL_EXT_PATCHES: tuple[Patch, ...] = (VALIDATE_CONFIG_PATCH,)

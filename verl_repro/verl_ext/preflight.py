@@ -27,28 +27,19 @@ import functools
 import math
 from typing import Any, Mapping
 
-from verl_repro.config import ConfigError, ReproConfig
-from verl_repro.patching import Patch, apply_patch, check_verl_version
-
-TRAINER_MODE = "repro_sync"
-
-
-def _select(config: Any, key: str, default: Any = None) -> Any:
-    from omegaconf import OmegaConf
-
-    value = OmegaConf.select(config, key, default=default)
-    return default if value is None else value
-
+from verl_repro.config import ConfigError, ReproConfig, setting
+from verl_repro.plugin.patching import Patch, apply_patch, check_verl_version
+from verl_repro.verl_ext.switches import TRAINER_MODE
 
 def check_estimator_pairing(config: Any) -> str:
     """Our estimators run only under the ``repro_sync`` v1 trainer with a ``repro`` group."""
-    from verl_repro.verl_ext.estimator_inputs import SPECS
+    from verl_repro.verl_ext.estimator_registry import load_estimators
 
-    estimator = str(_select(config, "algorithm.adv_estimator", ""))
-    mode = str(_select(config, "trainer.v1.trainer_mode", "sync"))
-    if estimator not in SPECS:
+    estimator = str(setting(config, "algorithm.adv_estimator", ""))
+    mode = str(setting(config, "trainer.v1.trainer_mode", "sync"))
+    if estimator not in load_estimators():
         return f"{estimator} (veRL's own) under trainer mode {mode}"
-    if not _select(config, "trainer.use_v1", True):
+    if not setting(config, "trainer.use_v1", True):
         raise ConfigError(f"algorithm.adv_estimator={estimator} needs veRL's v1 trainer: set trainer.use_v1=True")
     if mode != TRAINER_MODE:
         raise ConfigError(
@@ -62,9 +53,9 @@ def check_estimator_pairing(config: Any) -> str:
 
 def check_repro_group(config: Any) -> ReproConfig | None:
     """The ``repro`` group as the ``repro_sync`` trainer validates it (None when absent and unused)."""
-    from verl_repro.verl_ext.estimator_inputs import SPECS
+    from verl_repro.verl_ext.estimator_registry import load_estimators
 
-    if str(_select(config, "algorithm.adv_estimator", "")) in SPECS:
+    if str(setting(config, "algorithm.adv_estimator", "")) in load_estimators():
         from verl_repro.verl_ext.trainer import validate_repro_setup
 
         return validate_repro_setup(config)
@@ -92,7 +83,7 @@ def check_reward_options(config: Any) -> str:
     from verl_repro.rewards import MathRewardConfig, RewardConfigError
     from verl_repro.verl_ext.reward_managers import REWARD_MANAGER_NAME, reward_kwargs_of
 
-    name = str(_select(config, "reward.reward_manager.name", ""))
+    name = str(setting(config, "reward.reward_manager.name", ""))
     kwargs = reward_kwargs_of(config)
     if name == REWARD_MANAGER_NAME:
         options = MathRewardConfig.from_mapping(kwargs)
@@ -108,7 +99,7 @@ def check_cluster_size(config: Any) -> str:
     ``n_gpus_per_node=two`` used to end in a bare ``TypeError`` inside ``validate_config``)."""
     sizes = {}
     for key in ("trainer.nnodes", "trainer.n_gpus_per_node"):
-        value = _select(config, key, 1)
+        value = setting(config, key, 1)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ConfigError(f"{key} must be an int >= 1, got {value!r}")
         sizes[key] = value
@@ -173,7 +164,7 @@ def register() -> list[str]:
     called (not here: this runs in every process on ``import verl``). Returns a
     ``"preflight:<file>:<target>"`` entry (not ``patch:``, which the registration report keeps for
     the CPU backend's patches)."""
-    from verl_repro.import_hooks import when_imported
+    from verl_repro.plugin.import_hooks import when_imported
 
     patch = VALIDATE_CONFIG_PATCH
     when_imported(patch.module, functools.partial(apply_patch, patch, revisit=REVISIT))

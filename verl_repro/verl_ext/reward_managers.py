@@ -113,7 +113,7 @@ def _register_when_verl_imports_its_managers(module) -> None:
 
 def register() -> list[str]:
     """Register ``repro_math`` in veRL's reward-loop registry once veRL imports it (idempotent)."""
-    from verl_repro.import_hooks import when_imported
+    from verl_repro.plugin.import_hooks import when_imported
 
     if _manager_class is None:
         when_imported(REWARD_MANAGER_PACKAGE, _register_when_verl_imports_its_managers)

@@ -45,6 +45,7 @@ from verl_repro.scoring.layout import (
     segment_positions,
 )
 from verl_repro.verl_ext import transport
+from verl_repro.verl_ext.switches import ENGINE_VENDOR_OVERRIDE
 from verl_repro.verl_ext.transport import LogProbBackend, ScoringSequences, dp_layout
 
 GROUND_TRUTH_KEY = "ground_truth"
@@ -306,7 +307,7 @@ def score_prefix_shared(inputs: ScoringInputs, backend: LogProbBackend, micro_ba
     if output is None or transport.SERVED_KEY not in output.keys() or "log_probs" not in output.keys():
         reason = _PREFIX_SHARED_REFUSED[_worker_of(backend)] = (
             "the workers' engine did not apply the prefix-shared layout; run the workers with the repro "
-            "engine vendor (+ray_kwargs.ray_init.runtime_env.env_vars.VERL_ENGINE_VENDOR=repro)"
+            f"engine vendor ({ENGINE_VENDOR_OVERRIDE})"
         )
         logging.getLogger("verl_repro").warning("repro.scoring_mode=prefix_shared falls back to naive for this run: %s", reason)
         return score_naive(inputs, backend, micro_batch_size)

@@ -9,7 +9,7 @@ and the advantage step (docs/repro.md, "Using RePro in a veRL recipe"). So the p
     python -m verl.trainer.main_ppo +repro=default algorithm.adv_estimator=repro_grpo ...
 
 (``+repro=default`` adds the ``repro`` group and sets ``trainer.v1.trainer_mode=repro_sync``.)
-What it changes, and only for estimators declared in ``estimator_inputs`` (others run veRL's code
+What it changes, and only for estimators declared in ``estimator_registry`` (others run veRL's code
 unchanged):
 
 * ``__init__`` validates the ``repro`` group and the estimator's needs (reference model for
@@ -29,7 +29,7 @@ Checkpointing, resume, validation and the rest of the loop are inherited unchang
 Importing veRL's v1 trainer costs seconds and ~100 MB in every process that runs ``import verl``
 (every Ray worker), so :func:`register` defers the class definition until veRL itself imports
 ``verl.trainer.ppo.v1.trainer_sync`` (``main_ppo``'s task runner does, right before looking the
-trainer up), with the package's import hook :func:`verl_repro.import_hooks.when_imported`.
+trainer up), with the package's import hook :func:`verl_repro.plugin.import_hooks.when_imported`.
 """
 
 from __future__ import annotations
@@ -41,17 +41,16 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from verl_repro.config import ConfigError, ReproConfig
-from verl_repro.verl_ext import estimator_inputs
+from verl_repro.config import ConfigError, ReproConfig, setting
+from verl_repro.verl_ext import estimator_registry
+from verl_repro.verl_ext.switches import ENGINE_VENDOR_OVERRIDE, TRAINER_MODE, engine_vendor_requested
 
 logger = logging.getLogger("verl_repro")
 
-TRAINER_MODE = "repro_sync"
 SYNC_TRAINER_MODULE = "verl.trainer.ppo.v1.trainer_sync"
-ENGINE_VENDOR = "repro"
 
 # What veRL's own _compute_advantage fetches (verl/trainer/ppo/v1/trainer_base.py); the fields of
-# each extra estimator input come from the estimator table (estimator_inputs.INPUT_FIELDS).
+# each extra estimator input come from the estimator table (estimator_registry.INPUT_FIELDS).
 BASE_ADVANTAGE_FIELDS = ["uid", "response_mask", "rm_scores", "rollout_log_probs", "old_log_probs", "ref_log_prob", "values"]
 # Per-token engine outputs laid out over the full sequence (shifted by one, like log_probs).
 FULL_SEQUENCE_FIELDS = ("logit_grad_norm", "sum_pi_squared", "logit_param_grad_norm")
@@ -60,22 +59,11 @@ FULL_SEQUENCE_FIELDS = ("logit_grad_norm", "sum_pi_squared", "logit_param_grad_n
 # ----------------------------------------------------------------------------- start-up checks
 
 
-def _select(config: Any, key: str, default: Any = None) -> Any:
-    from omegaconf import OmegaConf
-
-    value = OmegaConf.select(config, key, default=default)
-    return default if value is None else value
-
-
-def engine_vendor_requested(config: Any) -> bool:
-    """True when the workers will run the ``repro`` engine vendor (per-token ``logit_grad_norm``)."""
-    vendor = _select(config, "ray_kwargs.ray_init.runtime_env.env_vars.VERL_ENGINE_VENDOR")
-    return vendor == ENGINE_VENDOR or os.environ.get("VERL_ENGINE_VENDOR") == ENGINE_VENDOR
 
 
 def estimator_needs(config: Any) -> tuple[str, ...]:
     """Extra inputs the configured ``algorithm.adv_estimator`` takes (empty for veRL's own)."""
-    return estimator_inputs.estimator_needs(config.algorithm.adv_estimator)
+    return estimator_registry.estimator_needs(config.algorithm.adv_estimator)
 
 
 # Architectures whose decoder layers the parameter-gradient signal re-runs (verl_repro.gradients).
@@ -88,23 +76,23 @@ def validate_param_grad_setup(config: Any, repro: ReproConfig, estimator: str) -
     if not engine_vendor_requested(config):
         raise ConfigError(
             f"repro.corr.signal=param_grad ({estimator}) is measured inside the repro engine vendor: add "
-            "+ray_kwargs.ray_init.runtime_env.env_vars.VERL_ENGINE_VENDOR=repro, or set repro.corr.signal=softmax_grad"
+            f"{ENGINE_VENDOR_OVERRIDE}, or set repro.corr.signal=softmax_grad"
         )
     if list(corr.layers) != [-1]:
         raise ConfigError(
             f"repro.corr.layers={list(corr.layers)}: in training the parameter-gradient signal covers the last "
             "decoder layer only ([-1]); deeper layers are for the offline `verl-repro inversion` tool"
         )
-    if int(_select(config, "actor_rollout_ref.actor.ulysses_sequence_parallel_size", 1)) > 1:
+    if int(setting(config, "actor_rollout_ref.actor.ulysses_sequence_parallel_size", 1)) > 1:
         raise ConfigError(
             "repro.corr.signal=param_grad does not support actor_rollout_ref.actor.ulysses_sequence_parallel_size > 1"
         )
-    if _select(config, "actor_rollout_ref.model.use_fused_kernels", False):
+    if setting(config, "actor_rollout_ref.model.use_fused_kernels", False):
         raise ConfigError(
             "repro.corr.signal=param_grad needs the unfused forward: set actor_rollout_ref.model.use_fused_kernels=False"
         )
     if corr.method != "exact":
-        architectures = model_architectures(_select(config, "actor_rollout_ref.model.path"))
+        architectures = model_architectures(setting(config, "actor_rollout_ref.model.path"))
         if architectures is not None and not set(architectures) & set(PARAM_GRAD_ARCHITECTURES):
             raise ConfigError(
                 f"repro.corr.method={corr.method}: the fast parameter-gradient signal knows {list(PARAM_GRAD_ARCHITECTURES)}, "
@@ -150,9 +138,9 @@ def validate_repro_setup(config: Any) -> ReproConfig:
             # score naive sequences, which would silently cost (m+1)·T/2 tokens per response.
             raise ConfigError(
                 "repro.scoring_mode=prefix_shared runs inside the repro engine vendor: add "
-                "+ray_kwargs.ray_init.runtime_env.env_vars.VERL_ENGINE_VENDOR=repro, or set repro.scoring_mode=naive"
+                f"{ENGINE_VENDOR_OVERRIDE}, or set repro.scoring_mode=naive"
             )
-    if needs & {"repro_scoring", "entropy"} and _select(config, "algorithm.rollout_correction.bypass_mode", False):
+    if needs & {"repro_scoring", "entropy"} and setting(config, "algorithm.rollout_correction.bypass_mode", False):
         raise ConfigError(
             f"{estimator} needs the per-token entropy of veRL's old-log-prob pass, which "
             "algorithm.rollout_correction.bypass_mode=True skips; set it to False"
@@ -160,22 +148,22 @@ def validate_repro_setup(config: Any) -> ReproConfig:
     if "values" in needs:
         if not need_critic(config):
             raise ConfigError(f"{estimator} runs GAE on the critic's values: set critic.enable=True")
-        if _select(config, "algorithm.use_pf_ppo", False):
+        if setting(config, "algorithm.use_pf_ppo", False):
             raise ConfigError(f"{estimator} does not support algorithm.use_pf_ppo=True (it resamples the batch)")
     if "logit_grad_norm" in needs and repro.corr.signal == "param_grad":
         validate_param_grad_setup(config, repro, estimator)
     elif "logit_grad_norm" in needs and not engine_vendor_requested(config):
-        if not _select(config, "actor_rollout_ref.actor.calculate_sum_pi_squared", False):
+        if not setting(config, "actor_rollout_ref.actor.calculate_sum_pi_squared", False):
             raise ConfigError(
                 f"{estimator} needs per-token logit-gradient norms: run the repro engine vendor "
-                "(+ray_kwargs.ray_init.runtime_env.env_vars.VERL_ENGINE_VENDOR=repro) or set "
+                f"({ENGINE_VENDOR_OVERRIDE}) or set "
                 "actor_rollout_ref.actor.calculate_sum_pi_squared=True"
             )
-        if _select(config, "actor_rollout_ref.model.use_fused_kernels", False):
+        if setting(config, "actor_rollout_ref.model.use_fused_kernels", False):
             raise ConfigError(
                 "actor_rollout_ref.actor.calculate_sum_pi_squared=True does not work with "
                 "actor_rollout_ref.model.use_fused_kernels=True in veRL; use the repro engine vendor "
-                "(+ray_kwargs.ray_init.runtime_env.env_vars.VERL_ENGINE_VENDOR=repro) instead"
+                f"({ENGINE_VENDOR_OVERRIDE}) instead"
             )
     return repro
 
@@ -236,7 +224,7 @@ class _ReproSyncMixin:
     def __init__(self, config):
         from omegaconf import open_dict
 
-        from verl_repro.patching import check_verl_version
+        from verl_repro.plugin.patching import check_verl_version
 
         check_verl_version(f"trainer.v1.trainer_mode={TRAINER_MODE}", "verl_repro/verl_ext/patches.py")
         self.repro_config = validate_repro_setup(config)
@@ -277,7 +265,7 @@ class _ReproSyncMixin:
         return (
             "logit_grad_norm" in estimator_needs(self.config)
             and not engine_vendor_requested(self.config)
-            and bool(_select(self.config, "actor_rollout_ref.actor.calculate_sum_pi_squared", False))
+            and bool(setting(self.config, "actor_rollout_ref.actor.calculate_sum_pi_squared", False))
         )
 
     def _wants_param_grad(self) -> bool:
@@ -341,7 +329,7 @@ class _ReproSyncMixin:
 
         estimator = str(self.config.algorithm.adv_estimator)
         fields = list(BASE_ADVANTAGE_FIELDS)
-        fields += [name for name in estimator_inputs.fields_to_fetch(needs) if name not in fields]
+        fields += [name for name in estimator_registry.fields_to_fetch(needs) if name not in fields]
         data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=fields)
         size = len(batch)
         for name in ("response_mask", "responses", "input_ids", *FULL_SEQUENCE_FIELDS):
@@ -510,7 +498,7 @@ def _register_when_veRL_imports_its_sync_trainer(module) -> None:
 
 
 def register() -> list[str]:
-    from verl_repro.import_hooks import when_imported
+    from verl_repro.plugin.import_hooks import when_imported
 
     when_imported(SYNC_TRAINER_MODULE, _register_when_veRL_imports_its_sync_trainer)
     return [f"trainer:{TRAINER_MODE}"]

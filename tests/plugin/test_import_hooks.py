@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-from verl_repro.import_hooks import when_imported
+from verl_repro.plugin.import_hooks import when_imported
 
 
 def test_callback_runs_after_import_and_only_then(tmp_path, monkeypatch):

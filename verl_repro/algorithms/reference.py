@@ -1,8 +1,8 @@
 """Loop-based oracle of RePro's maths, written straight from docs/repro.md ("RePro maths", "Bad input") in float64 Python.
 
 One response at a time, one cut at a time, Kendall's tau from ``scipy.stats.kendalltau``
-(tau-b). It shares no code with ``verl_repro.algorithms``; the tests and
-``benchmarks/bench_repro_math.py`` load it by path (tests are not a package).
+(tau-b). It shares no code with the vectorized modules beside it, which the tests and
+``benchmarks/bench_repro_math.py`` compare against it.
 """
 
 from __future__ import annotations

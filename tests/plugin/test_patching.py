@@ -6,7 +6,7 @@ import types
 
 import pytest
 
-from verl_repro.patching import Patch, VerlVersionError, apply_patch, check_verl_version
+from verl_repro.plugin.patching import Patch, VerlVersionError, apply_patch, check_verl_version
 
 
 def test_other_verl_release_is_refused(monkeypatch):

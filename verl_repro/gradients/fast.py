@@ -1,37 +1,6 @@
-"""Per-token strength of the gradient of a generated token's raw logit with respect to the model's
-attention projection matrices: the quantity behind the entropy-gradient inversion (docs/corrpo.md).
-
-For token ``t`` with target ``y_t`` and raw logits ``z_t`` (no temperature, no log-softmax), and a
-projection matrix ``W`` (``q_proj``, ``k_proj``, ``v_proj`` or ``o_proj`` of a decoder layer),
-
-    G_t(W) = ∂ z[t, y_t] / ∂ W,        strength = ||G_t(W)||_*  (nuclear)  or  ||G_t(W)||_F.
-
-Two methods, ``exact`` beside ``fast`` (the exact one is the oracle of the fast one):
-
-* ``exact`` — one ``torch.autograd.grad`` call per token, any layer, any matrix. Offline use and tests.
-* ``fast`` — every token at once, for ``q_proj``, ``v_proj`` and ``o_proj`` of the *last* decoder
-  layer, from one re-run of that layer with autograd and one attention-weighted pass:
-
-  * ``q_proj`` and ``o_proj`` act on position ``t`` alone, and in the last layer position ``t`` feeds
-    only ``z_t``; so ``G_t(W_Q) = (∂z_t/∂q_t) x_tᵀ`` and ``G_t(W_O) = (∂z_t/∂o_t) a_tᵀ`` are rank one
-    (their nuclear and Frobenius norms are a product of two vector norms), and a single backward of
-    ``Σ_t z[t, y_t]`` to ``q`` and ``o`` yields every ``∂z_t/∂q_t`` and ``∂z_t/∂o_t``;
-  * ``v_proj``: ``G_t(W_V) = Σ_h E_h u_t^h (x̄_t^h)ᵀ`` with ``u_t^h = ∂z_t/∂a_t^h`` (gradient at head
-    ``h``'s attention output, placed in the rows of its key-value head by ``E_h``) and
-    ``x̄_t^h = Σ_τ A^h_{tτ} x_τ`` (the attention of head ``h`` applied to the layer's normalized input).
-    Its rank is at most the number of heads: with ``U`` (the placed ``u``, block diagonal by key-value
-    group) and ``X̄`` (the ``x̄`` as columns), ``G_t = U X̄ᵀ`` has the singular values of the
-    ``heads × heads`` matrix ``R_u R_xᵀ`` of their thin QR factors: a small SVD per token.
-
-  ``k_proj`` (under RoPE ``G_t(W_K)`` is not low-rank) and deeper layers have no fast form; ``auto``
-  picks ``fast`` when it applies and ``exact`` otherwise.
-
-Supported families: decoder layers laid out as Llama / Qwen2 / Qwen3 (``input_layernorm`` →
-``self_attn`` (``q_proj``/``k_proj``/``v_proj``/``o_proj``, optional ``q_norm``/``k_norm``, biases, GQA,
-RoPE) → residual → ``post_attention_layernorm`` → ``mlp`` → residual), a final ``norm`` and an
-``lm_head``. The fast method re-runs the last layer from its captured input and checks that it
-reproduces the layer's own output, so a layer that does something else is refused, never
-silently mis-measured.
+"""The fast method: every token at once, for ``q_proj``, ``v_proj`` and ``o_proj`` of the last decoder
+layer, from one re-run of that layer with autograd and one attention-weighted pass (the closed forms
+are in :mod:`verl_repro.gradients`). :mod:`verl_repro.gradients.exact` is its oracle.
 """
 
 from __future__ import annotations
@@ -44,40 +13,22 @@ from typing import Callable, Iterator, Optional, Sequence
 import torch
 from torch import nn
 
-MATRICES = ("q_proj", "k_proj", "v_proj", "o_proj")
-FAST_MATRICES = ("q_proj", "v_proj", "o_proj")
-NORMS = ("nuc", "fro")
-METHODS = ("auto", "fast", "exact")
+from verl_repro.gradients.exact import per_token_norms
+from verl_repro.gradients.layout import (
+    FAST_MATRICES,
+    MATRICES,
+    UnsupportedModelError,
+    check_request,
+    decoder_layers,
+    final_norm,
+    output_dtype,
+    token_layout,
+)
+
 CAPTURE_ATTENTION = "verl_repro_capture"
 # Bytes of attention scratch (probabilities and attention-weighted inputs) per chunk of queries.
 ATTENTION_CHUNK_BYTES = 64 * 2**20
 ATTENTION_CHUNK_QUERIES = 128
-
-
-class UnsupportedModelError(ValueError):
-    """The model's layout is not one the fast method knows; ``method="exact"`` still works."""
-
-
-# ----------------------------------------------------------------------------------------------
-# Model layout
-# ----------------------------------------------------------------------------------------------
-
-
-def decoder_layers(model: nn.Module) -> nn.ModuleList:
-    """The decoder layers of a causal LM (``model.model.layers`` for Llama / Qwen2 / Qwen3)."""
-    decoder = model.get_decoder() if hasattr(model, "get_decoder") else getattr(model, "model", None)
-    layers = getattr(decoder, "layers", None)
-    if not isinstance(layers, nn.ModuleList):
-        raise UnsupportedModelError(f"{type(model).__name__} has no decoder layer list at model.model.layers")
-    return layers
-
-
-def final_norm(model: nn.Module) -> nn.Module:
-    decoder = model.get_decoder() if hasattr(model, "get_decoder") else model.model
-    norm = getattr(decoder, "norm", None)
-    if not isinstance(norm, nn.Module):
-        raise UnsupportedModelError(f"{type(model).__name__} has no final norm at model.model.norm")
-    return norm
 
 
 def fast_support_error(model: nn.Module, layers: Sequence[int], matrices: Sequence[str]) -> Optional[str]:
@@ -105,162 +56,6 @@ def fast_support_error(model: nn.Module, layers: Sequence[int], matrices: Sequen
     if not hasattr(model, "lm_head"):
         return f"{type(model).__name__} has no lm_head"
     return None
-
-
-def resolve_method(model: nn.Module, layers: Sequence[int], matrices: Sequence[str], method: str) -> str:
-    """``auto`` → ``fast`` when it applies, else ``exact``; ``fast`` that cannot apply is an error."""
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    if method == "exact":
-        return method
-    reason = fast_support_error(model, layers, matrices)
-    if reason is None:
-        return "fast"
-    if method == "fast":
-        raise UnsupportedModelError(f"method='fast' is unavailable: {reason}; use method='exact'")
-    return "exact"
-
-
-def _validate(matrices: Sequence[str], norm: str, layers: Sequence[int]) -> None:
-    if not matrices or any(m not in MATRICES for m in matrices):
-        raise ValueError(f"matrices must be a non-empty subset of {MATRICES}, got {list(matrices)}")
-    if norm not in NORMS:
-        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
-    if not layers or any(not isinstance(layer, int) for layer in layers):
-        raise ValueError(f"layers must be a non-empty sequence of ints, got {layers!r}")
-
-
-def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
-    """``[B, T]`` position ids counted over real tokens (0 on left padding), as veRL builds them."""
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-
-
-def sequence_ids(position_ids: torch.Tensor) -> torch.Tensor:
-    """``[B, T]`` packed-sequence index of each token: a new sequence starts wherever the position does
-    not follow the previous one by 1 (the rule transformers applies to packed inputs)."""
-    first = position_ids[:, :1] - 1
-    return (torch.diff(position_ids, prepend=first, dim=-1) != 1).long().cumsum(-1)
-
-
-def token_layout(input_ids, attention_mask, position_ids, measure_mask):
-    """``(valid, position_ids, segments)``, each ``[B, T]``: tokens to measure (real and in
-    ``measure_mask``), position ids (counted over the mask unless given), and the sequence index of
-    each token (packed rows when ``attention_mask`` is None; padding is segment −1, seen by no query)."""
-    real = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
-    valid = real if measure_mask is None else measure_mask.bool() & real
-    if position_ids is None:
-        position_ids = positions_from_mask(real)
-    if attention_mask is None:
-        segments = sequence_ids(position_ids)
-    else:
-        segments = torch.where(real, 0, -1).to(position_ids.dtype)
-    return valid, position_ids, segments
-
-
-# ----------------------------------------------------------------------------------------------
-# Public entry point
-# ----------------------------------------------------------------------------------------------
-
-
-def logit_gradient_norms(
-    model: nn.Module,
-    input_ids: torch.Tensor,
-    target_ids: torch.Tensor,
-    attention_mask: Optional[torch.Tensor] = None,
-    *,
-    position_ids: Optional[torch.Tensor] = None,
-    measure_mask: Optional[torch.Tensor] = None,
-    layers: Sequence[int] = (-1,),
-    matrices: Sequence[str] = FAST_MATRICES,
-    norm: str = "nuc",
-    method: str = "auto",
-) -> torch.Tensor:
-    """Per-token ``||∂ z[b, t, target_ids[b, t]] / ∂ W||`` for each selected projection matrix.
-
-    Args:
-        model: a Hugging Face causal LM (Llama / Qwen2 / Qwen3 layout), any dtype.
-        input_ids: ``[B, T]`` long.
-        target_ids: ``[B, T]`` long — the token whose raw logit at position ``t`` is differentiated
-            (usually the next input token).
-        attention_mask: ``[B, T]`` — 1 on real tokens; masked positions give 0. None: all real.
-        position_ids: ``[B, T]`` long — for packed rows (several sequences in one row, ``attention_mask``
-            None); default: counted over ``attention_mask``.
-        measure_mask: ``[B, T]`` bool — measure only these tokens (e.g. a sample for the exact
-            method); default: every real token.
-        layers: decoder layer indices (negative counts from the end).
-        matrices: subset of ``("q_proj", "k_proj", "v_proj", "o_proj")``.
-        norm: ``"nuc"`` (sum of singular values) or ``"fro"``.
-        method: ``"exact"`` (one autograd call per token), ``"fast"`` (last layer, q/v/o, all tokens at
-            once) or ``"auto"`` (fast when it applies).
-
-    Returns:
-        ``[B, T, len(layers), len(matrices)]`` float in the model's dtype (float32 for bf16 / fp16
-        models), zero where ``attention_mask`` is 0.
-    """
-    layers = tuple(int(layer) for layer in layers)
-    matrices = tuple(matrices)
-    _validate(matrices, norm, layers)
-    if input_ids.shape != target_ids.shape or input_ids.dim() != 2:
-        raise ValueError(f"input_ids {tuple(input_ids.shape)} and target_ids {tuple(target_ids.shape)} must both be [B, T]")
-    valid, position_ids, _ = token_layout(input_ids, attention_mask, position_ids, measure_mask)
-    method = resolve_method(model, layers, matrices, method)
-    if method == "exact":
-        return _exact_norms(model, input_ids, target_ids, attention_mask, position_ids, valid, layers, matrices, norm)
-    return _fast_norms_of_model(model, input_ids, target_ids, attention_mask, position_ids, valid, matrices, norm)
-
-
-# ----------------------------------------------------------------------------------------------
-# exact: one autograd call per token (the oracle)
-# ----------------------------------------------------------------------------------------------
-
-
-def _matrix_norm(gradient: torch.Tensor, norm: str) -> torch.Tensor:
-    """NaN for a non-finite gradient (an overflow), which callers count and drop."""
-    gradient = gradient.float() if gradient.dtype in (torch.bfloat16, torch.float16) else gradient
-    if not bool(torch.isfinite(gradient).all()):
-        return torch.full((), float("nan"), dtype=gradient.dtype, device=gradient.device)
-    return torch.linalg.matrix_norm(gradient, ord=norm)
-
-
-def _exact_norms(model, input_ids, target_ids, attention_mask, position_ids, valid, layers, matrices, norm):
-    all_layers = decoder_layers(model)
-    weights = [getattr(all_layers[layer].self_attn, name).weight for layer in layers for name in matrices]
-    saved = [w.requires_grad for w in weights]
-    out_dtype = _output_dtype(weights[0].dtype)
-    try:
-        for w in weights:
-            w.requires_grad_(True)
-        with torch.enable_grad():
-            logits = model(
-                input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
-            ).logits
-            chosen = logits.gather(-1, target_ids.unsqueeze(-1)).squeeze(-1)  # [B, T]
-            result = _per_token_norms(chosen, weights, valid, norm, out_dtype).view(*chosen.shape, len(layers), len(matrices))
-    finally:
-        for w, flag in zip(weights, saved):
-            w.requires_grad_(flag)
-    return result
-
-
-def _per_token_norms(chosen, weights, valid, norm, out_dtype):
-    result = torch.zeros(*chosen.shape, len(weights), dtype=out_dtype, device=chosen.device)
-    rows, cols = valid.nonzero(as_tuple=True)
-    for b, t in zip(rows.tolist(), cols.tolist()):
-        grads = torch.autograd.grad(chosen[b, t], weights, retain_graph=True, allow_unused=True)
-        result[b, t] = torch.stack([
-            torch.zeros((), dtype=out_dtype, device=chosen.device) if g is None else _matrix_norm(g, norm).to(out_dtype)
-            for g in grads
-        ])
-    return result
-
-
-def _output_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float32 if dtype in (torch.bfloat16, torch.float16) else dtype
-
-
-# ----------------------------------------------------------------------------------------------
-# fast: the last layer, every token at once
-# ----------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -305,7 +100,7 @@ def capture_last_layer(model: nn.Module, on_output: Optional[Callable[[LastLayer
             handle.remove()
 
 
-def _fast_norms_of_model(model, input_ids, target_ids, attention_mask, position_ids, valid, matrices, norm):
+def fast_norms_of_model(model, input_ids, target_ids, attention_mask, position_ids, valid, matrices, norm):
     _, norms = forward_with_logit_gradient_norms(
         model, input_ids, target_ids, attention_mask, position_ids=position_ids, measure_mask=valid,
         matrices=matrices, norm=norm, return_logits=False,
@@ -330,7 +125,7 @@ def forward_with_logit_gradient_norms(
 
     ``measure_mask`` (``[B, T]`` bool, default ``attention_mask``): tokens to measure; others give 0.
     """
-    _validate(tuple(matrices), norm, (-1,))
+    check_request(tuple(matrices), norm, (-1,))
     reason = fast_support_error(model, (-1,), matrices)
     if reason is not None:
         raise UnsupportedModelError(reason)
@@ -384,7 +179,7 @@ def last_layer_norms(
     """
     attention = layer.self_attn
     hidden_in = capture.hidden_in.detach()
-    out_dtype = _output_dtype(hidden_in.dtype)
+    out_dtype = output_dtype(hidden_in.dtype)
     saved: dict[str, torch.Tensor] = {}
 
     def keep(name):
@@ -407,7 +202,7 @@ def last_layer_norms(
                 _check_rerun(hidden_out.detach(), capture.hidden_out.detach())
             chosen = (norm_module(hidden_out) * lm_head_rows.to(hidden_out.dtype)).sum(-1)  # z[t, y_t]
             if method == "exact":
-                return _per_token_norms(chosen, [getattr(attention, name).weight for name in matrices], valid, norm, out_dtype)
+                return per_token_norms(chosen, [getattr(attention, name).weight for name in matrices], valid, norm, out_dtype)
             total = chosen.masked_fill(~valid, 0).sum()
             grad_q, grad_a, grad_o = torch.autograd.grad(total, [saved["q_proj_out"], saved["o_proj_in"], saved["o_proj_out"]])
     finally:
@@ -537,22 +332,3 @@ def _attended_input_factor(query, key, x, segments, scaling):
         attended = torch.einsum("bhqk,bkc->bqch", probs, values[:, :stop])  # [B, q, H, heads]
         factors.append(torch.linalg.qr(attended, mode="r").R)
     return torch.cat(factors, dim=1)
-
-
-__all__ = [
-    "FAST_MATRICES",
-    "MATRICES",
-    "METHODS",
-    "NORMS",
-    "LastLayerCapture",
-    "UnsupportedModelError",
-    "capture_last_layer",
-    "decoder_layers",
-    "fast_support_error",
-    "forward_with_logit_gradient_norms",
-    "last_layer_norms",
-    "logit_gradient_norms",
-    "positions_from_mask",
-    "resolve_method",
-    "sequence_ids",
-]

@@ -7,7 +7,7 @@ registration failure at WARNING with its traceback; :func:`registration_report` 
 
 Light means: nothing here imports a heavy veRL module. Each registration module either registers
 at once into a registry that ``import verl`` has already loaded, or waits, through
-:func:`verl_repro.import_hooks.when_imported`, until veRL itself imports the module that holds the
+:func:`verl_repro.plugin.import_hooks.when_imported`, until veRL itself imports the module that holds the
 registry (``core_algos`` for estimators, the v1 trainer, the reward-loop managers, the FSDP engine,
 Hydra's ConfigStore) — which veRL does right before it looks a name up there.
 """
@@ -22,7 +22,7 @@ logger = logging.getLogger("verl_repro")
 # Each module exposes ``register() -> list[str]`` returning "kind:name" entries it adds to veRL
 # (now or when veRL imports the registry). A module is registered at most once per process.
 REGISTRATION_MODULES: tuple[str, ...] = (
-    "verl_repro.verl_ext.estimator_inputs",
+    "verl_repro.verl_ext.estimator_registry",
     "verl_repro.verl_ext.reward_managers",
     "verl_repro.verl_ext.engine",
     "verl_repro.verl_ext.trainer",

