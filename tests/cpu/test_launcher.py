@@ -325,3 +325,28 @@ def test_smoke_data_path_is_the_recipes(tmp_path):
     model, actor = recipes["actor_rollout_ref"]["model"], recipes["actor_rollout_ref"]["actor"]
     assert overrides["actor_rollout_ref.model.use_remove_padding"] == str(model["use_remove_padding"]) == "True"
     assert overrides["actor_rollout_ref.actor.use_dynamic_bsz"] == str(actor["use_dynamic_bsz"]) == "True"
+
+
+def test_runs_join_a_shared_cluster_that_declares_the_resources_of_their_own(tmp_path):
+    import json
+    import subprocess
+
+    from verl_repro.cpu.launcher import build_command, ray_resources, shared_ray_cluster
+
+    probe = ("import json, ray, sys; ray.init(address=sys.argv[1], logging_level='ERROR'); "
+             "print('RESOURCES ' + json.dumps(ray.cluster_resources()))")
+    with shared_ray_cluster() as address:
+        result = subprocess.run([sys.executable, "-c", probe, address], capture_output=True, text=True, timeout=300)
+        command = build_command(["trainer.total_training_steps=1"], ray_address=address)
+    line = [row for row in result.stdout.splitlines() if row.startswith("RESOURCES ")]
+    assert line, result.stderr[-3000:]
+    resources = json.loads(line[0][len("RESOURCES "):])
+    assert (resources["CPU"], resources["GPU"]) == (ray_resources(1)["num_cpus"], ray_resources(1)["num_gpus"]) == (16, 1)
+    assert f"+ray_kwargs.ray_init.address={address}" in command and "ray_kwargs.ray_init.num_cpus=null" in command
+    assert not [arg for arg in command if "num_gpus" in arg or "include_dashboard" in arg]
+    # the cluster ended with the block: nothing listens at its address any more
+    import socket
+
+    host, port = address.rsplit(":", 1)
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection((host, int(port)), timeout=10).close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import subprocess
@@ -61,7 +62,7 @@ def test_demo_on_tiny_model(tiny_model_dir, tiny_tokenizer, tmp_path):
 # ----------------------------------------------------------------------------- the training demo
 
 
-def _demo_command(method_name, tmp_path):
+def _demo_command(method_name, tmp_path, ray_address=None):
     from pathlib import Path
 
     from verl_repro.cpu.launcher import build_command
@@ -70,7 +71,8 @@ def _demo_command(method_name, tmp_path):
     method = BASELINE if method_name == "grpo" else METHODS[method_name]
     settings = DemoSettings()
     train, val = write_dataset(tmp_path / "data", settings)
-    return build_command(demo_overrides(method, Path("/models/smollm2"), train, val, settings), run_dir=tmp_path / method_name)
+    return build_command(demo_overrides(method, Path("/models/smollm2"), train, val, settings), run_dir=tmp_path / method_name,
+                         ray_address=ray_address)
 
 
 import pytest  # noqa: E402
@@ -85,8 +87,12 @@ def test_demo_runs_compose_in_verl_and_pass_the_start_up_checks(method, tmp_path
     from verl_repro.verl_ext.preflight import run_checks
 
     overrides = [o for o in _demo_command(method, tmp_path)[3:] if not o.startswith("hydra.")]
+    joining = [o for o in _demo_command(method, tmp_path / "joining", ray_address=FAKE_RAY_ADDRESS)[3:] if not o.startswith("hydra.")]
     with initialize_config_module(config_module="verl.trainer.config", version_base=None):
         config = compose("ppo_trainer", overrides=overrides)
+        # joining the demo's cluster: ray.init gets its address and none of the resources a new cluster declares
+        ray_init = compose("ppo_trainer", overrides=joining).ray_kwargs.ray_init
+        assert (ray_init.address, ray_init.num_cpus) == (FAKE_RAY_ADDRESS, None) and "num_gpus" not in ray_init
     run_checks(config)
     assert config.algorithm.adv_estimator == method
     assert config.trainer.v1.trainer_mode == "repro_sync"
@@ -120,6 +126,9 @@ def test_demo_dataset_has_the_answer_format_and_no_overlap_with_the_examples(tmp
         write_dataset(tmp_path / "x", DemoSettings(steps=33, prompts_per_step=3))
 
 
+FAKE_RAY_ADDRESS = "192.0.2.1:6379"
+
+
 def _fake_runs(monkeypatch, interrupt_at=None, fault=None):
     """Replace main_ppo by a writer of plausible metrics (the real runs are the e2e tests' job);
     ``fault`` spoils the repro_grpo run's metrics in one way."""
@@ -130,6 +139,7 @@ def _fake_runs(monkeypatch, interrupt_at=None, fault=None):
     calls = []
 
     def fake_run_quietly(command, run_dir, *, total_steps, verbose, label, **kwargs):
+        assert f"+ray_kwargs.ray_init.address={FAKE_RAY_ADDRESS}" in command  # every run joins the demo's cluster
         calls.append(label)
         if label == interrupt_at:
             raise KeyboardInterrupt
@@ -153,6 +163,7 @@ def _fake_runs(monkeypatch, interrupt_at=None, fault=None):
         return 0
 
     monkeypatch.setattr(launcher, "run_quietly", fake_run_quietly)
+    monkeypatch.setattr(launcher, "shared_ray_cluster", lambda *args: contextlib.nullcontext(FAKE_RAY_ADDRESS))
     return calls
 
 
@@ -174,7 +185,9 @@ def test_demo_runs_baseline_and_methods_then_prints_the_table_and_draws_the_curv
     summary = json.loads((out / "summary.json").read_text())
     assert summary["methods"]["corrpo"]["rho"]["mean"] == pytest.approx(0.6)
     for method in calls:
-        assert (out / method / "command.txt").read_text().count("algorithm.adv_estimator=") == 1
+        repeatable = (out / method / "command.txt").read_text()
+        assert repeatable.count("algorithm.adv_estimator=") == 1
+        assert "ray_init.address" not in repeatable and "ray_kwargs.ray_init.num_cpus=16" in repeatable  # runs alone
     assert f"verl-repro plot {out}/*/metrics.jsonl" in printed
 
     # the same directory again is refused, nothing overwritten

@@ -293,7 +293,7 @@ def closing_table(summaries: dict[str, dict]) -> str:
 def run_training_demo(output_dir: Optional[str], settings: DemoSettings, methods: Sequence[str], model: Optional[str],
                       verbose: bool = False) -> int:
     from verl_repro.analysis.training_curves import FIGURE_FILE, plot_training_curves
-    from verl_repro.cpu.launcher import build_command, claim_run_dir, run_quietly
+    from verl_repro.cpu.launcher import build_command, claim_run_dir, run_quietly, shared_ray_cluster
 
     started = time.monotonic()
     runs = [BASELINE] + [METHODS[name] for name in methods]
@@ -306,26 +306,30 @@ def run_training_demo(output_dir: Optional[str], settings: DemoSettings, methods
     prompt_tokens = max_prompt_tokens(model_path, train_problems())
     summaries: dict[str, dict] = {}
     all_metrics: dict[str, dict] = {}
-    for index, method in enumerate(runs, start=1):
-        run_dir = out / method.name
-        run_dir.mkdir()
-        print(f"\n[{index}/{len(runs)}] {method.description}")
-        command = build_command(demo_overrides(method, model_path, train, val, settings, prompt_tokens), run_dir=run_dir)
-        (run_dir / "command.txt").write_text(" ".join(command) + "\n")
-        code = run_quietly(command, run_dir, total_steps=settings.steps, verbose=verbose, label=method.name)
-        if code == 130:
-            print(f"demo interrupted; what ran so far is in {out}")
-            return 130
-        if code != 0:
-            print(f"verl-repro demo: the {method.name} run failed (exit {code}); its console output is in {run_dir / 'verl.log'}")
-            return code
-        all_metrics[method.name] = read_metrics(run_dir / "metrics.jsonl")
-        problems = run_problems(method, all_metrics[method.name], settings.steps)
-        if problems:
-            print(f"verl-repro demo: the {method.name} run finished but its figures cannot be trusted: "
-                  f"{'; '.join(problems)} (metrics in {run_dir / 'metrics.jsonl'})")
-            return 1
-        summaries[method.name] = method_summary(all_metrics[method.name])
+    # the runs join one Ray cluster: Ray starts once, not once a run (each run is still a job of its own)
+    with shared_ray_cluster() as ray_address:
+        for index, method in enumerate(runs, start=1):
+            run_dir = out / method.name
+            run_dir.mkdir()
+            print(f"\n[{index}/{len(runs)}] {method.description}")
+            overrides = demo_overrides(method, model_path, train, val, settings, prompt_tokens)
+            # what to type to repeat this run alone (it then starts a Ray cluster of its own)
+            (run_dir / "command.txt").write_text(" ".join(build_command(overrides, run_dir=run_dir)) + "\n")
+            command = build_command(overrides, run_dir=run_dir, ray_address=ray_address)
+            code = run_quietly(command, run_dir, total_steps=settings.steps, verbose=verbose, label=method.name)
+            if code == 130:
+                print(f"demo interrupted; what ran so far is in {out}")
+                return 130
+            if code != 0:
+                print(f"verl-repro demo: the {method.name} run failed (exit {code}); its console output is in {run_dir / 'verl.log'}")
+                return code
+            all_metrics[method.name] = read_metrics(run_dir / "metrics.jsonl")
+            problems = run_problems(method, all_metrics[method.name], settings.steps)
+            if problems:
+                print(f"verl-repro demo: the {method.name} run finished but its figures cannot be trusted: "
+                      f"{'; '.join(problems)} (metrics in {run_dir / 'metrics.jsonl'})")
+                return 1
+            summaries[method.name] = method_summary(all_metrics[method.name])
 
     figure = plot_training_curves(all_metrics, out / FIGURE_FILE,
                                   title=f"SmolLM2-135M-Instruct, {settings.steps} steps of veRL main_ppo on a CPU (same settings and data)")
