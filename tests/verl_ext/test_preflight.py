@@ -16,6 +16,8 @@ from omegaconf import OmegaConf, open_dict
 from verl_repro.config import ConfigError
 from verl_repro.rewards import MathRewardConfig, RewardConfigError
 from verl_repro.verl_ext import preflight
+from verl_repro.verl_ext.preflight import validate_repro_setup
+from verl_repro.verl_ext.trainer import build_trainer_class
 
 
 @pytest.fixture(scope="module")
@@ -113,6 +115,111 @@ def test_validate_config_of_veRL_runs_the_checks_first(base_config):
     with pytest.raises(ConfigError, match=r"repro\.alpha must be a finite number"):
         verl_config.validate_config(config=make_config(base_config, **{"repro.alpha": float("inf")}),
                                     use_reference_policy=True, use_critic=False)
+
+
+# ----------------------------------------------------------------------------- the repro group and the estimator's needs
+
+VENDOR = {"ray_kwargs.ray_init.runtime_env.env_vars.VERL_ENGINE_VENDOR": "repro"}
+
+
+@pytest.mark.parametrize(
+    "updates, message",
+    [
+        ({"repro.scorer": "critic"}, r"repro\.scorer must be one of \('ref', 'actor'\), got 'critic'"),
+        ({"repro.num_segments": 0}, r"repro\.num_segments must be a positive int, got 0"),
+        ({"repro.alpha": -0.1}, r"repro\.alpha must be >= 0, got -0\.1"),
+        ({"repro.stability_weight": 1.5}, r"repro\.stability_weight must be in \[0, 1\]"),
+        ({"repro.no_think_end": "drop"}, r"repro\.no_think_end must be one of"),
+        ({"repro.answer_template": "\\boxed{}"}, r"repro\.answer_template must contain \{ground_truth\}"),
+        ({"repro.max_answer_tokens": 0}, r"repro\.max_answer_tokens must be > 0"),
+        ({"repro.scoring_micro_batch_size": 0}, r"repro\.scoring_micro_batch_size must be > 0"),
+        ({"repro.boundary_patterns": []}, r"repro\.boundary_patterns must be a non-empty list"),
+        ({"repro.unknown_key": 1}, r"repro\.unknown_key is not a known key"),
+        (
+            {"actor_rollout_ref.actor.use_kl_loss": False},
+            r"repro\.scorer=ref .*actor_rollout_ref\.actor\.use_kl_loss=True.*or set repro\.scorer=actor",
+        ),
+        ({"algorithm.rollout_correction.bypass_mode": True}, r"algorithm\.rollout_correction\.bypass_mode=True"),
+        ({"algorithm.adv_estimator": "repro_ppo"}, r"repro_ppo runs GAE on the critic's values: set critic\.enable=True"),
+        (
+            {"algorithm.adv_estimator": "corrpo", "repro.corr.signal": "softmax_grad"},
+            r"actor_rollout_ref\.actor\.calculate_sum_pi_squared=True",
+        ),
+        (
+            {
+                "algorithm.adv_estimator": "corrpo",
+                "repro.corr.signal": "softmax_grad",
+                "actor_rollout_ref.actor.calculate_sum_pi_squared": True,
+                "actor_rollout_ref.model.use_fused_kernels": True,
+            },
+            r"use_fused_kernels=True",
+        ),
+        ({"algorithm.adv_estimator": "corrpo"}, r"repro\.corr\.signal=param_grad .*VERL_ENGINE_VENDOR=repro"),
+        (
+            {"algorithm.adv_estimator": "corrpo", **VENDOR, "repro.corr.layers": [0]},
+            r"repro\.corr\.layers=\[0\]: in training .* last decoder layer only",
+        ),
+        (
+            {"algorithm.adv_estimator": "corrpo", **VENDOR, "actor_rollout_ref.actor.ulysses_sequence_parallel_size": 2},
+            r"ulysses_sequence_parallel_size",
+        ),
+        (
+            {"algorithm.adv_estimator": "corrpo", **VENDOR, "actor_rollout_ref.model.use_fused_kernels": True},
+            r"repro\.corr\.signal=param_grad needs the unfused forward",
+        ),
+        ({"algorithm.adv_estimator": "corrpo", "repro.corr.signal": "logits"}, r"repro\.corr\.signal must be one of"),
+        ({"algorithm.adv_estimator": "corrpo", "repro.corr.norm": "l1"}, r"repro\.corr\.norm must be one of"),
+        ({"algorithm.adv_estimator": "corrpo", "repro.corr.matrices": ["w_proj"]}, r"repro\.corr\.matrices must be"),
+        (
+            {"algorithm.adv_estimator": "corrpo", "repro.corr.matrices": ["k_proj"], "repro.corr.method": "fast"},
+            r"repro\.corr\.method .*need method=exact",
+        ),
+    ],
+)
+def test_each_bad_setting_names_its_key(base_config, updates, message):
+    config = make_config(base_config, **updates)
+    with pytest.raises(ConfigError, match=message):
+        validate_repro_setup(config)
+    with pytest.raises(ConfigError, match=message):
+        build_trainer_class()(config)  # before any worker exists
+
+
+def test_param_grad_on_an_unknown_architecture_names_the_method_key(base_config, tmp_path):
+    import json
+
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["GPT2LMHeadModel"]}))
+    updates = {"algorithm.adv_estimator": "corrpo", **VENDOR, "actor_rollout_ref.model.path": str(tmp_path)}
+    with pytest.raises(ConfigError, match=r"repro\.corr\.method=auto: the fast parameter-gradient signal knows .*GPT2LMHeadModel"):
+        validate_repro_setup(make_config(base_config, **updates))
+    validate_repro_setup(make_config(base_config, **updates, **{"repro.corr.method": "exact"}))  # asked for explicitly
+
+
+@pytest.mark.parametrize(
+    "updates",
+    [
+        {},
+        {"actor_rollout_ref.actor.use_kl_loss": False, "repro.scorer": "actor"},
+        {"actor_rollout_ref.actor.use_kl_loss": False, "algorithm.use_kl_in_reward": True},
+        {"algorithm.adv_estimator": "repro_ppo", "critic.enable": True},
+        {"algorithm.adv_estimator": "corrpo", "repro.corr.signal": "softmax_grad", "actor_rollout_ref.actor.calculate_sum_pi_squared": True},
+        {"algorithm.adv_estimator": "corrpo", **VENDOR},
+        {"algorithm.adv_estimator": "corrpo", **VENDOR, "repro.corr.matrices": ["k_proj"], "repro.corr.method": "exact"},
+        {"algorithm.adv_estimator": "grpo", "actor_rollout_ref.actor.use_kl_loss": False},  # not ours: nothing to check
+    ],
+)
+def test_good_settings_pass(base_config, updates):
+    updates = {key.lstrip("+"): value for key, value in updates.items()}
+    validate_repro_setup(make_config(base_config, **updates))
+
+
+def test_prefix_shared_without_the_engine_vendor_is_refused_at_start_up(base_config):
+    with pytest.raises(ConfigError, match=r"repro\.scoring_mode=prefix_shared runs inside the repro engine vendor"):
+        validate_repro_setup(make_config(base_config, **{"repro.scoring_mode": "prefix_shared"}))
+    with_vendor = make_config(
+        base_config,
+        **{"repro.scoring_mode": "prefix_shared", "ray_kwargs.ray_init.runtime_env.env_vars.VERL_ENGINE_VENDOR": "repro"},
+    )
+    assert validate_repro_setup(with_vendor).scoring_mode == "prefix_shared"
 
 
 # ----------------------------------------------------------------------------- the real entry point

@@ -1,4 +1,4 @@
-"""Start-up checks in the driver: everything a worker would refuse, refused before Ray starts.
+"""Start-up checks: every check across settings lives here, and runs in the driver before Ray starts.
 
 veRL's ``main_ppo`` composes the config, calls ``validate_config`` and then ``run_ppo``, which
 starts Ray; our trainer's ``__init__`` and the reward manager run much later, inside Ray actors,
@@ -11,7 +11,9 @@ messages:
 * :func:`check_estimator_pairing` — an estimator of this package needs the ``repro_sync`` trainer
   (the stock one passes none of its inputs) and the ``repro`` group: ``+repro=default`` adds both;
 * :func:`check_repro_group` — the ``repro`` group's keys, types, ranges and finiteness, and what the
-  estimator needs (reference model, critic, gradient norms): the trainer's ``validate_repro_setup``;
+  estimator needs (reference model, critic, gradient norms, the engine vendor):
+  :func:`validate_repro_setup`, which the ``repro_sync`` trainer's ``__init__`` runs again in its
+  Ray actor, before any worker starts;
 * :func:`check_reward_options` — ``reward.reward_kwargs.*`` of ``repro_math`` exactly as its workers
   build them (``MathRewardConfig.from_mapping``), and for any reward manager no ``inf`` / ``nan``.
 
@@ -25,16 +27,16 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 from verl_repro.config import ConfigError, ReproConfig, setting
 from verl_repro.plugin.patching import Patch, apply_patch, check_verl_version
-from verl_repro.verl_ext.switches import TRAINER_MODE
+from verl_repro.verl_ext.estimator_registry import estimator_needs, load_estimators
+from verl_repro.verl_ext.switches import ENGINE_VENDOR_OVERRIDE, TRAINER_MODE, engine_vendor_requested
+
 
 def check_estimator_pairing(config: Any) -> str:
     """Our estimators run only under the ``repro_sync`` v1 trainer with a ``repro`` group."""
-    from verl_repro.verl_ext.estimator_registry import load_estimators
-
     estimator = str(setting(config, "algorithm.adv_estimator", ""))
     mode = str(setting(config, "trainer.v1.trainer_mode", "sync"))
     if estimator not in load_estimators():
@@ -53,13 +55,113 @@ def check_estimator_pairing(config: Any) -> str:
 
 def check_repro_group(config: Any) -> ReproConfig | None:
     """The ``repro`` group as the ``repro_sync`` trainer validates it (None when absent and unused)."""
-    from verl_repro.verl_ext.estimator_registry import load_estimators
-
     if str(setting(config, "algorithm.adv_estimator", "")) in load_estimators():
-        from verl_repro.verl_ext.trainer import validate_repro_setup
-
         return validate_repro_setup(config)
     return ReproConfig.from_mapping(config.get("repro")) if config.get("repro") is not None else None
+
+
+# ----------------------------------------------------------------------------- the repro group and the estimator's needs
+
+# Architectures whose decoder layers the parameter-gradient signal re-runs (verl_repro.gradients).
+PARAM_GRAD_ARCHITECTURES = ("Qwen2ForCausalLM", "Qwen3ForCausalLM", "LlamaForCausalLM", "MistralForCausalLM")
+
+
+def validate_param_grad_setup(config: Any, repro: ReproConfig, estimator: str) -> None:
+    """What ``repro.corr.signal=param_grad`` needs, checked in the driver (docs/corrpo.md)."""
+    corr = repro.corr
+    if not engine_vendor_requested(config):
+        raise ConfigError(
+            f"repro.corr.signal=param_grad ({estimator}) is measured inside the repro engine vendor: add "
+            f"{ENGINE_VENDOR_OVERRIDE}, or set repro.corr.signal=softmax_grad"
+        )
+    if list(corr.layers) != [-1]:
+        raise ConfigError(
+            f"repro.corr.layers={list(corr.layers)}: in training the parameter-gradient signal covers the last "
+            "decoder layer only ([-1]); deeper layers are for the offline `verl-repro inversion` tool"
+        )
+    if int(setting(config, "actor_rollout_ref.actor.ulysses_sequence_parallel_size", 1)) > 1:
+        raise ConfigError(
+            "repro.corr.signal=param_grad does not support actor_rollout_ref.actor.ulysses_sequence_parallel_size > 1"
+        )
+    if setting(config, "actor_rollout_ref.model.use_fused_kernels", False):
+        raise ConfigError(
+            "repro.corr.signal=param_grad needs the unfused forward: set actor_rollout_ref.model.use_fused_kernels=False"
+        )
+    if corr.method != "exact":
+        architectures = model_architectures(setting(config, "actor_rollout_ref.model.path"))
+        if architectures is not None and not set(architectures) & set(PARAM_GRAD_ARCHITECTURES):
+            raise ConfigError(
+                f"repro.corr.method={corr.method}: the fast parameter-gradient signal knows {list(PARAM_GRAD_ARCHITECTURES)}, "
+                f"not {architectures}; set repro.corr.method=exact (one backward of the last layer per token) "
+                "or repro.corr.signal=softmax_grad"
+            )
+
+
+def model_architectures(path: Any) -> Optional[list[str]]:
+    """``architectures`` of a local checkpoint's config.json; None when it cannot be read here."""
+    import json
+    from pathlib import Path
+
+    if not path:
+        return None
+    config_file = Path(str(path)).expanduser() / "config.json"
+    try:
+        return list(json.loads(config_file.read_text()).get("architectures") or []) or None
+    except (OSError, ValueError):
+        return None
+
+
+def validate_repro_setup(config: Any) -> ReproConfig:
+    """Check the ``repro`` group and what the configured estimator needs; raise :class:`ConfigError`
+    naming the key to change. Runs before any worker or GPU work. Returns the validated group."""
+    from verl.trainer.ppo.utils import need_critic, need_reference_policy
+
+    repro = ReproConfig.from_mapping(config.get("repro"))
+    estimator = str(config.algorithm.adv_estimator)
+    needs = set(estimator_needs(estimator))
+    if not needs:
+        return repro
+
+    if "repro_scoring" in needs:
+        if repro.scorer == "ref" and not need_reference_policy(config):
+            raise ConfigError(
+                f"repro.scorer=ref ({estimator}) scores the ground truth with veRL's reference model, which veRL "
+                "creates only with actor_rollout_ref.actor.use_kl_loss=True (actor_rollout_ref.actor.kl_loss_coef "
+                "may be 0) or algorithm.use_kl_in_reward=True; enable one of them, or set repro.scorer=actor"
+            )
+        if repro.scoring_mode == "prefix_shared" and not engine_vendor_requested(config):
+            # The tree-attention forward lives in the repro engine vendor; stock engines can only
+            # score naive sequences, which would silently cost (m+1)·T/2 tokens per response.
+            raise ConfigError(
+                "repro.scoring_mode=prefix_shared runs inside the repro engine vendor: add "
+                f"{ENGINE_VENDOR_OVERRIDE}, or set repro.scoring_mode=naive"
+            )
+    if needs & {"repro_scoring", "entropy"} and setting(config, "algorithm.rollout_correction.bypass_mode", False):
+        raise ConfigError(
+            f"{estimator} needs the per-token entropy of veRL's old-log-prob pass, which "
+            "algorithm.rollout_correction.bypass_mode=True skips; set it to False"
+        )
+    if "values" in needs:
+        if not need_critic(config):
+            raise ConfigError(f"{estimator} runs GAE on the critic's values: set critic.enable=True")
+        if setting(config, "algorithm.use_pf_ppo", False):
+            raise ConfigError(f"{estimator} does not support algorithm.use_pf_ppo=True (it resamples the batch)")
+    if "logit_grad_norm" in needs and repro.corr.signal == "param_grad":
+        validate_param_grad_setup(config, repro, estimator)
+    elif "logit_grad_norm" in needs and not engine_vendor_requested(config):
+        if not setting(config, "actor_rollout_ref.actor.calculate_sum_pi_squared", False):
+            raise ConfigError(
+                f"{estimator} needs per-token logit-gradient norms: run the repro engine vendor "
+                f"({ENGINE_VENDOR_OVERRIDE}) or set "
+                "actor_rollout_ref.actor.calculate_sum_pi_squared=True"
+            )
+        if setting(config, "actor_rollout_ref.model.use_fused_kernels", False):
+            raise ConfigError(
+                "actor_rollout_ref.actor.calculate_sum_pi_squared=True does not work with "
+                "actor_rollout_ref.model.use_fused_kernels=True in veRL; use the repro engine vendor "
+                f"({ENGINE_VENDOR_OVERRIDE}) instead"
+            )
+    return repro
 
 
 def _non_finite(values: Any, prefix: str) -> tuple[str, Any] | None:

@@ -14,9 +14,10 @@ unchanged):
 
 * ``__init__`` validates the ``repro`` group and the estimator's needs (reference model for
   ``scorer=ref``, critic for ``repro_ppo``, a source of ``logit_grad_norm`` for CorR-PO) before
-  any worker starts, and resets ``trainer.v1.trainer_mode`` to ``"sync"``: veRL switches on async
-  behaviour (async replay buffer, ``gen_batch_size=1``, TransferQueue checkpoints) for every mode
-  string other than ``"sync"``, and this trainer must behave exactly like the sync one.
+  any worker starts, with the driver's own start-up checks (:mod:`verl_repro.verl_ext.preflight`),
+  and resets ``trainer.v1.trainer_mode`` to ``"sync"``: veRL switches on async behaviour (async
+  replay buffer, ``gen_batch_size=1``, TransferQueue checkpoints) for every mode string other than
+  ``"sync"``, and this trainer must behave exactly like the sync one.
 * ``_init_tokenizer`` resolves the ``</think>`` id and the step-boundary ids once.
 * ``_compute_old_log_prob`` asks the actor for ``Σp²`` when CorR-PO derives ``logit_grad_norm`` from it.
 * ``_compute_advantage`` fetches the extra fields from the TransferQueue, runs RePro's
@@ -35,7 +36,6 @@ trainer up), with the package's import hook :func:`verl_repro.plugin.import_hook
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any, Optional
 
 import numpy as np
@@ -43,7 +43,8 @@ import torch
 
 from verl_repro.config import ConfigError, ReproConfig, setting
 from verl_repro.verl_ext import estimator_registry
-from verl_repro.verl_ext.switches import ENGINE_VENDOR_OVERRIDE, TRAINER_MODE, engine_vendor_requested
+from verl_repro.verl_ext.preflight import validate_repro_setup
+from verl_repro.verl_ext.switches import TRAINER_MODE, engine_vendor_requested
 
 logger = logging.getLogger("verl_repro")
 
@@ -56,116 +57,9 @@ BASE_ADVANTAGE_FIELDS = ["uid", "response_mask", "rm_scores", "rollout_log_probs
 FULL_SEQUENCE_FIELDS = ("logit_grad_norm", "sum_pi_squared", "logit_param_grad_norm")
 
 
-# ----------------------------------------------------------------------------- start-up checks
-
-
-
-
 def estimator_needs(config: Any) -> tuple[str, ...]:
     """Extra inputs the configured ``algorithm.adv_estimator`` takes (empty for veRL's own)."""
     return estimator_registry.estimator_needs(config.algorithm.adv_estimator)
-
-
-# Architectures whose decoder layers the parameter-gradient signal re-runs (verl_repro.gradients).
-PARAM_GRAD_ARCHITECTURES = ("Qwen2ForCausalLM", "Qwen3ForCausalLM", "LlamaForCausalLM", "MistralForCausalLM")
-
-
-def validate_param_grad_setup(config: Any, repro: ReproConfig, estimator: str) -> None:
-    """What ``repro.corr.signal=param_grad`` needs, checked in the driver (docs/corrpo.md)."""
-    corr = repro.corr
-    if not engine_vendor_requested(config):
-        raise ConfigError(
-            f"repro.corr.signal=param_grad ({estimator}) is measured inside the repro engine vendor: add "
-            f"{ENGINE_VENDOR_OVERRIDE}, or set repro.corr.signal=softmax_grad"
-        )
-    if list(corr.layers) != [-1]:
-        raise ConfigError(
-            f"repro.corr.layers={list(corr.layers)}: in training the parameter-gradient signal covers the last "
-            "decoder layer only ([-1]); deeper layers are for the offline `verl-repro inversion` tool"
-        )
-    if int(setting(config, "actor_rollout_ref.actor.ulysses_sequence_parallel_size", 1)) > 1:
-        raise ConfigError(
-            "repro.corr.signal=param_grad does not support actor_rollout_ref.actor.ulysses_sequence_parallel_size > 1"
-        )
-    if setting(config, "actor_rollout_ref.model.use_fused_kernels", False):
-        raise ConfigError(
-            "repro.corr.signal=param_grad needs the unfused forward: set actor_rollout_ref.model.use_fused_kernels=False"
-        )
-    if corr.method != "exact":
-        architectures = model_architectures(setting(config, "actor_rollout_ref.model.path"))
-        if architectures is not None and not set(architectures) & set(PARAM_GRAD_ARCHITECTURES):
-            raise ConfigError(
-                f"repro.corr.method={corr.method}: the fast parameter-gradient signal knows {list(PARAM_GRAD_ARCHITECTURES)}, "
-                f"not {architectures}; set repro.corr.method=exact (one backward of the last layer per token) "
-                "or repro.corr.signal=softmax_grad"
-            )
-
-
-def model_architectures(path: Any) -> Optional[list[str]]:
-    """``architectures`` of a local checkpoint's config.json; None when it cannot be read here."""
-    import json
-    from pathlib import Path
-
-    if not path:
-        return None
-    config_file = Path(str(path)).expanduser() / "config.json"
-    try:
-        return list(json.loads(config_file.read_text()).get("architectures") or []) or None
-    except (OSError, ValueError):
-        return None
-
-
-def validate_repro_setup(config: Any) -> ReproConfig:
-    """Check the ``repro`` group and what the configured estimator needs; raise :class:`ConfigError`
-    naming the key to change. Runs before any worker or GPU work. Returns the validated group."""
-    from verl.trainer.ppo.utils import need_critic, need_reference_policy
-
-    repro = ReproConfig.from_mapping(config.get("repro"))
-    estimator = str(config.algorithm.adv_estimator)
-    needs = set(estimator_needs(config))
-    if not needs:
-        return repro
-
-    if "repro_scoring" in needs:
-        if repro.scorer == "ref" and not need_reference_policy(config):
-            raise ConfigError(
-                f"repro.scorer=ref ({estimator}) scores the ground truth with veRL's reference model, which veRL "
-                "creates only with actor_rollout_ref.actor.use_kl_loss=True (actor_rollout_ref.actor.kl_loss_coef "
-                "may be 0) or algorithm.use_kl_in_reward=True; enable one of them, or set repro.scorer=actor"
-            )
-        if repro.scoring_mode == "prefix_shared" and not engine_vendor_requested(config):
-            # The tree-attention forward lives in the repro engine vendor; stock engines can only
-            # score naive sequences, which would silently cost (m+1)·T/2 tokens per response.
-            raise ConfigError(
-                "repro.scoring_mode=prefix_shared runs inside the repro engine vendor: add "
-                f"{ENGINE_VENDOR_OVERRIDE}, or set repro.scoring_mode=naive"
-            )
-    if needs & {"repro_scoring", "entropy"} and setting(config, "algorithm.rollout_correction.bypass_mode", False):
-        raise ConfigError(
-            f"{estimator} needs the per-token entropy of veRL's old-log-prob pass, which "
-            "algorithm.rollout_correction.bypass_mode=True skips; set it to False"
-        )
-    if "values" in needs:
-        if not need_critic(config):
-            raise ConfigError(f"{estimator} runs GAE on the critic's values: set critic.enable=True")
-        if setting(config, "algorithm.use_pf_ppo", False):
-            raise ConfigError(f"{estimator} does not support algorithm.use_pf_ppo=True (it resamples the batch)")
-    if "logit_grad_norm" in needs and repro.corr.signal == "param_grad":
-        validate_param_grad_setup(config, repro, estimator)
-    elif "logit_grad_norm" in needs and not engine_vendor_requested(config):
-        if not setting(config, "actor_rollout_ref.actor.calculate_sum_pi_squared", False):
-            raise ConfigError(
-                f"{estimator} needs per-token logit-gradient norms: run the repro engine vendor "
-                f"({ENGINE_VENDOR_OVERRIDE}) or set "
-                "actor_rollout_ref.actor.calculate_sum_pi_squared=True"
-            )
-        if setting(config, "actor_rollout_ref.model.use_fused_kernels", False):
-            raise ConfigError(
-                "actor_rollout_ref.actor.calculate_sum_pi_squared=True does not work with "
-                "actor_rollout_ref.model.use_fused_kernels=True in veRL; use the repro engine vendor "
-                f"({ENGINE_VENDOR_OVERRIDE}) instead"
-            )
-    return repro
 
 
 # ----------------------------------------------------------------------------- batch helpers
