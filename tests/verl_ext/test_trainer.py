@@ -108,6 +108,7 @@ def test_keeps_sync_behaviour(base_config):
 
 VENDOR = {"ray_kwargs.ray_init.runtime_env.env_vars.VERL_ENGINE_VENDOR": "repro"}
 
+
 def test_missing_think_end_token_is_a_config_error(base_config, tiny_tokenizer):
     trainer = build_trainer_class()(make_config(base_config, **{"repro.think_end_token": "<never>"}))
     trainer.tokenizer = tiny_tokenizer
