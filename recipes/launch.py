@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 RECIPE_DIR = Path(__file__).resolve().parent
-SHARED_CONFIGS = {"paper_defaults"}
+SHARED_CONFIGS = {"paper_defaults", "repro_paper_setting"}
 
 
 def list_recipes() -> list[str]:

@@ -47,16 +47,39 @@ def as_plain(node) -> dict:
     return OmegaConf.to_container(node, resolve=False)
 
 
-def test_every_recipe_has_yaml_and_launcher():
+REPRO_RECIPES = [r for r, (_, e) in EXPECTED.items() if e.startswith("repro_")]
+# Where the paper setting differs from the repro group's own defaults (docs/repro.md, "Paper setting").
+PAPER_OVER_DEFAULTS = {"scorer": "actor", "no_think_end": "use_end"}
+
+
+@pytest.fixture(scope="module")
+def composed():
+    """Each recipe as ``main_ppo --config-name=<recipe>`` composes it (no overrides)."""
+    launch = load_launch_module()
+    return {recipe: launch.compose_recipe(recipe, []) for recipe in EXPECTED}
+
+
+def test_every_recipe_has_yaml_and_launcher(composed):
     assert load_launch_module().list_recipes() == sorted(EXPECTED)
     for recipe, (model, estimator) in EXPECTED.items():
-        config = OmegaConf.load(RECIPES / f"{recipe}.yaml")
+        config = composed[recipe]
         assert config.actor_rollout_ref.model.path == model
         assert config.algorithm.adv_estimator == estimator
-        assert list(config.defaults) == ["paper_defaults", "_self_"]
         ours = estimator != "grpo"
-        assert OmegaConf.select(config, "trainer.v1.trainer_mode") == ("repro_sync" if ours else None)
+        assert config.trainer.v1.trainer_mode == ("repro_sync" if ours else "sync"), recipe
+        assert (config.get("repro") is not None) == ours, recipe
         assert os.access(RECIPES / f"{recipe}.sh", os.X_OK)
+
+
+def test_the_repro_recipes_share_one_repro_block():
+    # The block is a defaults entry, so a new RePro setting reaches every recipe through the
+    # ReproConfig dataclass (the plugin's `repro` group) and no recipe names a repro key itself.
+    for recipe, (_, estimator) in EXPECTED.items():
+        raw = OmegaConf.load(RECIPES / f"{recipe}.yaml")
+        assert raw.get("repro") is None, recipe
+        shared = "repro_paper_setting" if recipe in REPRO_RECIPES else {"repro": "default"}
+        expected = ["paper_defaults", "_self_"] if estimator == "grpo" else ["paper_defaults", shared, "_self_"]
+        assert as_plain(raw.defaults) == expected, recipe
 
 
 def test_paper_hyperparameters_are_the_defaults():
@@ -72,28 +95,16 @@ def test_paper_hyperparameters_are_the_defaults():
     assert as_plain(paper.reward.reward_kwargs) == dataclasses.asdict(MathRewardConfig())
 
 
-REPRO_RECIPES = [r for r, (_, e) in EXPECTED.items() if e.startswith("repro_")]
-# Where the paper setting differs from the repro group's own defaults (docs/repro.md, "Paper setting").
-PAPER_OVER_DEFAULTS = {"scorer": "actor", "no_think_end": "use_end"}
-
-
 @pytest.mark.parametrize("recipe", REPRO_RECIPES)
-def test_repro_group_lists_every_key_at_the_paper_setting(recipe):
-    repro = as_plain(OmegaConf.load(RECIPES / f"{recipe}.yaml").repro)
+def test_composed_repro_group_has_every_key_at_the_paper_setting(composed, recipe):
+    from verl_repro.verl_ext.estimators import PAPER_SETTING, paper_setting_differences
+
+    repro = as_plain(composed[recipe].repro)
     assert repro == {**dataclasses.asdict(ReproConfig()), **PAPER_OVER_DEFAULTS}  # alpha 0.1, k 10: the defaults
     parsed = ReproConfig.from_mapping(repro)
     assert (parsed.alpha, parsed.num_segments, parsed.scorer, parsed.no_think_end) == (0.1, 10, "actor", "use_end")
-
-
-def test_composed_paper_recipes_run_the_paper_setting():
-    from verl_repro.verl_ext.estimators import PAPER_SETTING, paper_setting_differences
-
-    launch = load_launch_module()
-    for recipe in REPRO_RECIPES:
-        config = launch.compose_recipe(recipe, [])  # what main_ppo --config-name=<recipe> composes
-        assert (config.repro.scorer, config.repro.no_think_end) == ("actor", "use_end"), recipe
-        assert paper_setting_differences(ReproConfig.from_mapping(config.repro)) == [], recipe
-    assert PAPER_SETTING["scorer"] == "actor" and PAPER_SETTING["no_think_end"] == "use_end"
+    assert paper_setting_differences(parsed) == []
+    assert {key: PAPER_SETTING[key] for key in PAPER_OVER_DEFAULTS} == PAPER_OVER_DEFAULTS
 
 
 def test_dry_run_notes_an_override_that_leaves_the_paper_setting(capsys):
@@ -107,9 +118,9 @@ def test_dry_run_notes_an_override_that_leaves_the_paper_setting(capsys):
     assert "differs from the paper setting" not in capsys.readouterr().out
 
 
-def test_corrpo_recipe_lists_every_corr_key():
-    config = OmegaConf.load(RECIPES / "r1_distill_1.5b_corrpo.yaml")
-    assert as_plain(config.repro) == {"corr": dataclasses.asdict(CorrConfig())}
+def test_composed_corrpo_recipe_has_every_corr_key_at_its_default(composed):
+    config = composed["r1_distill_1.5b_corrpo"]
+    assert as_plain(config.repro.corr) == dataclasses.asdict(CorrConfig())
     # the parameter-gradient signal is measured by the repro engine vendor in every worker
     assert config.ray_kwargs.ray_init.runtime_env.env_vars.VERL_ENGINE_VENDOR == "repro"
     assert config.repro.corr.signal == "param_grad"
