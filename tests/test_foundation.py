@@ -68,6 +68,7 @@ def test_registration_failure_is_logged_not_raised(monkeypatch, caplog):
     import types
 
     from verl_repro.plugin import entry as plugin
+    from verl_repro.plugin import registrations
 
     broken = types.ModuleType("verl_repro_broken_registration")
 
@@ -77,7 +78,7 @@ def test_registration_failure_is_logged_not_raised(monkeypatch, caplog):
     broken.register = register
     monkeypatch.setitem(sys.modules, broken.__name__, broken)
     monkeypatch.setattr(plugin, "REGISTRATION_MODULES", (broken.__name__,))
-    monkeypatch.setattr(plugin, "_failures", {})
+    monkeypatch.setattr(registrations, "_failures", {})
     with caplog.at_level("WARNING", logger="verl_repro"):
         plugin.register_all()
     assert "boom" in plugin.registration_report()["failures"][broken.__name__]

@@ -34,15 +34,15 @@ def register() -> list[str]:
         return []
     from verl.plugin.platform import PlatformRegistry
 
-    from verl_repro.plugin.import_hooks import when_imported
+    from verl_repro.plugin.registrations import register_when_imported
     from verl_repro.cpu.engine import register_fsdp_engines
     from verl_repro.cpu.patches import install_patches
     from verl_repro.cpu.platform import PLATFORM_NAME, CPUPlatform
 
     added = install_patches()
     PlatformRegistry.register(platform=PLATFORM_NAME)(CPUPlatform)
-    when_imported("verl.workers.engine.fsdp.transformer_impl", register_fsdp_engines)
-    when_imported("verl.workers.rollout.replica", _register_hf_replica)
+    register_when_imported(__name__, "verl.workers.engine.fsdp.transformer_impl", register_fsdp_engines)
+    register_when_imported(__name__, "verl.workers.rollout.replica", _register_hf_replica)
     return added + [
         f"platform:{PLATFORM_NAME}",
         "engine:language_model/fsdp,fsdp2@cpu",

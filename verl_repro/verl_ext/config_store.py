@@ -42,9 +42,9 @@ def store(config_store_module=None) -> None:
 
 
 def register() -> list[str]:
-    from verl_repro.plugin.import_hooks import when_imported
+    from verl_repro.plugin.registrations import register_when_imported
 
     # Only processes that compose configs import Hydra (main_ppo imports it before veRL); the
     # Ray workers that also run this plugin never pay for it.
-    when_imported("hydra.core.config_store", store)
+    register_when_imported(__name__, "hydra.core.config_store", store)
     return [f"config_group:{GROUP}"]

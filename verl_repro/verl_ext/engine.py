@@ -484,15 +484,9 @@ def register_engine_vendor(
 def register() -> list[str]:
     """Plugin hook: register the vendor engine once this process imports veRL's FSDP engine
     (immediately if it already has), so a plain ``import verl`` does not pay for that import."""
-    from verl_repro.plugin.import_hooks import when_imported
+    from verl_repro.plugin.registrations import register_when_imported
 
-    def on_import(transformer_impl: ModuleType) -> None:
-        try:
-            register_engine_vendor(transformer_impl=transformer_impl)
-        except Exception as error:  # never break veRL's own import
-            logger.warning("verl-repro: registering the %s engine failed: %s", ENGINE_VENDOR, error, exc_info=True)
-
-    when_imported(TRANSFORMER_IMPL, on_import)
+    register_when_imported(__name__, TRANSFORMER_IMPL, lambda module: register_engine_vendor(transformer_impl=module))
     return [f"engine:{ENGINE_VENDOR}/{backend}" + ("" if device == "cuda" else f"@{device}") for backend in FSDP_BACKENDS for device in DEFAULT_DEVICES]
 
 

@@ -208,21 +208,12 @@ def register_now() -> list[str]:
     return [f"adv_estimator:{spec.name}" for spec in own_specs()]
 
 
-def _register_when_veRL_imports_core_algos(module) -> None:
-    try:
-        register_now()
-    except Exception as error:  # never break veRL's own import; the lookup then names the estimator
-        from verl_repro.plugin.entry import record_failure
-
-        record_failure(__name__, error)
-
-
 def register() -> list[str]:
     """Plugin hook: register the estimators once this process imports veRL's ``core_algos`` (at once if
     it already has). Returns the names it will register."""
-    from verl_repro.plugin.import_hooks import when_imported
+    from verl_repro.plugin.registrations import register_when_imported
 
-    when_imported(CORE_ALGOS, _register_when_veRL_imports_core_algos)
+    register_when_imported(__name__, CORE_ALGOS, lambda core_algos: register_now())
     return [f"adv_estimator:{spec.name}" for spec in own_specs()]
 
 

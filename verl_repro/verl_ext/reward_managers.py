@@ -104,17 +104,10 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def _register_when_verl_imports_its_managers(module) -> None:
-    try:
-        build_manager_class()
-    except Exception as error:  # never break veRL's import; the lookup then names the manager
-        logger.warning("verl-repro: registering reward manager %s failed: %s", REWARD_MANAGER_NAME, error, exc_info=True)
-
-
 def register() -> list[str]:
     """Register ``repro_math`` in veRL's reward-loop registry once veRL imports it (idempotent)."""
-    from verl_repro.plugin.import_hooks import when_imported
+    from verl_repro.plugin.registrations import register_when_imported
 
     if _manager_class is None:
-        when_imported(REWARD_MANAGER_PACKAGE, _register_when_verl_imports_its_managers)
+        register_when_imported(__name__, REWARD_MANAGER_PACKAGE, lambda registry: build_manager_class())
     return [f"reward_manager:{REWARD_MANAGER_NAME}"]

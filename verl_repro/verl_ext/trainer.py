@@ -384,15 +384,9 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def _register_when_veRL_imports_its_sync_trainer(module) -> None:
-    try:
-        build_trainer_class()
-    except Exception as error:  # never break veRL's own import; the lookup then names the mode
-        logger.warning("verl-repro: registering the %s trainer failed: %s", TRAINER_MODE, error, exc_info=True)
-
-
 def register() -> list[str]:
-    from verl_repro.plugin.import_hooks import when_imported
+    from verl_repro.plugin.registrations import register_when_imported
 
-    when_imported(SYNC_TRAINER_MODULE, _register_when_veRL_imports_its_sync_trainer)
+    # build_trainer_class is looked up at call time, so a test can make it fail.
+    register_when_imported(__name__, SYNC_TRAINER_MODULE, lambda trainer_sync: build_trainer_class())
     return [f"trainer:{TRAINER_MODE}"]
