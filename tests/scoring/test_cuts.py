@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 
 from verl_repro.scoring import attention
 from verl_repro.scoring import cuts as scoring_cuts
-from verl_repro.scoring import score_cuts_naive, score_cuts_prefix_shared, unsupported_reason
+from verl_repro.models.support import attention_support_error
+from verl_repro.scoring import score_cuts_naive, score_cuts_prefix_shared
 from verl_repro.scoring.layout import build_prefix_shared_batch
 from verl_repro.scoring.reference import score_cuts_oracle
 
@@ -173,7 +174,7 @@ def test_temperature_matches_naive_expansion(random_causal_lm):
 
 def test_sliding_window_model_falls_back_with_reason(caplog, random_causal_lm):
     model = random_causal_lm("qwen2", seed=8, use_sliding_window=True, sliding_window=4, max_window_layers=0)
-    reason = unsupported_reason(model)
+    reason = attention_support_error(model)
     assert reason is not None and "sliding" in reason
     prompts, responses = [[1, 2, 3]], torch.randint(0, 97, (1, 16), generator=torch.Generator().manual_seed(8))
     cuts, cut_mask = torch.tensor([[2, 9, 16]]), torch.ones(1, 3, dtype=torch.bool)
@@ -193,8 +194,9 @@ def test_probe_catches_an_attention_that_ignores_the_tree(monkeypatch, random_ca
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     model = random_causal_lm("llama", seed=9)
+    # the tree attention's name now runs plain causal attention (restored after the test)
     monkeypatch.setitem(AttentionInterface._global_mapping, attention.ATTENTION_NAME, sdpa_attention_forward)
-    monkeypatch.setattr(attention, "_register_attention", lambda: None)
+    monkeypatch.setattr(attention, "prefix_shared_attention", sdpa_attention_forward)
     monkeypatch.setattr(scoring_cuts, "_PROBED", type(scoring_cuts._PROBED)())
     prompts, responses = [[1, 2, 3]], torch.randint(0, 97, (1, 12), generator=torch.Generator().manual_seed(9))
     cuts, cut_mask = torch.tensor([[4, 12]]), torch.ones(1, 2, dtype=torch.bool)

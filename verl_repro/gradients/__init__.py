@@ -26,7 +26,7 @@ Two methods, ``exact`` beside ``fast`` (the exact one is the oracle of the fast 
   ``k_proj`` (under RoPE ``G_t(W_K)`` is not low-rank) and deeper layers have no fast form; ``auto``
   picks ``fast`` when it applies and ``exact`` otherwise.
 
-Supported families: decoder layers laid out as Llama / Qwen2 / Qwen3 (``input_layernorm`` →
+Supported families (:mod:`verl_repro.models.support`): decoder layers laid out as Llama / Qwen2 / Qwen3 (``input_layernorm`` →
 ``self_attn`` (``q_proj``/``k_proj``/``v_proj``/``o_proj``, optional ``q_norm``/``k_norm``, biases, GQA,
 RoPE) → residual → ``post_attention_layernorm`` → ``mlp`` → residual), a final ``norm`` and an
 ``lm_head``. The fast method re-runs the last layer from its captured input and checks that it
@@ -55,14 +55,12 @@ from verl_repro.gradients.layout import (
     MATRICES,
     METHODS,
     NORMS,
-    UnsupportedModelError,
     check_request,
-    decoder_layers,
-    final_norm,
     positions_from_mask,
     sequence_ids,
     token_layout,
 )
+from verl_repro.models.support import UnsupportedModelError, decoder_layers, final_norm
 
 
 def resolve_method(model: nn.Module, layers: Sequence[int], matrices: Sequence[str], method: str) -> str:

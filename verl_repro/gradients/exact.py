@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from verl_repro.gradients.layout import decoder_layers, output_dtype
+from verl_repro.gradients.layout import output_dtype
+from verl_repro.models.support import decoder_layers
 
 
 def _matrix_norm(gradient: torch.Tensor, norm: str) -> torch.Tensor:

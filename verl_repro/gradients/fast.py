@@ -14,15 +14,14 @@ import torch
 from torch import nn
 
 from verl_repro.gradients.exact import per_token_norms
-from verl_repro.gradients.layout import (
-    FAST_MATRICES,
-    MATRICES,
+from verl_repro.gradients.layout import FAST_MATRICES, check_request, output_dtype, token_layout
+from verl_repro.models.support import (
     UnsupportedModelError,
-    check_request,
+    attention_override,
+    attention_support_error,
     decoder_layers,
+    decoder_layout_error,
     final_norm,
-    output_dtype,
-    token_layout,
 )
 
 CAPTURE_ATTENTION = "verl_repro_capture"
@@ -40,21 +39,15 @@ def fast_support_error(model: nn.Module, layers: Sequence[int], matrices: Sequen
     unknown = sorted(set(matrices) - set(FAST_MATRICES))
     if unknown:
         return f"the fast method covers {list(FAST_MATRICES)} only, not {unknown} (k_proj under RoPE has no low-rank form)"
-    layer = decoder_layers(model)[-1]
-    attention = getattr(layer, "self_attn", None)
-    needed = ("input_layernorm", "post_attention_layernorm", "mlp")
-    if attention is None or any(not hasattr(layer, name) for name in needed):
-        return f"{type(layer).__name__} is not laid out as a Llama / Qwen2 / Qwen3 decoder layer"
-    if any(not isinstance(getattr(attention, name, None), nn.Linear) for name in MATRICES):
-        return f"{type(attention).__name__} has no q_proj / k_proj / v_proj / o_proj linear layers"
-    if getattr(attention, "sliding_window", None):
+    reason = decoder_layout_error(model) or attention_support_error(model)
+    if reason is not None:
+        return reason
+    if getattr(decoder_layers(model)[-1].self_attn, "sliding_window", None):
         return "the last layer uses sliding-window attention, which the fast method does not model"
     config = getattr(model, "config", None)
-    for key in ("final_logit_softcapping", "attn_logit_softcapping", "logit_scale"):
+    for key in ("final_logit_softcapping", "logit_scale"):
         if getattr(config, key, None):
             return f"the model's config sets {key}, which the fast method does not model"
-    if not hasattr(model, "lm_head"):
-        return f"{type(model).__name__} has no lm_head"
     return None
 
 
@@ -253,12 +246,11 @@ class _AttentionInputs:
 def _capture_attention(attention: nn.Module) -> Iterator[_AttentionInputs]:
     """Route one attention module's kernel call through a recorder of its (post-RoPE) queries and keys;
     the model's own kernel still computes the output."""
-    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterface
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-    config = attention.config
-    previous = config._attn_implementation
+    own = attention.config._attn_implementation_internal
     eager = getattr(sys.modules[type(attention).__module__], "eager_attention_forward")
-    original = eager if previous in (None, "eager") else ALL_ATTENTION_FUNCTIONS[previous]
+    original = eager if own in (None, "eager") else ALL_ATTENTION_FUNCTIONS[own]
     inputs = _AttentionInputs()
 
     def recorder(module, query, key, value, attention_mask, scaling=None, **kwargs):
@@ -267,12 +259,8 @@ def _capture_attention(attention: nn.Module) -> Iterator[_AttentionInputs]:
             inputs.scaling = module.scaling if scaling is None else scaling
         return original(module, query, key, value, attention_mask, scaling=scaling, **kwargs)
 
-    AttentionInterface.register(CAPTURE_ATTENTION, recorder)
-    config._attn_implementation_internal = CAPTURE_ATTENTION
-    try:
+    with attention_override(attention, CAPTURE_ATTENTION, recorder):
         yield inputs
-    finally:
-        config._attn_implementation_internal = previous
     if inputs.query is None:
         raise UnsupportedModelError(f"{type(attention).__name__} did not call the attention interface")
 

@@ -1,39 +1,19 @@
-"""What the two methods of :mod:`verl_repro.gradients` share: the names of the matrices and norms,
-the decoder layout of a Llama / Qwen2 / Qwen3 model, and the token layout of a batch (positions, packed
-sequences, the tokens to measure)."""
+"""What the two methods of :mod:`verl_repro.gradients` share: the names of the matrices and norms and
+the token layout of a batch (positions, packed sequences, the tokens to measure). The model's layout
+(decoder layers, final norm, what is supported) is :mod:`verl_repro.models.support`'s."""
 
 from __future__ import annotations
 
 from typing import Sequence
 
 import torch
-from torch import nn
 
-MATRICES = ("q_proj", "k_proj", "v_proj", "o_proj")
+from verl_repro.models.support import PROJECTIONS
+
+MATRICES = PROJECTIONS
 FAST_MATRICES = ("q_proj", "v_proj", "o_proj")
 NORMS = ("nuc", "fro")
 METHODS = ("auto", "fast", "exact")
-
-
-class UnsupportedModelError(ValueError):
-    """The model's layout is not one the fast method knows; ``method="exact"`` still works."""
-
-
-def decoder_layers(model: nn.Module) -> nn.ModuleList:
-    """The decoder layers of a causal LM (``model.model.layers`` for Llama / Qwen2 / Qwen3)."""
-    decoder = model.get_decoder() if hasattr(model, "get_decoder") else getattr(model, "model", None)
-    layers = getattr(decoder, "layers", None)
-    if not isinstance(layers, nn.ModuleList):
-        raise UnsupportedModelError(f"{type(model).__name__} has no decoder layer list at model.model.layers")
-    return layers
-
-
-def final_norm(model: nn.Module) -> nn.Module:
-    decoder = model.get_decoder() if hasattr(model, "get_decoder") else model.model
-    norm = getattr(decoder, "norm", None)
-    if not isinstance(norm, nn.Module):
-        raise UnsupportedModelError(f"{type(model).__name__} has no final norm at model.model.norm")
-    return norm
 
 
 def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:

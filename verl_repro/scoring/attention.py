@@ -9,7 +9,7 @@ The attention runs inside any transformers model that dispatches through ``Atten
 is registered as the implementation ``"repro_prefix_shared"`` and switched on for the duration of
 one forward (:func:`tree_attention`). Models whose attention cannot take it (sliding windows,
 soft-capping, attention sinks, multimodal 3-D positions, custom attention code) are named by
-:func:`unsupported_reason` before any forward; :func:`probe_batch` is the tiny input on which a
+:func:`verl_repro.models.support.attention_support_error` before any forward; :func:`probe_batch` is the tiny input on which a
 first-use probe compares the tree pass with the naive one.
 """
 
@@ -23,6 +23,7 @@ from typing import Iterator, Optional
 import torch
 import torch.nn.functional as F
 
+from verl_repro.models.support import attention_override
 from verl_repro.scoring.layout import PrefixSharedBatch, build_prefix_shared_batch
 
 
@@ -128,88 +129,21 @@ def prefix_shared_attention(module, query, key, value, attention_mask, dropout: 
     return output.transpose(1, 2).contiguous(), None
 
 
-def _register_attention() -> None:
-    from transformers import AttentionInterface
-
-    if AttentionInterface._global_mapping.get(ATTENTION_NAME) is not prefix_shared_attention:
-        AttentionInterface.register(ATTENTION_NAME, prefix_shared_attention)
-
-
-def _configs(model) -> list:
-    from transformers import PretrainedConfig
-
-    seen = {}
-    for module in model.modules():
-        config = getattr(module, "config", None)
-        if isinstance(config, PretrainedConfig):
-            seen[id(config)] = config
-    return list(seen.values())
-
-
 @contextlib.contextmanager
 def tree_attention(model, plan: _TreePlan) -> Iterator[None]:
     """Route every attention layer of ``model`` through the tree attention of ``plan`` (see
     :func:`tree_plan`) for the forwards inside the block; the model's own implementation is
     restored afterwards, also on error. The input must be laid out as the plan says, with
     ``attention_mask=None`` or a 2-D padding mask (either is ignored: the plan is the mask)."""
-    _register_attention()
-    configs = _configs(model)
-    previous = [config._attn_implementation_internal for config in configs]
     token = _ACTIVE_PLAN.set(plan)
     try:
-        for config in configs:
-            config._attn_implementation_internal = ATTENTION_NAME
-        yield
+        with attention_override(model, ATTENTION_NAME, prefix_shared_attention):
+            yield
     finally:
-        for config, name in zip(configs, previous):
-            config._attn_implementation_internal = name
         _ACTIVE_PLAN.reset(token)
 
 
-# ----------------------------------------------------------------------------- support check
-
-
-def unwrap_model(model):
-    """The transformers model inside FSDP1 / PEFT wrappers (FSDP2 keeps the model's own class)."""
-    model = getattr(model, "_fsdp_wrapped_module", model)
-    if hasattr(model, "get_base_model"):
-        model = model.get_base_model()
-    return model
-
-
-def _model_class(model) -> type:
-    # FSDP2 swaps in a generated subclass (``FSDPQwen2ForCausalLM``) defined inside torch; the
-    # attention code lives with the first class of the MRO that is not torch's.
-    return next(c for c in type(model).__mro__ if not c.__module__.startswith("torch."))
-
-
-def unsupported_reason(model) -> Optional[str]:
-    """Why ``model``'s attention cannot take the tree mask, or None when it can (static checks)."""
-    from transformers import PreTrainedModel
-
-    model = unwrap_model(model)
-    if not isinstance(model, PreTrainedModel):
-        return f"{type(model).__name__} is not a transformers PreTrainedModel"
-    cls = _model_class(model)
-    if not cls._can_set_attn_implementation():
-        return f"{cls.__name__} does not dispatch attention through transformers' AttentionInterface"
-    config = model.config
-    if getattr(config, "is_encoder_decoder", False) or not getattr(config, "is_causal", True):
-        return "not a causal decoder"
-    if any(getattr(config, name, None) is not None for name in config.sub_configs):
-        return f"composite model ({', '.join(config.sub_configs)}): multimodal positions are not supported"
-    layer_types = getattr(config, "layer_types", None)
-    if layer_types is not None and any(kind != "full_attention" for kind in layer_types):
-        return f"layers with non-full attention ({sorted(set(layer_types) - {'full_attention'})})"
-    if layer_types is None and getattr(config, "sliding_window", None) is not None and getattr(config, "use_sliding_window", True):
-        return f"sliding-window attention (window {config.sliding_window})"
-    for name in ("attn_logit_softcapping", "attention_chunk_size"):
-        if getattr(config, name, None) is not None:
-            return f"config.{name} is set"
-    rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
-    if isinstance(rope, dict) and ("mrope_section" in rope or rope.get("rope_type") == "mrope"):
-        return "3-D (mrope) position ids"
-    return None
+# ----------------------------------------------------------------------------- first-use probe
 
 
 PROBE_TOLERANCE = {torch.float32: 1e-3, torch.float64: 1e-3}

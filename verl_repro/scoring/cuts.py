@@ -3,7 +3,7 @@
 :func:`score_j` is the one switch (``repro.scoring_mode`` names, plus ``auto``);
 :func:`score_cuts_prefix_shared` packs all cuts of a response into one forward through the tree
 attention, :func:`score_cuts_naive` feeds one sequence per cut from the same layout. Where the
-model's attention cannot take the tree (:func:`verl_repro.scoring.attention.unsupported_reason`, or
+model's attention cannot take the tree (:func:`verl_repro.models.support.attention_support_error`, or
 a first-use probe that compares both passes), the prefix-shared scorer computes the same values the
 naive way and logs the reason once.
 """
@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 
 from verl_repro.config import SCORING_MODES
-from verl_repro.scoring.attention import PROBE_TOLERANCE, probe_batch, tree_attention, tree_plan, unsupported_reason, unwrap_model
+from verl_repro.models.support import attention_support_error, unwrap_model
+from verl_repro.scoring.attention import PROBE_TOLERANCE, probe_batch, tree_attention, tree_plan
 from verl_repro.scoring.layout import (
     PrefixSharedBatch,
     build_prefix_shared_batch,
@@ -167,7 +168,7 @@ def probe(model, temperature: float = 1.0) -> Optional[str]:
 
 def prefix_shared_unavailable(model, temperature: float = 1.0) -> Optional[str]:
     """Why the tree pass cannot be used on ``model`` (static checks, then the probe), or None."""
-    return unsupported_reason(model) or probe(model, temperature)
+    return attention_support_error(model) or probe(model, temperature)
 
 
 # ----------------------------------------------------------------------------- J at the cuts

@@ -27,15 +27,8 @@ import torch
 from tensordict import TensorDict
 from tensordict.tensorclass import NonTensorData
 
-from verl_repro.scoring.attention import (
-    PROBE_TOLERANCE,
-    PrefixSharedUnsupported,
-    probe_batch,
-    tree_attention,
-    tree_plan,
-    unsupported_reason,
-    unwrap_model,
-)
+from verl_repro.models.support import attention_support_error, unwrap_model
+from verl_repro.scoring.attention import PROBE_TOLERANCE, PrefixSharedUnsupported, probe_batch, tree_attention, tree_plan
 from verl_repro.scoring.layout import (
     naive_groups,
     naive_scored_index,
@@ -155,7 +148,7 @@ def _prefix_shared_verdict(engine, micro_batch: TensorDict, base_forward_step) -
     reason = None
     if int(getattr(engine, "ulysses_sequence_parallel_size", 1) or 1) > 1:
         reason = "Ulysses sequence parallelism splits the sequence across ranks"
-    reason = reason or unsupported_reason(engine.module)
+    reason = reason or attention_support_error(engine.module)
     if reason is None:
         probe = probe_batch(int(getattr(unwrap_model(engine.module).config, "vocab_size", 32)))
         order = torch.arange(len(probe))

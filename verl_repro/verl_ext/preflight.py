@@ -30,6 +30,7 @@ import math
 from typing import Any, Mapping, Optional
 
 from verl_repro.config import ConfigError, ReproConfig, setting
+from verl_repro.models.support import LLAMA_LAYOUT_ARCHITECTURES
 from verl_repro.plugin.patching import Patch, apply_patch, check_verl_version
 from verl_repro.verl_ext.estimator_registry import estimator_needs, load_estimators
 from verl_repro.verl_ext.switches import ENGINE_VENDOR_OVERRIDE, TRAINER_MODE, engine_vendor_requested
@@ -62,10 +63,6 @@ def check_repro_group(config: Any) -> ReproConfig | None:
 
 # ----------------------------------------------------------------------------- the repro group and the estimator's needs
 
-# Architectures whose decoder layers the parameter-gradient signal re-runs (verl_repro.gradients).
-PARAM_GRAD_ARCHITECTURES = ("Qwen2ForCausalLM", "Qwen3ForCausalLM", "LlamaForCausalLM", "MistralForCausalLM")
-
-
 def validate_param_grad_setup(config: Any, repro: ReproConfig, estimator: str) -> None:
     """What ``repro.corr.signal=param_grad`` needs, checked in the driver (docs/corrpo.md)."""
     corr = repro.corr
@@ -89,9 +86,9 @@ def validate_param_grad_setup(config: Any, repro: ReproConfig, estimator: str) -
         )
     if corr.method != "exact":
         architectures = model_architectures(setting(config, "actor_rollout_ref.model.path"))
-        if architectures is not None and not set(architectures) & set(PARAM_GRAD_ARCHITECTURES):
+        if architectures is not None and not set(architectures) & set(LLAMA_LAYOUT_ARCHITECTURES):
             raise ConfigError(
-                f"repro.corr.method={corr.method}: the fast parameter-gradient signal knows {list(PARAM_GRAD_ARCHITECTURES)}, "
+                f"repro.corr.method={corr.method}: the fast parameter-gradient signal knows {list(LLAMA_LAYOUT_ARCHITECTURES)}, "
                 f"not {architectures}; set repro.corr.method=exact (one backward of the last layer per token) "
                 "or repro.corr.signal=softmax_grad"
             )
