@@ -79,6 +79,7 @@ __all__ = [
     "corrpo_advantages",
     "corrpo_metrics",
     "corrpo_rewards",
+    "pad_token_lists",
 ]
 from .correlation import (  # noqa: E402
     CORRELATION_KINDS,
@@ -94,3 +95,4 @@ from .correlation import (  # noqa: E402
     unique_token_means,
 )
 from .corrpo import corrpo_advantages, corrpo_metrics, corrpo_rewards  # noqa: E402
+from .padding import pad_token_lists  # noqa: E402

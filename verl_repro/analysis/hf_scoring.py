@@ -11,6 +11,8 @@ from typing import Sequence
 
 import torch
 
+from verl_repro.algorithms.padding import pad_token_lists
+
 
 @torch.no_grad()
 def response_token_stats(
@@ -54,12 +56,15 @@ def sample_responses(
     micro_batch_size: int = 16,
     progress=None,
     top_p: float = 1.0,
+    greedy: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sample one response per prompt with HF ``generate`` (left-padded micro-batches).
+    """Sample one response per prompt with HF ``generate`` (left-padded micro-batches); the one
+    generate loop of the offline tools, the demo walkthrough and ``scripts/evaluate.py``.
 
     Args:
         prompt_ids: N token lists (rendered prompts, no padding); repeat a prompt for n samples.
         temperature: sampling temperature (> 0; top-k off).
+        greedy: decode greedily instead (``temperature`` and ``top_p`` unused).
         top_p: nucleus sampling threshold (1.0: off).
         eos_token_id: the end-of-sequence id, or several (e.g. a model's ``generation_config``).
         progress: optional callable ``progress(num_done)`` called after each micro-batch.
@@ -68,23 +73,19 @@ def sample_responses(
         a response ends with its first end-of-sequence token (kept, as vLLM returns it) or after
         ``max_new_tokens`` tokens.
     """
-    if temperature <= 0:
+    if not greedy and temperature <= 0:
         raise ValueError(f"sampling temperature must be > 0, got {temperature!r}")
     device = next(model.parameters()).device
     eos_ids = torch.as_tensor([eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id), dtype=torch.long)
     chunks_ids, chunks_mask = [], []
     for start in range(0, len(prompt_ids), micro_batch_size):
-        rows = [list(ids) for ids in prompt_ids[start : start + micro_batch_size]]
-        width = max(len(ids) for ids in rows)
-        input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-        attention = torch.zeros_like(input_ids)
-        for row, ids in enumerate(rows):
-            input_ids[row, width - len(ids) :] = torch.as_tensor(ids, dtype=torch.long)
-            attention[row, width - len(ids) :] = 1
+        rows = prompt_ids[start : start + micro_batch_size]
+        input_ids, attention = pad_token_lists(rows, pad_id, left=True)
+        width = input_ids.shape[1]
         generated = model.generate(
-            input_ids=input_ids.to(device), attention_mask=attention.to(device), do_sample=True,
-            temperature=temperature, top_p=top_p, top_k=0, max_new_tokens=max_new_tokens,
+            input_ids=input_ids.to(device), attention_mask=attention.long().to(device), max_new_tokens=max_new_tokens,
             pad_token_id=pad_id, eos_token_id=eos_ids.tolist(),
+            **(dict(do_sample=False) if greedy else dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)),
         )[:, width:].cpu()
         is_eos = torch.isin(generated, eos_ids)
         after_eos = (is_eos.long().cumsum(1) - is_eos.long()) > 0  # keep the eos itself, drop the padding after it

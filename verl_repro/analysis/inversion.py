@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+from verl_repro.algorithms.padding import pad_token_lists
 from verl_repro.analysis import figures
 from verl_repro.analysis.frontend import (
     USER_SUFFIX,
@@ -356,12 +357,8 @@ def run(args: argparse.Namespace) -> int:
     # 3. per-token statistics (teacher-forced, as veRL's old-log-prob pass)
     phase = time.perf_counter()
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    length = max(max((len(s.response_ids) for s in samples), default=1), 1)
-    response_ids = torch.full((len(samples), length), pad_id, dtype=torch.long)
-    response_mask = torch.zeros((len(samples), length), dtype=torch.bool)
-    for i, s in enumerate(samples):
-        response_ids[i, : len(s.response_ids)] = torch.tensor(s.response_ids, dtype=torch.long)
-        response_mask[i, : len(s.response_ids)] = True
+    response_ids, response_mask = pad_token_lists([s.response_ids for s in samples], pad_id)
+    length = response_ids.shape[1]
     entropy = torch.zeros(len(samples), length)
     grad_norm = torch.zeros(len(samples), length)
     param_grad = torch.zeros(len(samples), length)

@@ -65,18 +65,6 @@ def _finite(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def _pad(rows: Sequence[Sequence[int]], pad_id: int):
-    import torch
-
-    length = max([len(r) for r in rows] + [1])
-    ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), length), dtype=torch.bool)
-    for b, row in enumerate(rows):
-        ids[b, : len(row)] = torch.as_tensor(list(row), dtype=torch.long)
-        mask[b, : len(row)] = True
-    return ids, mask
-
-
 def lookup_cut_values(all_cuts, all_mask, all_values, cuts, cut_mask):
     """Values at ``cuts [B, K]`` (a subset of each row's ``all_cuts [B, A]``) read from
     ``all_values [B, A]``; NaN where ``cut_mask`` is False. Raises if a cut is not in ``all_cuts``."""
@@ -114,7 +102,7 @@ def analyze_batch(model, tokenizer, batch: TokenizedBatch, correct: Sequence[boo
     from verl_repro.analysis.hf_scoring import response_token_stats
 
     pad_id = pad_token_id(tokenizer)
-    response_ids, response_mask = _pad(batch.response_ids, pad_id)
+    response_ids, response_mask = alg.pad_token_lists(batch.response_ids, pad_id)
     think_end_id = _think_end_id(tokenizer, config.think_end_token)
     boundary_ids = alg.boundary_token_ids(tokenizer, config.boundary_patterns)
     entropy = response_token_stats(model, batch.prompt_ids, response_ids, response_mask, temperature=temperature, pad_id=pad_id).entropy

@@ -23,6 +23,8 @@ from typing import Sequence
 
 import torch
 
+from verl_repro.algorithms.padding import pad_token_lists
+
 
 @dataclass(frozen=True)
 class SamplingSettings:
@@ -117,12 +119,8 @@ def sample_batch(
         raise ValueError(f"sample_batch got {len(row_generators)} generators for {len(prompts)} prompts")
     device = next(model.parameters()).device
     batch_size = len(prompts)
-    prompt_width = max(len(prompt) for prompt in prompts)
-    input_ids = torch.full((batch_size, prompt_width), pad_token_id, dtype=torch.long, device=device)
-    attention_mask = torch.zeros((batch_size, prompt_width), dtype=torch.long, device=device)
-    for row, prompt in enumerate(prompts):
-        input_ids[row, prompt_width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
-        attention_mask[row, prompt_width - len(prompt) :] = 1
+    input_ids, attention_mask = pad_token_lists(prompts, pad_token_id, left=True)
+    input_ids, attention_mask = input_ids.to(device), attention_mask.long().to(device)
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
     eos = torch.tensor(sorted(eos_token_ids), dtype=torch.long, device=device)
 

@@ -116,41 +116,30 @@ def _prompt_token_ids(tokenizer, messages_list: Sequence[list[dict]]) -> list[li
 
 def generate_hf(model_path: str, messages_list: Sequence[list[dict]], n: int, max_new_tokens: int, temperature: float,
                 top_p: float, seed: int = 0, batch_size: int = 8) -> list[list[Completion]]:
-    """Sample ``n`` responses per prompt with HF ``generate`` (CPU or a single GPU; for small models)."""
+    """Sample ``n`` responses per prompt with HF ``generate`` (CPU or a single GPU; for small models);
+    ``temperature=0`` decodes greedily. Top-k is off, as in :func:`generate_vllm`."""
     import torch
 
     from verl_repro.analysis.frontend import load_model, pad_token_id
+    from verl_repro.analysis.hf_scoring import sample_responses
 
     model, tokenizer, _ = load_model(model_path)
-    device = model.device
-    pad_id = pad_token_id(tokenizer)
     generation_eos = model.generation_config.eos_token_id
-    eos_ids = {tokenizer.eos_token_id, *(generation_eos if isinstance(generation_eos, list) else [generation_eos])} - {None}
+    eos_ids = sorted({tokenizer.eos_token_id, *(generation_eos if isinstance(generation_eos, list) else [generation_eos])} - {None})
     torch.manual_seed(seed)
     prompt_ids = _prompt_token_ids(tokenizer, messages_list)
-    results: list[list[Completion]] = []
-    for start in range(0, len(prompt_ids), batch_size):
-        chunk = prompt_ids[start:start + batch_size]
-        width = max(map(len, chunk))
-        input_ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
-        attention = torch.zeros((len(chunk), width), dtype=torch.long)
-        for row, ids in enumerate(chunk):  # left padding: generation continues every row at the same column
-            input_ids[row, width - len(ids):] = torch.tensor(ids)
-            attention[row, width - len(ids):] = 1
-        sampling = dict(do_sample=True, temperature=temperature, top_p=top_p) if temperature > 0 else dict(do_sample=False)
-        with torch.no_grad():
-            output = model.generate(
-                input_ids=input_ids.to(device), attention_mask=attention.to(device), max_new_tokens=max_new_tokens,
-                num_return_sequences=n, pad_token_id=pad_id, **sampling,
-            )
-        responses = output[:, width:].cpu().tolist()
-        for prompt_index in range(len(chunk)):
-            completions = []
-            for ids in responses[prompt_index * n:(prompt_index + 1) * n]:
-                end = next((pos + 1 for pos, token in enumerate(ids) if token in eos_ids), len(ids))
-                completions.append(Completion(tokenizer.decode(ids[:end], skip_special_tokens=False), end))
-            results.append(completions)
-    return results
+    # A prompt's n samples side by side, batch_size prompts per generate call.
+    repeated = [ids for ids in prompt_ids for _ in range(n)]
+    response_ids, response_mask = sample_responses(
+        model, repeated, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, eos_token_id=eos_ids,
+        pad_id=pad_token_id(tokenizer), micro_batch_size=batch_size * n, greedy=temperature == 0,
+    )
+    lengths = response_mask.sum(dim=1).tolist()
+    completions = [
+        Completion(tokenizer.decode(response_ids[row, :length].tolist(), skip_special_tokens=False), length)
+        for row, length in enumerate(lengths)
+    ]
+    return [completions[index * n : (index + 1) * n] for index in range(len(prompt_ids))]
 
 
 def generate_vllm(model_path: str, messages_list: Sequence[list[dict]], n: int, max_new_tokens: int, temperature: float,

@@ -11,15 +11,7 @@ from typing import Sequence
 
 import torch
 
-
-def _pad_right(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    length = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), length), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), length), dtype=torch.long)
-    for row, seq in enumerate(sequences):
-        ids[row, : len(seq)] = torch.as_tensor(list(seq), dtype=torch.long)
-        mask[row, : len(seq)] = 1
-    return ids, mask
+from verl_repro.algorithms.padding import pad_token_lists
 
 
 @torch.no_grad()
@@ -43,8 +35,8 @@ def answer_log_likelihood(
         rows = [i for i in order[start : start + micro_batch_size] if len(answers[i]) > 0]
         if not rows:
             continue
-        ids, mask = _pad_right([list(contexts[i]) + list(answers[i]) for i in rows], pad_id)
-        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False).logits.float()
+        ids, mask = pad_token_lists([list(contexts[i]) + list(answers[i]) for i in rows], pad_id)
+        logits = model(input_ids=ids.to(device), attention_mask=mask.long().to(device), use_cache=False).logits.float()
         log_probs = torch.log_softmax(logits[:, :-1], dim=-1)
         token_logp = log_probs.gather(-1, ids[:, 1:].to(device).unsqueeze(-1)).squeeze(-1).cpu()
         answer_mask = torch.zeros_like(token_logp)
