@@ -59,7 +59,7 @@ gpu-image-check:
 	cd /tmp && TRITON_INTERPRET=1 PYTHONPATH=$(CURDIR) $(CURDIR)/$(GPU_IMAGE_VENV)/bin/python \
 		$(CURDIR)/benchmarks/gpu_check.py --dry-run --out /tmp/gpu-image-check.md
 	TRITON_INTERPRET=1 PYTHONPATH=$(CURDIR) $(GPU_IMAGE_VENV)/bin/python -m pytest -q -p no:cacheprovider \
-		tests/kernels tests/benchmarks/test_gpu_check.py
+		tests/kernels tests/benchmarks/test_bench_token_stats.py tests/benchmarks/test_gpu_check.py
 
 clean:
 	rm -rf $(VENV) $(GPU_IMAGE_VENV) .pytest_cache .hypothesis

@@ -22,12 +22,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from harness import machine_line
 
 REPO = Path(__file__).resolve().parents[1]
 GOAL = 1.05  # `import verl` with the plugin at most 5 % slower than without it
@@ -67,17 +68,6 @@ def run_child(policy: str) -> dict:
     return record
 
 
-def machine_line() -> str:
-    import importlib.metadata
-
-    versions = []
-    for name in ("verl", "torch", "verl-repro"):
-        try:
-            versions.append(f"{name} {importlib.metadata.version(name)}")
-        except importlib.metadata.PackageNotFoundError:
-            versions.append(f"{name} not installed")
-    cpu = platform.processor() or platform.machine()
-    return f"machine: {os.cpu_count()} CPUs ({cpu}), Python {platform.python_version()}, " + ", ".join(versions)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -94,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
 
     lines = [
         f"bench_import: `import verl` in fresh interpreters, median of {args.repeats} per mode, modes alternated",
-        machine_line(),
+        machine_line(packages=("verl", "verl-repro")),
         "load average before: {:.2f} {:.2f} {:.2f}; after: {:.2f} {:.2f} {:.2f}".format(*load_before, *load_after),
         f"{'mode':44s} {'import verl':>12s} {'process wall':>13s} {'peak RSS':>10s}  plugin  core_algos",
     ]

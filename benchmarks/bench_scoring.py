@@ -26,13 +26,13 @@ machine it ran on.
 from __future__ import annotations
 
 import argparse
-import os
+import contextlib
 import platform
 import sys
-import time
 
 import torch
 
+from harness import PeakMemory, machine_line, time_calls
 from verl_repro.scoring import score_cuts_naive, score_cuts_prefix_shared
 
 QWEN2_1_5B_SHAPE = dict(
@@ -71,32 +71,16 @@ def make_case(T: int, m: int, responses: int, prompt_tokens: int, answer_tokens:
     return prompts, response_ids, cuts, cut_mask, answers
 
 
-def machine_line() -> str:
-    """The machine a run happened on (CPU model and count, load, Python), for the results file."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as handle:
-            cpu = next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    load = os.getloadavg() if hasattr(os, "getloadavg") else None
-    return (f"machine: {cpu}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
-            + (f", load average {load[0]:.1f}" if load else ""))
+
+
 
 
 def timed(fn, device: str, repeats: int):
-    best, result, peak = float("inf"), None, 0
-    for _ in range(repeats):
-        if device == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-        start = time.perf_counter()
-        result = fn()
-        if device == "cuda":
-            torch.cuda.synchronize()
-            peak = max(peak, torch.cuda.max_memory_allocated())
-        best = min(best, time.perf_counter() - start)
-    return result, best, peak
+    """``(result, best seconds, peak bytes)`` of ``repeats`` calls; the peak is the CUDA allocator's
+    (model included; 0 on a CPU, where ``--shared-only`` reports the process's)."""
+    with PeakMemory(device) if device == "cuda" else contextlib.nullcontext() as memory:
+        timing = time_calls(fn, device, repeats=repeats)
+    return timing.result, timing.best_s, memory.base_bytes + memory.peak_bytes if memory is not None else 0
 
 
 def max_gap(a, b) -> float:

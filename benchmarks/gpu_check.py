@@ -28,7 +28,7 @@ Sections (each written to the file as soon as it is done, so a run cut short sti
    on a tiny random Qwen2 in float32, and the cost of ``fast`` beside a forward.
 5. **kernel speed and peak memory** at N = 16k, V = 151,936, H = 1536, forward and forward+backward,
    against eager torch with veRL's formulas (bf16, fp32), ``torch.compile`` of them, veRL's
-   ``linear_cross_entropy`` and Liger's fused linear cross-entropy (``benchmarks/bench_kernel.py``,
+   ``linear_cross_entropy`` and Liger's fused linear cross-entropy (``benchmarks/bench_token_stats.py``,
    every output checked there too).
 6. **targets** — the table a reader looks at first.
 
@@ -58,7 +58,8 @@ for _path in (REPO, REPO / "benchmarks"):
 
 import torch  # noqa: E402
 
-import bench_kernel  # noqa: E402
+import bench_token_stats  # noqa: E402
+from harness import machine_line, time_calls  # noqa: E402
 from verl_repro.kernels import IGNORE_INDEX, token_stats_from_hidden, token_stats_from_logits  # noqa: E402
 
 DTYPES = (torch.bfloat16, torch.float16, torch.float32)
@@ -200,12 +201,12 @@ def load_verl_kernel_files() -> str | None:
 def optional_baselines() -> dict[str, str]:
     """Import status of each optional baseline (what the report's environment section says)."""
     status = {}
-    liger, why = bench_kernel.liger_fused_linear_ce()
+    liger, why = bench_token_stats.liger_fused_linear_ce()
     status["Liger fused linear cross-entropy"] = "importable" if liger else f"not importable ({why})"
     # Carried files alone import as namespace packages, and the kernel module imports
     # verl.utils.device only when first called: the stand-in must be in place before that.
     reason = load_verl_kernel_files() if torch.cuda.is_available() else None  # veRL's kernel is CUDA-only
-    verl, why = bench_kernel.verl_linear_cross_entropy()
+    verl, why = bench_token_stats.verl_linear_cross_entropy()
     if verl is None and reason is not None:
         why = reason
     status["veRL linear_cross_entropy"] = "importable" if verl else f"not importable ({why})"
@@ -227,7 +228,7 @@ def environment_section(report: Report, device: torch.device, dry_run: bool, car
     """Versions, baselines, bandwidths. Returns the bandwidths the roofline uses (label -> GB/s)."""
     import transformers
 
-    lines = ["## Environment", "", bench_kernel.machine_line(device), "",
+    lines = ["## Environment", "", machine_line(device), "",
              f"transformers {transformers.__version__}"]
     try:
         import triton
@@ -240,10 +241,10 @@ def environment_section(report: Report, device: torch.device, dry_run: bool, car
         lines.append(f"* {name}: {status}")
     for name in ("verl", "ray", "vllm"):
         lines.append(f"* `{name}` package: {'imported' if name in sys.modules and hasattr(sys.modules[name], '__file__') and sys.modules[name].__file__ else 'absent (not needed)'}")
-    copy = bench_kernel.copy_bandwidth_gbs(device, 2**31 if device.type == "cuda" else 2**22)
+    copy = bench_token_stats.copy_bandwidth_gbs(device, 2**31 if device.type == "cuda" else 2**22)
     bandwidths = {}
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    peak = bench_kernel.hbm_bandwidth_gbs(name) if device.type == "cuda" else None
+    peak = bench_token_stats.hbm_bandwidth_gbs(name) if device.type == "cuda" else None
     if peak:
         bandwidths[f"the HBM peak ({name})"] = peak
     bandwidths["the measured copy bandwidth"] = copy
@@ -260,7 +261,7 @@ def _masked_eager(logits, labels, temperature):
     """veRL's formulas with ignored rows (label ``IGNORE_INDEX``) set to 0, as our kernels give them."""
     valid = labels != IGNORE_INDEX
     safe = torch.where(valid, labels, torch.zeros_like(labels))
-    stats = bench_kernel.eager_stats_from_logits(logits, safe, temperature)
+    stats = bench_token_stats.eager_stats_from_logits(logits, safe, temperature)
     return tuple(torch.where(valid, value, torch.zeros_like(value)) for value in stats)
 
 
@@ -271,7 +272,7 @@ def correctness_section(report: Report, device: torch.device, sizes: Sizes, back
     lines = ["## Kernel correctness", "",
              f"Against veRL's formulas in float64 on the same rounded inputs; N = {n} rows (every 7th ignored), "
              f"V = {vocab}, H = {hidden_size}, temperature {temperature}, backend `{backend}`. Outputs: tolerance "
-             f"{bench_kernel.FLOAT32_ATOL:g} + {bench_kernel.FLOAT32_RTOL:g}·|x| (float32 maths); gradients of "
+             f"{bench_token_stats.FLOAT32_ATOL:g} + {bench_token_stats.FLOAT32_RTOL:g}·|x| (float32 maths); gradients of "
              "log p + 0.01·H: 4·eps(dtype)·max|grad|, or twice the error of the same formulas run eagerly in float32 "
              "if larger.", "",
              "| kernel | dtype | outputs (max abs error) | gradients (max abs error) |", "|---|---|---|---|"]
@@ -294,7 +295,7 @@ def correctness_section(report: Report, device: torch.device, sizes: Sizes, back
     base_hidden = torch.randn(n, hidden_size, device=device, generator=generator)
     base_weight = torch.randn(vocab, hidden_size, device=device, generator=generator) / math.sqrt(hidden_size) * 4
     for dtype in DTYPES:
-        name = bench_kernel.dtype_name(dtype)
+        name = bench_token_stats.dtype_name(dtype)
         for kernel, inputs, ours, oracle in (
             ("(a) logits", (base_logits.to(dtype),), ours_logits, oracle_logits),
             ("(b) hidden", (base_hidden.to(dtype), base_weight.to(dtype)), ours_hidden, oracle_hidden),
@@ -303,14 +304,14 @@ def correctness_section(report: Report, device: torch.device, sizes: Sizes, back
                 with torch.no_grad():
                     got = ours(*inputs, labels)
                     want = oracle(*(tensor.double() for tensor in inputs), labels)
-                return bench_kernel._compare(label, dict(zip(bench_kernel.STAT_NAMES, got)),
-                                             dict(zip(bench_kernel.STAT_NAMES, want)),
-                                             bench_kernel.FLOAT32_ATOL, bench_kernel.FLOAT32_RTOL)
+                return bench_token_stats._compare(label, dict(zip(bench_token_stats.STAT_NAMES, got)),
+                                             dict(zip(bench_token_stats.STAT_NAMES, want)),
+                                             bench_token_stats.FLOAT32_ATOL, bench_token_stats.FLOAT32_RTOL)
 
             # a kernel that raises (e.g. fails to compile for this dtype) fails its row, not the section
-            outputs = bench_kernel.guarded_check(f"{kernel} {name}", True, output_check)
-            gradients = bench_kernel.guarded_check(f"{kernel} {name}", True, lambda ours=ours, oracle=oracle, inputs=inputs: (
-                bench_kernel.check_gradients(f"{kernel} {name}", ours, inputs, labels, oracle)))
+            outputs = bench_token_stats.guarded_check(f"{kernel} {name}", True, output_check)
+            gradients = bench_token_stats.guarded_check(f"{kernel} {name}", True, lambda ours=ours, oracle=oracle, inputs=inputs: (
+                bench_token_stats.check_gradients(f"{kernel} {name}", ours, inputs, labels, oracle)))
             for check in (outputs, gradients):
                 report.failures += [f"correctness {check.name}: {failure}" for failure in check.failures]
             lines.append(f"| {kernel} | {name} | {outputs.summary()} | {gradients.summary()} |")
@@ -345,7 +346,7 @@ def scoring_section(report: Report, device: torch.device, sizes: Sizes, dry_run:
     memory = device.type == "cuda"
     lines = [
         "## Prefix-shared vs naive J scoring", "",
-        f"Model `{sizes.scoring_model}` ({parameters:.3g}M parameters, random weights, sdpa), {bench_kernel.dtype_name(dtype)}; "
+        f"Model `{sizes.scoring_model}` ({parameters:.3g}M parameters, random weights, sdpa), {bench_token_stats.dtype_name(dtype)}; "
         f"{responses} responses of T = {T} tokens after a {prompt_tokens}-token prompt, m = {m} cuts ({m - 1} random + "
         f"the end) plus J_b, a {answer_tokens}-token answer. Naive: one unpadded sequence per forward, lm_head on the "
         f"answer positions only; prefix-shared: one packed pass per group. Best of {sizes.repeats}.", "",
@@ -397,17 +398,17 @@ def gradients_section(report: Report, device: torch.device, sizes: Sizes) -> Non
             model = Qwen2ForCausalLM(config).to(dtype).eval()
         runs = {}
         for method in ("fast", "exact"):
-            runs[method] = _timed_call(lambda method=method: logit_gradient_norms(
-                model, input_ids, target_ids, attention_mask, layers=(-1,), matrices=matrices, norm="nuc", method=method), device)
-        (fast, fast_s), (exact, exact_s) = runs["fast"], runs["exact"]
+            runs[method] = time_calls(lambda method=method: logit_gradient_norms(
+                model, input_ids, target_ids, attention_mask, layers=(-1,), matrices=matrices, norm="nuc", method=method), device, warmup=1)
+        (fast, fast_s), (exact, exact_s) = [(runs[method].result, runs[method].median_s) for method in ("fast", "exact")]
         fast, exact = fast[real][:, 0].double(), exact[real][:, 0].double()  # [tokens, matrices]
         floor = 1e-3 * exact.abs().amax(dim=0, keepdim=True)
         relative = ((fast - exact).abs() / torch.maximum(exact.abs(), floor)).amax(dim=0).tolist()
         worst[dtype] = max(relative)
         if not worst[dtype] <= tolerance:
-            report.failures.append(f"CorR-PO signal {bench_kernel.dtype_name(dtype) if dtype != torch.float64 else 'fp64'}: "
+            report.failures.append(f"CorR-PO signal {bench_token_stats.dtype_name(dtype) if dtype != torch.float64 else 'fp64'}: "
                                    f"fast vs exact relative error {worst[dtype]:.3g} > {tolerance:g}")
-        label = "fp64" if dtype == torch.float64 else bench_kernel.dtype_name(dtype)
+        label = "fp64" if dtype == torch.float64 else bench_token_stats.dtype_name(dtype)
         lines.append(f"| {label} | {' | '.join(f'{error:.1e}' for error in relative)} | {tolerance:g} | "
                      f"{fast_s * 1e3:.1f} | {exact_s * 1e3:.1f} |")
     ok = all(worst[dtype] <= tolerance for dtype, tolerance in ((torch.float64, 1e-6), (torch.float32, 1e-3)))
@@ -431,30 +432,17 @@ def _gradient_cost(report: Report, device: torch.device, sizes: Sizes, generator
     ids = torch.randint(0, model.config.vocab_size, (1, sizes.gradient_cost_T), generator=generator).to(device)
     targets = torch.roll(ids, -1, dims=1)
     with torch.no_grad():
-        _, forward_s = _timed_call(lambda: model(input_ids=ids, use_cache=False).logits, device, repeats=sizes.repeats)
+        forward_s = time_calls(lambda: model(input_ids=ids, use_cache=False).logits, device, repeats=sizes.repeats, warmup=1).median_s
     _free(device)
-    _, signal_s = _timed_call(lambda: logit_gradient_norms(model, ids, targets, method="fast"), device, repeats=sizes.repeats)
+    signal_s = time_calls(lambda: logit_gradient_norms(model, ids, targets, method="fast"), device, repeats=sizes.repeats, warmup=1).median_s
     peak = f"; peak {torch.cuda.max_memory_allocated(device) / 2**30:.1f} GiB" if device.type == "cuda" else ""
-    report.add(f"Cost of `fast` on `{cost_model}` ({bench_kernel.dtype_name(dtype)}, one row of {sizes.gradient_cost_T} tokens, "
+    report.add(f"Cost of `fast` on `{cost_model}` ({bench_token_stats.dtype_name(dtype)}, one row of {sizes.gradient_cost_T} tokens, "
                f"median of {sizes.repeats}): {signal_s * 1e3:.1f} ms vs a no-grad forward {forward_s * 1e3:.1f} ms "
                f"({signal_s / max(forward_s, 1e-9):.2f}×){peak}")
     del model
     _free(device)
 
 
-def _timed_call(fn: Callable, device: torch.device, repeats: int = 1):
-    """(result of the last call, median seconds) after one warm-up call."""
-    result = fn()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        result = fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - start)
-    return result, sorted(times)[len(times) // 2]
 
 
 def _free(device: torch.device) -> None:
@@ -468,7 +456,7 @@ def _free(device: torch.device) -> None:
 
 def speed_section(report: Report, device: torch.device, sizes: Sizes, backend: str, bandwidths: dict[str, float],
                   compile_while: Callable[[], bool]) -> None:
-    """bench_kernel's sections at the check's shape, in bf16 (eager fp32 is a row of each table)."""
+    """bench_token_stats's sections at the check's shape, in bf16 (eager fp32 is a row of each table)."""
     n, vocab, hidden_size = sizes.speed_tokens, sizes.vocab, sizes.hidden
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     report.add("\n".join([
@@ -489,9 +477,9 @@ def speed_section(report: Report, device: torch.device, sizes: Sizes, backend: s
         if not use_compile:
             report.add(f"(from {kind}: torch.compile rows left out — time budget or --no-compile)")
         if kind == "logits":
-            sections[kind] = bench_kernel.logits_sections(n, vocab, device, dtype, sizes.repeats, use_compile, backend, bandwidths)
+            sections[kind] = bench_token_stats.logits_sections(n, vocab, device, dtype, sizes.repeats, use_compile, backend, bandwidths)
         else:
-            sections[kind] = bench_kernel.hidden_sections(n, vocab, hidden_size, device, dtype, sizes.repeats, use_compile, backend)
+            sections[kind] = bench_token_stats.hidden_sections(n, vocab, hidden_size, device, dtype, sizes.repeats, use_compile, backend)
         for section in sections[kind]:
             report.add(section.markdown())
             report.failures += section.failures
@@ -508,11 +496,11 @@ def _speed_targets(report, logits, hidden, bandwidths, n, vocab, dtype) -> None:
     ours, eager = forward.rows[-1].measurement, forward.rows[0].measurement
     if ours.ms is not None:
         label, bandwidth = next(iter(bandwidths.items()))  # the vendor peak when the name is known
-        achieved = bench_kernel.read_once_bytes(n, vocab, torch.tensor([], dtype=dtype).element_size()) / (ours.ms * 1e-3) / 1e9
+        achieved = bench_token_stats.read_once_bytes(n, vocab, torch.tensor([], dtype=dtype).element_size()) / (ours.ms * 1e-3) / 1e9
         report.target(f"(a) from logits: ≥ {ROOFLINE_TARGET:g} of the read-once roofline",
                       f"{achieved / bandwidth:.2f} of {label} ({achieved:.0f} GB/s)", achieved / bandwidth >= ROOFLINE_TARGET)
     if ours.ms is not None and eager.ms is not None:
-        report.target(f"(a) from logits: ≥ {EAGER_SPEEDUP_TARGET:g}× eager {bench_kernel.dtype_name(dtype)} (forward)",
+        report.target(f"(a) from logits: ≥ {EAGER_SPEEDUP_TARGET:g}× eager {bench_token_stats.dtype_name(dtype)} (forward)",
                       f"{eager.ms / ours.ms:.2f}×", eager.ms / ours.ms >= EAGER_SPEEDUP_TARGET)
     logits_mib = n * vocab * torch.tensor([], dtype=dtype).element_size() / 2**20
     for section in hidden:
@@ -568,7 +556,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(1)
     sizes = Sizes.dry_run() if args.dry_run else Sizes()
     carried = add_extra_paths(args.extra_path)
-    backend = bench_kernel.resolve_bench_backend("auto", device)
+    backend = bench_token_stats.resolve_bench_backend("auto", device)
     out = Path(args.out) if args.out else REPO / "benchmarks" / "results" / f"{device_slug(device, args.dry_run)}.md"
     report = Report(out, dry_run=args.dry_run)
     budget = Budget(args.budget_s)

@@ -3,9 +3,8 @@ median of >= 3 runs), so running a benchmark without flags reproduces what the d
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import re
-import sys
 from pathlib import Path
 
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
@@ -13,11 +12,7 @@ RESULTS = BENCHMARKS / "results"
 
 
 def load(name: str):
-    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module(name)  # benchmarks/ is on pytest's pythonpath
 
 
 def test_bench_scoring_defaults_are_its_results_settings():
@@ -34,10 +29,10 @@ def test_bench_scoring_defaults_are_its_results_settings():
     assert f"threads={defaults.threads}" in long_case and f"best of {defaults.repeats}" in long_case
 
 
-def test_bench_repro_math_defaults_are_its_results_settings():
-    defaults = load("bench_repro_math").build_parser().parse_args([])
+def test_bench_advantages_defaults_are_its_results_settings():
+    defaults = load("bench_advantages").build_parser().parse_args([])
     assert defaults.threads == 1 and defaults.repeats >= 3
-    text = (RESULTS / "bench_repro_math.txt").read_text()
+    text = (RESULTS / "bench_advantages.txt").read_text()
     assert f"B={defaults.batch} T={defaults.length} k={defaults.k}" in text
     assert f", {defaults.threads} threads," in text and f"median of {defaults.repeats}" in text
     assert f"on {defaults.oracle_rows} rows" in text
@@ -45,5 +40,5 @@ def test_bench_repro_math_defaults_are_its_results_settings():
 
 def test_bench_kernel_defaults_are_one_thread_and_several_runs():
     # no committed results yet (no GPU has run it); its defaults follow the same rule
-    defaults = load("bench_kernel").build_parser().parse_args([])
+    defaults = load("bench_token_stats").build_parser().parse_args([])
     assert defaults.threads == 1 and defaults.repeats >= 3

@@ -2,7 +2,7 @@
 
 One response at a time, one cut at a time, Kendall's tau from ``scipy.stats.kendalltau``
 (tau-b). It shares no code with the vectorized modules beside it, which the tests and
-``benchmarks/bench_repro_math.py`` compare against it.
+``benchmarks/bench_advantages.py`` compare against it.
 """
 
 from __future__ import annotations

@@ -134,6 +134,7 @@ __all__ = [
     "capture_last_layer",
     "decoder_layers",
     "fast_support_error",
+    "final_norm",
     "forward_with_logit_gradient_norms",
     "last_layer_norms",
     "logit_gradient_norms",

@@ -41,7 +41,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from verl_repro.config import ConfigError, ReproConfig, setting
+from verl_repro.config import ConfigError, setting
 from verl_repro.verl_ext import estimator_registry
 from verl_repro.verl_ext.preflight import validate_repro_setup
 from verl_repro.verl_ext.switches import TRAINER_MODE, engine_vendor_requested

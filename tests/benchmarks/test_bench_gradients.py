@@ -1,4 +1,4 @@
-"""``benchmarks/bench_logit_grad.py``: it runs, checks fast against exact, and its defaults are the
+"""``benchmarks/bench_gradients.py``: it runs, checks fast against exact, and its defaults are the
 settings of its committed results file."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_tiny_run_checks_itself(tmp_path):
     output = tmp_path / "table.md"
     result = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "bench_logit_grad.py"), "--tiny", "--lengths", "48",
+        [sys.executable, str(ROOT / "benchmarks" / "bench_gradients.py"), "--tiny", "--lengths", "48",
          "--exact-tokens", "6", "--repeats", "1", "--output", str(output)],
         capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
@@ -24,14 +24,11 @@ def test_tiny_run_checks_itself(tmp_path):
 
 
 def test_defaults_are_the_committed_results_settings():
-    import importlib.util
+    import bench_gradients
 
-    spec = importlib.util.spec_from_file_location("bench_logit_grad", ROOT / "benchmarks" / "bench_logit_grad.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    defaults = module.build_parser().parse_args([])
+    defaults = bench_gradients.build_parser().parse_args([])
     assert defaults.threads == 1 and defaults.repeats >= 3 and not defaults.tiny
-    text = (ROOT / "benchmarks" / "results" / "bench_logit_grad_cpu.md").read_text()
+    text = (ROOT / "benchmarks" / "results" / "bench_gradients_cpu.md").read_text()
     assert f"{defaults.threads} thread(s), best of {defaults.repeats}" in text and "SmolLM2-135M-Instruct" in text
     for length in defaults.lengths.split(","):
         assert f"| {length} |" in text

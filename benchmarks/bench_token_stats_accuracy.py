@@ -1,15 +1,15 @@
 """Accuracy of the fused token-statistics kernels: confident tokens, and max error against float64.
 
 Two tables (the figures docs/kernel.md quotes; committed in
-``benchmarks/results/kernel_accuracy_cpu.md``):
+``benchmarks/results/bench_token_stats_accuracy_cpu.md``):
 
 * **confident tokens** — one logit ``c`` at the label and ``V − 1`` zeros (V = 151,936): ``g`` from
   kernel (a) in float32 against its closed form in float64, beside the textbook float32 formula
-  ``sqrt(1 − 2 p_y + Σp²)`` (veRL's formulas, as ``bench_kernel.eager_stats_from_logits``);
+  ``sqrt(1 − 2 p_y + Σp²)`` (veRL's formulas, as ``bench_token_stats.eager_stats_from_logits``);
 * **max absolute error against float64** — kernels (a) and (b) in fp32 and bf16, and the torch
   reference, against veRL's formulas in float64 on the same dtype-rounded inputs, temperature 0.8.
 
-    TRITON_INTERPRET=1 python benchmarks/bench_kernel_accuracy.py --out benchmarks/results/kernel_accuracy_cpu.md
+    TRITON_INTERPRET=1 python benchmarks/bench_token_stats_accuracy.py --out benchmarks/results/bench_token_stats_accuracy_cpu.md
 
 On a CPU the Triton kernels run in the interpreter (``TRITON_INTERPRET=1``; without it the torch
 reference stands in and the report says so); on a CUDA device, compiled. One thread by default.
@@ -27,7 +27,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import bench_kernel  # noqa: E402
+import bench_token_stats  # noqa: E402
+from harness import machine_line  # noqa: E402
 from verl_repro.kernels import token_stats_from_hidden, token_stats_from_logits  # noqa: E402
 
 VOCAB = 151_936
@@ -51,7 +52,7 @@ def confident_table(device: torch.device, backend: str) -> str:
         logits[0, 0] = c
         labels = torch.zeros(1, dtype=torch.long, device=device)
         ours = float(token_stats_from_logits(logits, labels, backend=backend).grad_norm[0])
-        textbook = float(bench_kernel.eager_stats_from_logits(logits, labels)[3][0])
+        textbook = float(bench_token_stats.eager_stats_from_logits(logits, labels)[3][0])
         exact = confident_grad_norm(c, VOCAB)
         lines.append(f"| {c:g} | {exact:.6e} | {ours:.6e} | {abs(ours - exact) / exact:.1e} | {textbook:.6e} |")
     return "\n".join(lines)
@@ -69,18 +70,18 @@ def error_table(device: torch.device, backend: str) -> str:
     labels_b = torch.randint(0, 4096, (128,), device=device, generator=generator)
 
     def row(name: str, dtype_label: str, got, logits64, labels):
-        want = bench_kernel.eager_stats_from_logits(logits64, labels, TEMPERATURE)
+        want = bench_token_stats.eager_stats_from_logits(logits64, labels, TEMPERATURE)
         errors = [float((g.double() - w).abs().max()) for g, w in zip(got, want)]
         lines.append(f"| {name} | {dtype_label} | " + " | ".join(f"{e:.1e}" for e in errors) + " |")
 
     for dtype in (torch.float32, torch.bfloat16):
         rounded = logits.to(dtype)
         got = token_stats_from_logits(rounded, labels_a, temperature=TEMPERATURE, backend=backend)
-        row(f"(a) N=128, V=8192 [{backend}]", bench_kernel.dtype_name(dtype), got, rounded.double(), labels_a)
+        row(f"(a) N=128, V=8192 [{backend}]", bench_token_stats.dtype_name(dtype), got, rounded.double(), labels_a)
     for dtype in (torch.float32, torch.bfloat16):
         h, w = hidden.to(dtype), weight.to(dtype)
         got = token_stats_from_hidden(h, w, labels_b, temperature=TEMPERATURE, backend=backend)
-        row(f"(b) N=128, H=256, V=4096 [{backend}]", bench_kernel.dtype_name(dtype), got, h.double() @ w.double().t(), labels_b)
+        row(f"(b) N=128, H=256, V=4096 [{backend}]", bench_token_stats.dtype_name(dtype), got, h.double() @ w.double().t(), labels_b)
     got = token_stats_from_logits(logits, labels_a, temperature=TEMPERATURE, backend="torch")
     row("torch reference, (a)'s case", "fp32", got, logits.double(), labels_a)
     return "\n".join(lines)
@@ -94,10 +95,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    backend = bench_kernel.resolve_bench_backend("auto", device)
+    backend = bench_token_stats.resolve_bench_backend("auto", device)
     interpreted = device.type != "cuda" and backend == "triton"
     header = "\n".join([
-        "# token statistics accuracy", "", bench_kernel.machine_line(device), "",
+        "# token statistics accuracy", "", machine_line(device), "",
         f"kernels: `{backend}`" + (" (Triton interpreter)" if interpreted else "")
         + ("" if backend == "triton" else " — the torch reference stands in for the Triton kernels"),
     ])

@@ -19,9 +19,9 @@ dtype. A failed check is printed and the script exits with status 1; the report 
 Ratios are against eager in the input dtype, all measured in the same run. Peak extra memory is the
 CUDA allocator's peak during the call minus the memory held before it (inputs excluded).
 
-    python benchmarks/bench_kernel.py                    # the full grid, on a CUDA device
-    python benchmarks/bench_kernel.py --smoke            # tiny shapes; runs on a CPU too
-    python benchmarks/bench_kernel.py --out benchmarks/results/<device>.md
+    python benchmarks/bench_token_stats.py                    # the full grid, on a CUDA device
+    python benchmarks/bench_token_stats.py --smoke            # tiny shapes; runs on a CPU too
+    python benchmarks/bench_token_stats.py --out benchmarks/results/<device>.md
 
 On a CPU the smoke run times the Triton kernels in the interpreter when ``TRITON_INTERPRET=1`` is set
 (else the torch reference) on one thread: that proves the script runs and checks its outputs, not
@@ -34,14 +34,13 @@ import argparse
 import gc
 import math
 import os
-import platform
 import sys
-import time
 from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 
+from harness import PeakMemory, machine_line, time_calls
 from verl_repro.kernels import BACKENDS, token_stats_from_hidden, token_stats_from_logits
 
 TEMPERATURE = 1.0
@@ -81,18 +80,6 @@ def hbm_bandwidth_gbs(device_name: str) -> float | None:
     return None
 
 
-def machine_line(device: torch.device) -> str:
-    """One line naming the machine a benchmark ran on (device, CPU, threads, library versions)."""
-    cpu = platform.processor() or platform.machine()
-    parts = [f"python {platform.python_version()}", f"torch {torch.__version__}", f"{os.cpu_count()} CPUs ({cpu})",
-             f"torch threads {torch.get_num_threads()}"]
-    if device.type == "cuda":
-        props = torch.cuda.get_device_properties(device)
-        parts.insert(0, f"{props.name} ({props.total_memory / 2**30:.0f} GiB, {props.multi_processor_count} SMs, "
-                        f"sm_{props.major}{props.minor}), CUDA {torch.version.cuda}")
-    else:
-        parts.insert(0, "CPU only")
-    return "machine: " + "; ".join(parts)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -147,34 +134,18 @@ class Measurement:
     note: str = ""
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def measure(fn: Callable[[], object], device: torch.device, repeats: int, warmup: int = 1) -> Measurement:
-    """Median wall time over ``repeats`` calls after ``warmup``, and the allocator's peak extra memory."""
+    """Median wall time over ``repeats`` calls after ``warmup``, and the allocator's peak extra memory (GPU)."""
     try:
-        for _ in range(warmup):
-            fn()
-        _sync(device)
+        time_calls(fn, device, warmup=warmup)
         gc.collect()
         peak = None
         if device.type == "cuda":
             torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats(device)
-            held = torch.cuda.memory_allocated(device)
-            fn()
-            _sync(device)
-            peak = (torch.cuda.max_memory_allocated(device) - held) / 2**20
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            fn()
-            _sync(device)
-            times.append((time.perf_counter() - start) * 1e3)
-        times.sort()
-        return Measurement(times[len(times) // 2], peak)
+            with PeakMemory(device) as memory:
+                fn()
+            peak = memory.mib
+        return Measurement(time_calls(fn, device, repeats=repeats).median_s * 1e3, peak)
     except torch.OutOfMemoryError:
         return Measurement(None, None, "OOM")
     except Exception as error:  # noqa: BLE001 - a failing baseline is reported, not fatal

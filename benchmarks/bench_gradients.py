@@ -14,20 +14,16 @@ tokens (float32: 1e-3 relative), or it exits 1.
 
 Targets: the fast signal costs ≤ 15 % of the forward at T = 1k; peak memory ≤ 1.2× the forward's.
 
-    python benchmarks/bench_logit_grad.py                       # SmolLM2-135M-Instruct (embedded), T = 256, 1k, 4k
-    python benchmarks/bench_logit_grad.py --tiny --lengths 64   # random 2-layer Qwen2 (seconds; CI)
+    python benchmarks/bench_gradients.py                       # SmolLM2-135M-Instruct (embedded), T = 256, 1k, 4k
+    python benchmarks/bench_gradients.py --tiny --lengths 64   # random 2-layer Qwen2 (seconds; CI)
 
-Defaults reproduce ``benchmarks/results/bench_logit_grad_cpu.md`` (one thread, best of 3, interleaved).
+Defaults reproduce ``benchmarks/results/bench_gradients_cpu.md`` (one thread, best of 3, interleaved).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import sys
-import threading
-import time
 from pathlib import Path
 
 import torch
@@ -35,43 +31,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from harness import PeakMemory, machine_line, time_calls  # noqa: E402
 from verl_repro.gradients import forward_with_logit_gradient_norms, logit_gradient_norms  # noqa: E402
-
-
-class PeakMemory:
-    """Resident-set peak above the level at entry, sampled by a thread."""
-
-    def __init__(self, interval_s: float = 0.002):
-        import psutil
-
-        self.process, self.interval_s = psutil.Process(), interval_s
-
-    def __enter__(self):
-        self.base = self.peak = self.process.memory_info().rss
-        self.running = True
-        self.thread = threading.Thread(target=self._sample, daemon=True)
-        self.thread.start()
-        return self
-
-    def _sample(self):
-        while self.running:
-            self.peak = max(self.peak, self.process.memory_info().rss)
-            time.sleep(self.interval_s)
-
-    def __exit__(self, *exc):
-        self.running = False
-        self.thread.join()
-        self.peak = max(self.peak, self.process.memory_info().rss)
-        self.mib = (self.peak - self.base) / 2**20
-
-
-def best_time(fn, repeats: int):
-    times, result = [], None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - start)
-    return min(times), result
 
 
 def load_model(tiny: bool):
@@ -109,9 +70,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     model, model_name = load_model(args.tiny)
     vocab = model.config.vocab_size
-    machine = f"{platform.machine()} {platform.processor() or ''}".strip()
-    header = (f"machine: {machine}, {os.cpu_count()} logical CPUs, torch {torch.__version__}, {args.threads} thread(s), "
-              f"best of {args.repeats}; model: {model_name}")
+    header = f"{machine_line()}; {args.threads} thread(s), best of {args.repeats}; model: {model_name}"
     print(header)
     rows, ok = [], True
     for length in [int(v) for v in args.lengths.split(",")]:
@@ -134,15 +93,14 @@ def main(argv=None) -> int:
         # interleaved, best of each: a busy machine slows both alike
         time_forward = time_fast = float("inf")
         for _ in range(args.repeats):
-            time_forward = min(time_forward, best_time(forward, 1)[0])
-            time_fast = min(time_fast, best_time(forward_fast, 1)[0])
+            time_forward = min(time_forward, time_calls(forward).best_s)
+            time_fast = min(time_fast, time_calls(forward_fast).best_s)
         count = min(length, args.exact_tokens if length <= 2048 else args.exact_tokens_long)
         sample = torch.zeros(1, length, dtype=torch.bool)
         sample[0, torch.randperm(length, generator=generator)[:count]] = True
         with PeakMemory() as memory_exact:
-            start = time.perf_counter()
-            exact = logit_gradient_norms(model, input_ids, target_ids, measure_mask=sample, method="exact")[:, :, 0]
-            time_exact = time.perf_counter() - start
+            timing = time_calls(lambda: logit_gradient_norms(model, input_ids, target_ids, measure_mask=sample, method="exact")[:, :, 0])
+        exact, time_exact = timing.result, timing.best_s
         got, want = fast[sample], exact[sample]
         error = float(((got - want).abs() / want.abs().clamp(min=1e-3 * float(want.abs().max()))).max())
         ok &= error <= 1e-3

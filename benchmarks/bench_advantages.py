@@ -8,28 +8,24 @@ token return-to-go) → ``combine_advantages`` — on a padded batch shaped like
 ``verl_repro/algorithms/reference.py`` on a row subsample, extrapolated to B rows (it is
 per-row work; said so in the output). It also checks that both agree on the subsample.
 
-    python benchmarks/bench_repro_math.py [--batch 2048 --length 8192 --k 10 --repeats 5 --oracle-rows 32 --threads 1]
+    python benchmarks/bench_advantages.py [--batch 2048 --length 8192 --k 10 --repeats 5 --oracle-rows 32 --threads 1]
 
-The defaults are the settings of the committed ``benchmarks/results/bench_repro_math.txt``.
+The defaults are the settings of the committed ``benchmarks/results/bench_advantages.txt``.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
-import platform
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 
+from harness import machine_line
 from verl_repro.algorithms import combine_advantages, compute_repro_process_advantage, select_cuts
 from verl_repro.algorithms import reference as oracle
 
-REPO = Path(__file__).resolve().parents[1]
 VOCAB = 151_936
 THINK_END = 151_668
 GROUP_SIZE = 8
@@ -121,9 +117,8 @@ def main():
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    print(f"bench_repro_math: B={args.batch} T={args.length} k={args.k} vocab={VOCAB} group size={GROUP_SIZE}")
-    cpu = platform.processor() or platform.machine()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, {cpu}")
+    print(f"bench_advantages: B={args.batch} T={args.length} k={args.k} vocab={VOCAB} group size={GROUP_SIZE}")
+    print(machine_line())
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     inputs = make_batch(args.batch, args.length)
     ids, response_mask = inputs[0], inputs[1]
