@@ -35,3 +35,19 @@ def test_reads_a_dotted_key_and_falls_back_on_missing_or_none(config):
 def test_no_config_reads_the_default():
     # veRL's estimators are called with config=None in direct calls.
     assert setting(None, "norm_adv_by_std_in_grpo", True) is True
+
+
+def test_tool_options_take_their_defaults_from_the_config_class():
+    import argparse
+    import dataclasses
+
+    from verl_repro.config import ReproConfig, add_setting_arguments, settings_from_arguments
+
+    keys = ("num_segments", "alpha", "boundary_patterns", "no_think_end")
+    parser = argparse.ArgumentParser()
+    add_setting_arguments(parser, keys, no_think_end="use_end")
+    defaults = settings_from_arguments(parser.parse_args([]), keys)
+    expected = {key: value for key, value in dataclasses.asdict(ReproConfig()).items() if key in keys}
+    assert defaults == {**expected, "no_think_end": "use_end"}
+    given = settings_from_arguments(parser.parse_args(["--num-segments", "3", "--boundary-patterns", "\\n", ".\\n\\n"]), keys)
+    assert given["num_segments"] == 3 and given["boundary_patterns"] == ["\n", ".\n\n"]

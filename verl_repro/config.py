@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from verl_repro.algorithms.correlation import CORRELATION_KINDS, TOKEN_SCOPES
 from verl_repro.algorithms.repro import DEFAULT_J_BASE_EPS
@@ -195,8 +195,8 @@ def _from_mapping(cls, values: Mapping[str, Any] | None, prefix: str):
     return cls(**kwargs)
 
 
-def config_table(cls=ReproConfig, prefix: str = "repro") -> list[tuple[str, Any, str]]:
-    """(key, default, doc) rows for the README table, read from the dataclass attribute docstrings."""
+def setting_docs(cls=ReproConfig) -> dict[str, str]:
+    """Each field's docstring (the string under its annotation in the dataclass), on one line."""
     import ast
     import inspect
     import textwrap
@@ -206,6 +206,12 @@ def config_table(cls=ReproConfig, prefix: str = "repro") -> list[tuple[str, Any,
     for node, following in zip(body, body[1:]):
         if isinstance(node, ast.AnnAssign) and isinstance(following, ast.Expr) and isinstance(following.value, ast.Constant):
             docs[node.target.id] = " ".join(str(following.value.value).split())
+    return docs
+
+
+def config_table(cls=ReproConfig, prefix: str = "repro") -> list[tuple[str, Any, str]]:
+    """(key, default, doc) rows for the README table, read from the dataclass attribute docstrings."""
+    docs = setting_docs(cls)
     rows = []
     defaults = cls()
     for f in dataclasses.fields(cls):
@@ -215,6 +221,32 @@ def config_table(cls=ReproConfig, prefix: str = "repro") -> list[tuple[str, Any,
         else:
             rows.append((f"{prefix}.{f.name}", value, docs.get(f.name, "")))
     return rows
+
+
+def add_setting_arguments(parser, keys: Sequence[str], cls=ReproConfig, prefix: str = "repro", **tool_defaults: Any) -> None:
+    """One ``--key-name`` option per setting of ``cls`` that a command-line tool exposes: its type,
+    default and help come from the dataclass, so the tool and a training run read the same values.
+    ``tool_defaults`` names the keys where a tool deliberately starts elsewhere (its help says so).
+    A list setting takes several values, with backslash escapes such as ``\\n`` decoded
+    (:func:`settings_from_arguments`)."""
+    docs, defaults = setting_docs(cls), cls()
+    for key in keys:
+        default = tool_defaults.get(key, getattr(defaults, key))
+        note = " (this tool's default)" if key in tool_defaults else ""
+        help_text = f"{prefix}.{key}: {docs.get(key, '')} Default: {default!r}{note}.".replace("%", "%%")
+        option = "--" + key.replace("_", "-")
+        if isinstance(getattr(defaults, key), list):
+            parser.add_argument(option, nargs="+", default=list(default), metavar="TEXT", help=help_text)
+        else:
+            parser.add_argument(option, type=type(getattr(defaults, key)), default=default, help=help_text)
+
+
+def settings_from_arguments(args: Any, keys: Sequence[str]) -> dict[str, Any]:
+    """The values of :func:`add_setting_arguments`' options as keyword arguments of the dataclass."""
+    import codecs
+
+    values = {key: getattr(args, key) for key in keys}
+    return {key: [codecs.decode(v, "unicode_escape") for v in value] if isinstance(value, list) else value for key, value in values.items()}
 
 
 def config_markdown_table() -> str:

@@ -28,7 +28,6 @@ sample responses from (``--prompts``; veRL's dataset parquet works).
 from __future__ import annotations
 
 import argparse
-import codecs
 import json
 import math
 import re
@@ -53,7 +52,7 @@ from verl_repro.analysis.frontend import (
     render_prompt,
 )
 from verl_repro.analysis.summary import compare_table, markdown_table, summarize
-from verl_repro.config import SCORING_MODES
+from verl_repro.config import SCORING_MODES, add_setting_arguments, settings_from_arguments
 from verl_repro.scoring import score_j
 
 
@@ -223,6 +222,10 @@ def analyze(model, tokenizer, batch: TokenizedBatch, *, config, backtracking, te
 # ----------------------------------------------------------------------------- CLI
 
 
+# The repro.* settings this tool exposes (their defaults and help: verl_repro.config.ReproConfig).
+REPRO_KEYS = ("num_segments", "stability_weight", "stability_ema", "answer_template", "max_answer_tokens", "boundary_patterns", "no_think_end")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_argument_group("what to analyze")
     source.add_argument("--model", default=None, help="HF checkpoint path (default: embedded SmolLM2-135M-Instruct)")
@@ -245,16 +248,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                           help="rollout temperature: samples with it, and top-k ranks the entropy of softmax(logits / T) as veRL's old-log-prob pass does")
     sampling.add_argument("--seed", type=int, default=0)
     repro = parser.add_argument_group("RePro (repro.* keys)")
-    repro.add_argument("--num-segments", type=int, default=10, help="repro.num_segments (k)")
-    repro.add_argument("--stability-weight", type=float, default=0.5, help="repro.stability_weight (w)")
-    repro.add_argument("--stability-ema", type=float, default=0.0, help="repro.stability_ema")
-    repro.add_argument("--answer-template", default=None, help="repro.answer_template (default \\boxed{{ground_truth}})")
-    repro.add_argument("--max-answer-tokens", type=int, default=64, help="repro.max_answer_tokens")
-    repro.add_argument("--boundary-patterns", nargs="+", default=None, metavar="TEXT",
-                       help="repro.boundary_patterns, with backslash escapes (default: '\\n\\n' '.\\n' '?\\n'; "
-                            "use '\\n' for tokenizers that keep newlines apart, e.g. SmolLM2)")
-    repro.add_argument("--no-think-end", choices=("skip", "use_end"), default="use_end",
-                       help="response without </think>: use its end as e (default, so every trajectory has a curve) or skip it")
+    # no_think_end: a response without </think> is scored up to its end, so every trajectory has a curve.
+    add_setting_arguments(repro, REPRO_KEYS, no_think_end="use_end")
     repro.add_argument("--scoring-mode", choices=("auto", *SCORING_MODES), default="auto",
                        help="J̃ scorer (auto: prefix-shared, which scores naive on models whose attention cannot take its mask)")
     other = parser.add_argument_group("other")
@@ -275,12 +270,7 @@ def _settings(args):
     from verl_repro.analysis.backtracking import BacktrackingCounter, parse_phrases
     from verl_repro.config import ReproConfig
 
-    config = ReproConfig(
-        num_segments=args.num_segments, stability_weight=args.stability_weight, stability_ema=args.stability_ema,
-        max_answer_tokens=args.max_answer_tokens, no_think_end=args.no_think_end,
-        **({"answer_template": args.answer_template} if args.answer_template else {}),
-        **({"boundary_patterns": [codecs.decode(p, "unicode_escape") for p in args.boundary_patterns]} if args.boundary_patterns else {}),
-    ).validate()
+    config = ReproConfig(**settings_from_arguments(args, REPRO_KEYS)).validate()
     counter = BacktrackingCounter(parse_phrases(args.backtracking_phrases), args.backtracking_scope, config.think_end_token)
     if args.grid_points < 2:
         raise ValueError(f"--grid-points must be >= 2, got {args.grid_points}")

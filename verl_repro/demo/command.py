@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 from verl_repro.analysis import figures
-from verl_repro.config import SCORING_MODES
+from verl_repro.config import SCORING_MODES, add_setting_arguments, settings_from_arguments
 from verl_repro.analysis.frontend import (
     SYSTEM_PROMPT,
     USER_SUFFIX,
@@ -38,6 +38,9 @@ from verl_repro.analysis.frontend import (
     pad_token_id,
     render_prompt,
 )
+
+# The repro.* settings the walkthrough exposes (their defaults and help: verl_repro.config.ReproConfig).
+WALKTHROUGH_KEYS = ("num_segments", "stability_weight", "alpha", "boundary_patterns")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -63,10 +66,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     walk.add_argument("--samples-per-prompt", type=int, default=3, help="GRPO group size n")
     walk.add_argument("--max-new-tokens", type=int, default=48)
     walk.add_argument("--temperature", type=float, default=0.8)
-    walk.add_argument("--num-segments", type=int, default=10, help="repro.num_segments (k)")
-    walk.add_argument("--stability-weight", type=float, default=0.5, help="repro.stability_weight (w)")
-    walk.add_argument("--alpha", type=float, default=0.1, help="repro.alpha")
-    walk.add_argument("--boundary-patterns", nargs="+", default=["\n"], help="repro.boundary_patterns (escapes like \\n are decoded)")
+    # boundary_patterns: SmolLM2 writes one step per line and keeps newlines apart from the text.
+    add_setting_arguments(walk, WALKTHROUGH_KEYS, boundary_patterns=["\n"])
     walk.add_argument("--scoring-mode", choices=("auto", *SCORING_MODES), default="auto")
     walk.add_argument("--seed", type=int, default=0)
 
@@ -117,10 +118,7 @@ def walkthrough(args: argparse.Namespace) -> int:
 
     started = time.time()
     torch.manual_seed(args.seed)
-    config = ReproConfig(
-        num_segments=args.num_segments, stability_weight=args.stability_weight, alpha=args.alpha, no_think_end="use_end",
-        boundary_patterns=[p.encode().decode("unicode_escape") for p in args.boundary_patterns],
-    ).validate()
+    config = ReproConfig(**settings_from_arguments(args, WALKTHROUGH_KEYS), no_think_end="use_end").validate()
     model, tokenizer, model_path = load_model(args.model, device="cpu", dtype="float32")
     pad_id = pad_token_id(tokenizer)
 

@@ -48,12 +48,14 @@ def _corrpo_advantage(
     epsilon: float,
     norm_adv_by_std_in_grpo: Optional[bool],
     config: Any,
-    repro_config: Optional[ReproConfig],
-    responses: Optional[torch.Tensor],
-    entropy: Optional[torch.Tensor],
-    logit_grad_norm: Optional[torch.Tensor],
-    think_end_id: Optional[int],
-    metrics: Optional[dict],
+    *,
+    repro_config: ReproConfig,
+    entropy: torch.Tensor,
+    logit_grad_norm: torch.Tensor,
+    responses: Optional[torch.Tensor] = None,
+    think_end_id: Optional[int] = None,
+    metrics: Optional[dict] = None,
+    **unused: Any,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     corr: CorrConfig = repro_config.corr
     # the spec's required inputs are checked by its decorator; these depend on the settings
@@ -139,7 +141,8 @@ def compute_corrpo_advantage(
     """
     return _corrpo_advantage(
         spec, token_level_rewards, response_mask, index, epsilon, norm_adv_by_std_in_grpo, config,
-        repro_config, responses, entropy, logit_grad_norm, think_end_id, metrics,
+        repro_config=repro_config, responses=responses, entropy=entropy, logit_grad_norm=logit_grad_norm,
+        think_end_id=think_end_id, metrics=metrics,
     )
 
 
@@ -156,20 +159,11 @@ def compute_corrpo_rloo_advantage(
     config: Any = None,
     *,
     spec: EstimatorSpec,
-    repro_config: Optional[ReproConfig] = None,
-    responses: Optional[torch.Tensor] = None,
-    entropy: Optional[torch.Tensor] = None,
-    logit_grad_norm: Optional[torch.Tensor] = None,
-    think_end_id: Optional[int] = None,
-    metrics: Optional[dict] = None,
-    **kwargs: Any,
+    **inputs: Any,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``corrpo_rloo``: leave-one-out baseline on ``r_i = w·r_outcome_i − λ·ρ_i``.
 
     Same arguments as :func:`compute_corrpo_advantage` (``epsilon`` and ``norm_adv_by_std_in_grpo``
     are unused); a group of one keeps its reward as the advantage, as veRL's RLOO does.
     """
-    return _corrpo_advantage(
-        spec, token_level_rewards, response_mask, index, epsilon, norm_adv_by_std_in_grpo, config,
-        repro_config, responses, entropy, logit_grad_norm, think_end_id, metrics,
-    )
+    return _corrpo_advantage(spec, token_level_rewards, response_mask, index, epsilon, norm_adv_by_std_in_grpo, config, **inputs)

@@ -149,10 +149,15 @@ def repro_metrics(repro_scoring, result: ReproProcessAdvantage, response_mask: t
     }
 
 
-def _finish(outcome, result, response_mask, repro_scoring, repro_config, metrics) -> torch.Tensor:
-    advantages = combine_advantages(outcome, result.process_advantages, response_mask, repro_config.alpha)
+def with_process_advantage(
+    spec: EstimatorSpec, outcome: torch.Tensor, response_mask: torch.Tensor, index: Any, config: Any, *,
+    repro_scoring, repro_config: ReproConfig, metrics: dict, **unused: Any,
+) -> torch.Tensor:
+    """``Â = A + α·Ã``: the base estimator's ``outcome`` advantage plus the process advantage of
+    ``repro_scoring``, normalized as ``spec`` and ``repro.process_reward_norm`` say; ``repro/*`` into ``metrics``."""
+    result = _process_advantage(spec, response_mask, index, config, repro_scoring, repro_config)
     metrics.update(repro_metrics(repro_scoring, result, response_mask, repro_config))
-    return advantages
+    return combine_advantages(outcome, result.process_advantages, response_mask, repro_config.alpha)
 
 
 @advantage_estimator("repro_grpo", method="repro", base="grpo", normalization="group", inputs=REPRO_INPUTS)
@@ -194,8 +199,9 @@ def compute_repro_grpo_advantage(
         norm_adv_by_std_in_grpo=bool(setting(config, "norm_adv_by_std_in_grpo", True)),
         config=config,
     )
-    result = _process_advantage(spec, response_mask, index, config, repro_scoring, repro_config)
-    advantages = _finish(outcome, result, response_mask, repro_scoring, repro_config, metrics)
+    advantages = with_process_advantage(
+        spec, outcome, response_mask, index, config, repro_scoring=repro_scoring, repro_config=repro_config, metrics=metrics
+    )
     return advantages, advantages
 
 
@@ -207,10 +213,7 @@ def compute_repro_rloo_advantage(
     config: Any = None,
     *,
     spec: EstimatorSpec,
-    repro_scoring=None,
-    repro_config: Optional[ReproConfig] = None,
-    metrics: Optional[dict] = None,
-    **kwargs,
+    **inputs: Any,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """RLOO outcome advantage (veRL's ``rloo``) + ``α ·`` the process advantage; process rewards minus
     the mean entry of the group's other responses by default (leave one out).
@@ -222,8 +225,7 @@ def compute_repro_rloo_advantage(
     outcome, _ = core_algos.compute_rloo_outcome_advantage(
         token_level_rewards=token_level_rewards, response_mask=response_mask, index=index, config=config
     )
-    result = _process_advantage(spec, response_mask, index, config, repro_scoring, repro_config)
-    advantages = _finish(outcome, result, response_mask, repro_scoring, repro_config, metrics)
+    advantages = with_process_advantage(spec, outcome, response_mask, index, config, **inputs)
     return advantages, advantages
 
 
@@ -235,10 +237,7 @@ def compute_repro_reinforce_plus_plus_advantage(
     config: Any = None,
     *,
     spec: EstimatorSpec,
-    repro_scoring=None,
-    repro_config: Optional[ReproConfig] = None,
-    metrics: Optional[dict] = None,
-    **kwargs,
+    **inputs: Any,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """REINFORCE++ advantage (veRL's ``reinforce_plus_plus``: whitened discounted returns, ``config.gamma``)
     + ``α ·`` the process advantage; process rewards whitened over the batch by default.
@@ -250,8 +249,7 @@ def compute_repro_reinforce_plus_plus_advantage(
     outcome, returns = core_algos.compute_reinforce_plus_plus_outcome_advantage(
         token_level_rewards=token_level_rewards, response_mask=response_mask, config=config
     )
-    result = _process_advantage(spec, response_mask, index, config, repro_scoring, repro_config)
-    advantages = _finish(outcome, result, response_mask, repro_scoring, repro_config, metrics)
+    advantages = with_process_advantage(spec, outcome, response_mask, index, config, **inputs)
     return advantages, returns
 
 
@@ -265,10 +263,7 @@ def compute_repro_reinforce_plus_plus_baseline_advantage(
     config: Any = None,
     *,
     spec: EstimatorSpec,
-    repro_scoring=None,
-    repro_config: Optional[ReproConfig] = None,
-    metrics: Optional[dict] = None,
-    **kwargs,
+    **inputs: Any,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """REINFORCE++ with a group baseline (veRL's ``reinforce_plus_plus_baseline``: the outcome score
     minus its prompt group's mean, whitened over the batch) + ``α ·`` the process advantage; process
@@ -283,8 +278,7 @@ def compute_repro_reinforce_plus_plus_baseline_advantage(
     outcome, _ = core_algos.compute_reinforce_plus_plus_baseline_outcome_advantage(
         token_level_rewards=token_level_rewards, response_mask=response_mask, index=index, config=config
     )
-    result = _process_advantage(spec, response_mask, index, config, repro_scoring, repro_config)
-    advantages = _finish(outcome, result, response_mask, repro_scoring, repro_config, metrics)
+    advantages = with_process_advantage(spec, outcome, response_mask, index, config, **inputs)
     return advantages, advantages
 
 
