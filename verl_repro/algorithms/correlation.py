@@ -99,6 +99,11 @@ def _unit_scaled(values: torch.Tensor) -> torch.Tensor:
 
 
 def _pearson_of_usable(x: torch.Tensor, y: torch.Tensor, usable: torch.Tensor, num_tokens: torch.Tensor) -> torch.Tensor:
+    # The sums run in float64 and ρ is rounded back to the inputs' dtype: a perfectly monotone row
+    # then gives exactly ±1. Float32 sums leave ±(1 − 3e-8), which GRPO's (r − mean) / (std + 1e-6)
+    # turns into a visible advantage inside a group whose rewards should tie. [B, T] is small.
+    result_dtype = x.dtype
+    x, y = x.double(), y.double()
     weights = usable.to(x.dtype)
     count = num_tokens.clamp(min=1).to(x.dtype).unsqueeze(1)
 
@@ -113,7 +118,7 @@ def _pearson_of_usable(x: torch.Tensor, y: torch.Tensor, usable: torch.Tensor, n
     covariance = (x_centred * y_centred).sum(1)
     scale = torch.sqrt((x_centred * x_centred).sum(1) * (y_centred * y_centred).sum(1))
     rho = covariance / torch.where(scale > 0, scale, torch.ones_like(scale))
-    return rho.clamp(-1.0, 1.0)
+    return rho.clamp(-1.0, 1.0).to(result_dtype)
 
 
 def _is_constant(values: torch.Tensor, usable: torch.Tensor) -> torch.Tensor:
