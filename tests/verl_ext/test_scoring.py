@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from verl_repro.algorithms import boundary_token_ids, think_end_token_id
+from verl_repro.algorithms import step_boundaries, think_end_token_id
 from verl_repro.config import ReproConfig
 from verl_repro.verl_ext.scoring import render_answers, reward_model_ground_truth, score_ground_truth
 from verl_repro.verl_ext.transport import LogProbBackend
@@ -103,7 +103,7 @@ def test_score_ground_truth_matches_direct_hf_forward(tiny_model, tiny_tokenizer
         padding=batch["padding"],
         tokenizer=tiny_tokenizer,
         config=config,
-        boundary_ids=boundary_token_ids(tiny_tokenizer, tuple(config.boundary_patterns)),
+        boundaries=step_boundaries(tiny_tokenizer, tuple(config.boundary_patterns)),
         think_end_id=think_end_id,
         backend=LogProbBackend(group.compute_ref_log_prob, dp_size=2, temperature=1.0),
     )
@@ -154,7 +154,7 @@ def test_score_ground_truth_nothing_to_score_makes_no_worker_call(tiny_tokenizer
         **{k: batch[k] for k in ("input_ids", "prompt_lengths", "responses", "response_mask", "entropy", "reward_models", "padding")},
         tokenizer=tiny_tokenizer,
         config=config,
-        boundary_ids=boundary_token_ids(tiny_tokenizer),
+        boundaries=step_boundaries(tiny_tokenizer),
         think_end_id=think_end_token_id(tiny_tokenizer),
         backend=LogProbBackend(group.compute_ref_log_prob, dp_size=2, temperature=1.0),
     )

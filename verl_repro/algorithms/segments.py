@@ -1,5 +1,8 @@
 """Step boundaries and RePro's entropy top-k cut selection (docs/repro.md, "RePro maths").
 
+A token ends a step where the decoded response text up to and including it ends with one of
+``repro.boundary_patterns`` (:class:`StepBoundaries`, per-vocabulary tables read with gathers over
+``[B, T]``; :func:`step_ends_by_decoding` is the same rule written with decoded text).
 A *cut* ``c`` is a number of response tokens kept: the prefix ``y_1..y_c`` (response indices
 ``0..c-1``). Candidate cuts sit just after a step-ending token at response index ``t``, so
 ``c = t + 1``, and strictly before ``e`` (``c < e``), the response index of the first ``</think>``. The ``k`` candidates whose
@@ -13,6 +16,7 @@ Pure torch: the tokenizer is only read through ``decode`` / ``batch_decode`` and
 from __future__ import annotations
 
 import weakref
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
@@ -20,46 +24,237 @@ import torch
 DEFAULT_BOUNDARY_PATTERNS: tuple[str, ...] = ("\n\n", ".\n", "?\n")
 NO_THINK_END_POLICIES: tuple[str, ...] = ("skip", "use_end")
 
-# Decoding a 150k vocabulary takes about a second; every call after the first per tokenizer
+# Decoding a 150k vocabulary twice takes a few seconds; every call after the first per tokenizer
 # and pattern set is free. Weak keys let tokenizers be garbage-collected.
-_BOUNDARY_CACHE: "weakref.WeakKeyDictionary[Any, dict[tuple[str, ...], torch.Tensor]]" = weakref.WeakKeyDictionary()
+_BOUNDARY_CACHE: "weakref.WeakKeyDictionary[Any, dict[tuple[str, ...], StepBoundaries]]" = weakref.WeakKeyDictionary()
+
+
+@dataclass(frozen=True)
+class StepBoundaries:
+    """Per-vocabulary tables that find step ends in the decoded text of token sequences.
+
+    A response token ``t`` ends a step when the decoded response text up to and including ``t``
+    ends with one of ``patterns``, however the tokenizer split those characters (``".\n\n"`` as
+    one token, ``"."`` + ``"\n"``, ``"\n"`` + ``"\n"``), and the next token that writes text
+    does not just extend the same run of newlines into another match: a run of newlines gives one
+    step end, at its last token. Tokens that write no text never end a step.
+
+    The text is never decoded per row. The decoded text of a sequence ends with a string ``q``
+    either because the last token's own text ends with ``q``, or because the token's text is a
+    proper suffix of ``q`` and the text before it ends with the rest of ``q`` — a shorter string
+    of the same kind. So the tables hold, for every *pattern head* ``q`` (every non-empty prefix of
+    a pattern, shortest first), whether each token's text ends with ``q`` and which shorter head
+    the text before the token must end with; :meth:`mark` resolves the heads in order of length,
+    each one a gather over ``[B, T]``.
+
+    Attributes:
+        patterns: the step-ending strings.
+        heads: every non-empty prefix of a pattern, shortest first (``[Q]``).
+        head_is_pattern: ``[Q] bool`` — the head is one of ``patterns``.
+        own_ending: ``[V, Q] bool`` — the token's own text ends with head ``q``.
+        needs_before: ``[V, Q] long`` — index of the head the text before the token must end
+            with for the token to complete head ``q`` (its text is a shorter suffix of ``q``); -1:
+            the token cannot complete ``q`` that way.
+        writes_text: ``[V] bool`` — the token's text is not empty.
+        newlines_only: ``[V] bool`` — the token's text is one or more ``"\n"`` and nothing else.
+    """
+
+    patterns: tuple[str, ...]
+    heads: tuple[str, ...]
+    head_is_pattern: torch.Tensor
+    own_ending: torch.Tensor
+    needs_before: torch.Tensor
+    writes_text: torch.Tensor
+    newlines_only: torch.Tensor
+
+    @classmethod
+    def from_texts(cls, texts: Sequence[str], patterns: Sequence[str] = DEFAULT_BOUNDARY_PATTERNS) -> "StepBoundaries":
+        """Tables from each token id's text in context (``texts[i]`` for id ``i``)."""
+        patterns = _check_patterns(patterns)
+        heads = tuple(sorted({p[:n] for p in patterns for n in range(1, len(p) + 1)}, key=lambda h: (len(h), h)))
+        head_index = {head: q for q, head in enumerate(heads)}
+        vocab_size = len(texts)
+        own_ending = torch.zeros(vocab_size, len(heads), dtype=torch.bool)
+        needs_before = torch.full((vocab_size, len(heads)), -1, dtype=torch.long)
+        # Only a token whose last character ends some head can take part in a match: checking
+        # those few is what keeps a 150k vocabulary fast.
+        last_characters = {head[-1] for head in heads}
+        for token_id, text in enumerate(texts):
+            if not text or text[-1] not in last_characters:
+                continue
+            for q, head in enumerate(heads):
+                if text.endswith(head):
+                    own_ending[token_id, q] = True
+                elif head.endswith(text):  # text is a proper suffix of head: the rest comes before
+                    needs_before[token_id, q] = head_index[head[: len(head) - len(text)]]
+        return cls(
+            patterns=patterns,
+            heads=heads,
+            head_is_pattern=torch.tensor([head in patterns for head in heads], dtype=torch.bool),
+            own_ending=own_ending,
+            needs_before=needs_before,
+            writes_text=torch.tensor([bool(text) for text in texts], dtype=torch.bool),
+            newlines_only=torch.tensor([bool(text) and not text.strip("\n") for text in texts], dtype=torch.bool),
+        )
+
+    @classmethod
+    def from_token_ids(cls, token_ids: Sequence[int] | torch.Tensor) -> "StepBoundaries":
+        """Tables in which exactly ``token_ids`` end a step, each on its own (no text, no runs):
+        the form of hand-written cases and synthetic benchmarks."""
+        token_ids = torch.as_tensor(token_ids, dtype=torch.long).reshape(-1)
+        if token_ids.numel() and int(token_ids.min()) < 0:
+            raise ValueError("boundary token ids must be non-negative")
+        vocab_size = int(token_ids.max()) + 1 if token_ids.numel() else 0
+        own_ending = torch.zeros(vocab_size, 1, dtype=torch.bool)
+        own_ending[token_ids, 0] = True
+        return cls(
+            patterns=(), heads=("",), head_is_pattern=torch.ones(1, dtype=torch.bool), own_ending=own_ending,
+            needs_before=torch.full((vocab_size, 1), -1, dtype=torch.long),
+            writes_text=torch.ones(vocab_size, dtype=torch.bool), newlines_only=torch.zeros(vocab_size, dtype=torch.bool),
+        )
+
+    @property
+    def vocab_size(self) -> int:
+        return self.own_ending.shape[0]
+
+    def can_end_a_step(self) -> bool:
+        """Whether any token can end a step at all (False: every response gets the end cut only)."""
+        return bool(self.own_ending[:, self.head_is_pattern].any() or (self.needs_before[:, self.head_is_pattern] >= 0).any())
+
+    def single_token_ids(self) -> torch.Tensor:
+        """``[N] long`` — ids whose own text ends with a pattern: what a token-by-token rule finds."""
+        return self.own_ending[:, self.head_is_pattern].any(dim=1).nonzero().reshape(-1)
+
+    def mark(self, response_ids: torch.Tensor) -> torch.Tensor:
+        """``[B, T] bool`` — token ``t`` ends a step (see the class docstring).
+
+        Args:
+            response_ids: ``[B, T] long`` — token ids of the response text, starting at its first
+                token. Ids outside the vocabulary (negative padding such as -100) write no text.
+        """
+        if response_ids.dim() != 2:
+            raise ValueError(f"response_ids must be [B, T], got shape {tuple(response_ids.shape)}")
+        device = response_ids.device
+        batch, length = response_ids.shape
+        if self.vocab_size == 0 or batch == 0 or length == 0:
+            return torch.zeros(batch, length, dtype=torch.bool, device=device)
+        in_vocab = (response_ids >= 0) & (response_ids < self.vocab_size)
+        # index_select on flat ids is several times faster than advanced indexing.
+        flat_ids = torch.where(in_vocab, response_ids, 0).reshape(-1)
+
+        def lookup(table: torch.Tensor) -> torch.Tensor:
+            return table.to(device).index_select(0, flat_ids).view(batch, length, *table.shape[1:])
+
+        writes = lookup(self.writes_text) & in_vocab
+        positions = torch.arange(length, device=device).expand(batch, length)
+        # Index of the last text-writing token before t (-1: none), by a running maximum.
+        last_writer = torch.where(writes, positions, -1).cummax(dim=1).values
+        previous = torch.cat([torch.full((batch, 1), -1, device=device, dtype=torch.long), last_writer[:, :-1]], dim=1)
+        has_previous = previous >= 0
+
+        own_ending = lookup(self.own_ending) & writes.unsqueeze(-1)
+        needs_before = lookup(self.needs_before)
+        num_heads = len(self.heads)
+        ends_with = torch.zeros(batch, length * num_heads, dtype=torch.bool, device=device)
+        # Heads shortest first: the head a token needs before it is shorter, so already resolved.
+        flat_previous = previous.clamp_min(0) * num_heads
+        for q in range(num_heads):
+            need = needs_before[..., q]
+            completed = ends_with.gather(1, flat_previous + need.clamp_min(0))
+            completed &= (need >= 0) & has_previous & writes
+            ends_with[:, q::num_heads] = own_ending[..., q] | completed
+        ends_pattern = ends_with.view(batch, length, num_heads)[..., self.head_is_pattern.to(device)].any(dim=-1)
+
+        # A run of newlines ends a step once, at its last token: drop t when the next writing
+        # token is newlines only and ends a pattern again.
+        first_writer_from = torch.where(writes, positions, length).flip(1).cummin(dim=1).values.flip(1)
+        following = torch.cat([first_writer_from[:, 1:], torch.full((batch, 1), length, device=device, dtype=torch.long)], dim=1)
+        has_following = following < length
+        following = following.clamp_max(length - 1)
+        extends_run = lookup(self.newlines_only).gather(1, following) & ends_pattern.gather(1, following) & has_following
+        return ends_pattern & ~extends_run
+
+
+def _check_patterns(patterns: Sequence[str]) -> tuple[str, ...]:
+    patterns = tuple(patterns)
+    if not patterns or not all(isinstance(p, str) and p for p in patterns):
+        raise ValueError(f"repro.boundary_patterns must be non-empty strings, got {patterns!r}")
+    return patterns
 
 
 def _decode_vocabulary(tokenizer) -> list[str]:
+    """Each id's text as it reads after other text.
+
+    Decoded after an anchor token and stripped of the anchor's text, because some decoders drop
+    a leading space of the whole text (SentencePiece's ``"▁"``): a lone ``"▁"`` decodes to ``""``
+    but writes a space mid-response. Ids whose decoding does not start with the anchor's text fall
+    back to their own decoding.
+    """
     vocab_size = len(tokenizer)
-    single_ids = [[i] for i in range(vocab_size)]
+    single = _batch_decode(tokenizer, [[i] for i in range(vocab_size)])
+    anchor = next((i for i, text in enumerate(single) if text.isascii() and text.isalpha() and len(text) == 1), None)
+    if anchor is None:
+        return single
+    anchor_text = single[anchor]
+    paired = _batch_decode(tokenizer, [[anchor, i] for i in range(vocab_size)])
+    return [pair[len(anchor_text):] if pair.startswith(anchor_text) else own for pair, own in zip(paired, single)]
+
+
+def _batch_decode(tokenizer, sequences: list[list[int]]) -> list[str]:
     if hasattr(tokenizer, "batch_decode"):
-        return list(tokenizer.batch_decode(single_ids, skip_special_tokens=False, clean_up_tokenization_spaces=False))
-    return [tokenizer.decode(ids) for ids in single_ids]
+        return list(tokenizer.batch_decode(sequences, skip_special_tokens=False, clean_up_tokenization_spaces=False))
+    return [tokenizer.decode(ids) for ids in sequences]
 
 
-def boundary_token_ids(tokenizer, patterns: Sequence[str] = DEFAULT_BOUNDARY_PATTERNS) -> torch.Tensor:
-    """Every vocabulary id whose decoded text ends with one of ``patterns``.
-
-    Each id is decoded on its own (once per tokenizer; cached), so merged tokens such as
-    ``".\\n\\n"`` or ``"?\\n\\n"`` count as boundaries too — matching raw token strings would
-    miss them (byte-level BPE spells ``"\\n"`` as ``"Ċ"``).
+def step_boundaries(tokenizer, patterns: Sequence[str] = DEFAULT_BOUNDARY_PATTERNS) -> StepBoundaries:
+    """The :class:`StepBoundaries` of ``tokenizer`` for ``patterns`` (built once per tokenizer; cached).
 
     Args:
         tokenizer: anything with ``__len__`` (vocabulary size including added tokens) and
             ``decode(list[int]) -> str`` (``batch_decode`` is used when present).
-        patterns: non-empty strings; a token ends a step when its text ends with one of them.
-
-    Returns:
-        ``[N] long`` — sorted boundary ids (possibly empty).
+        patterns: non-empty strings; a step ends where the decoded text ends with one of them.
     """
-    patterns = tuple(patterns)
-    if not patterns or not all(isinstance(p, str) and p for p in patterns):
-        raise ValueError(f"boundary patterns must be non-empty strings, got {patterns!r}")
+    patterns = _check_patterns(patterns)
     try:
         per_tokenizer = _BOUNDARY_CACHE.setdefault(tokenizer, {})
-    except TypeError:  # not weak-referenceable: decode without caching
+    except TypeError:  # not weak-referenceable: build without caching
         per_tokenizer = {}
     if patterns not in per_tokenizer:
-        texts = _decode_vocabulary(tokenizer)
-        ids = [i for i, text in enumerate(texts) if text.endswith(patterns)]
-        per_tokenizer[patterns] = torch.tensor(ids, dtype=torch.long)
-    return per_tokenizer[patterns].clone()
+        per_tokenizer[patterns] = StepBoundaries.from_texts(_decode_vocabulary(tokenizer), patterns)
+    return per_tokenizer[patterns]
+
+
+def step_ends_by_decoding(tokenizer, response_ids: Sequence[int], patterns: Sequence[str] = DEFAULT_BOUNDARY_PATTERNS) -> list[int]:
+    """The step ends of one response, found by decoding its text prefix by prefix.
+
+    The plain statement of the rule :meth:`StepBoundaries.mark` vectorizes, and its oracle in
+    tests and benchmarks (one decode per token: never in a training step). Returns the indices
+    ``t`` whose decoded prefix ``y_0..y_t`` ends with a pattern, where token ``t`` wrote text, and
+    whose next text-writing token does not add only newlines after which the text still ends
+    with a pattern.
+    """
+    patterns = _check_patterns(patterns)
+    ids = list(response_ids)
+    prefixes = [_decode_text(tokenizer, ids[: t + 1]) for t in range(len(ids))]
+    wrote = [len(prefixes[t]) > (len(prefixes[t - 1]) if t else 0) for t in range(len(ids))]
+    ends = []
+    for t in range(len(ids)):
+        if not (wrote[t] and prefixes[t].endswith(patterns)):
+            continue
+        following = next((s for s in range(t + 1, len(ids)) if wrote[s]), None)
+        if following is not None:
+            added = prefixes[following][len(prefixes[t]):]
+            if prefixes[following].startswith(prefixes[t]) and added and not added.strip("\n") and prefixes[following].endswith(patterns):
+                continue
+        ends.append(t)
+    return ends
+
+
+def _decode_text(tokenizer, ids: list[int]) -> str:
+    try:
+        return tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+    except TypeError:  # a stand-in with decode(ids) only
+        return tokenizer.decode(ids)
 
 
 def think_end_token_id(tokenizer, token: str = "</think>") -> int:
@@ -77,28 +272,11 @@ def think_end_token_id(tokenizer, token: str = "</think>") -> int:
     return int(token_id)
 
 
-def _boundary_lookup(boundary_ids: torch.Tensor, response_ids: torch.Tensor) -> torch.Tensor:
-    """[B, T] bool: token is a boundary, read from a [V] lookup table."""
-    boundary_ids = boundary_ids.to(device=response_ids.device, dtype=torch.long).reshape(-1)
-    if boundary_ids.numel() == 0:
-        return torch.zeros(response_ids.shape, dtype=torch.bool, device=response_ids.device)
-    if int(boundary_ids.min()) < 0:
-        raise ValueError("boundary_ids must be non-negative token ids")
-    lowest_id, highest_id = (int(v) for v in response_ids.aminmax())
-    table = torch.zeros(max(highest_id, int(boundary_ids.max())) + 1, dtype=torch.bool, device=response_ids.device)
-    table[boundary_ids] = True
-    # index_select on the flat ids is several times faster than advanced indexing or isin.
-    if lowest_id < 0:  # negative padding ids are never boundaries
-        flat = table.index_select(0, response_ids.clamp_min(0).reshape(-1)).view(response_ids.shape)
-        return flat & (response_ids >= 0)
-    return table.index_select(0, response_ids.reshape(-1)).view(response_ids.shape)
-
-
 def select_cuts(
     response_ids: torch.Tensor,
     response_mask: torch.Tensor,
     entropy: torch.Tensor,
-    boundary_ids: torch.Tensor,
+    boundaries: StepBoundaries | torch.Tensor,
     think_end_id: int,
     num_segments: int,
     *,
@@ -111,7 +289,8 @@ def select_cuts(
         response_mask: ``[B, T]`` bool/int/float — 1 on real response tokens.
         entropy: ``[B, T] float`` (any float dtype) — entropy of the distribution each response
             token was sampled from (veRL's old-log-prob pass). NaN / ±inf rank lowest.
-        boundary_ids: ``[N] long`` — from :func:`boundary_token_ids`.
+        boundaries: :func:`step_boundaries` of the tokenizer, or ``[N] long`` ids that end a step
+            on their own (:meth:`StepBoundaries.from_token_ids`).
         think_end_id: id of ``</think>`` (:func:`think_end_token_id`).
         num_segments: ``k`` (> 0) — candidate cuts kept per response; fewer candidates: all kept.
         no_think_end: response without ``</think>``: ``"skip"`` gives it no cuts (outcome
@@ -169,7 +348,9 @@ def select_cuts(
     # A candidate is a real boundary token at t < e - 1, so that its cut c = t + 1 is strictly
     # before e: a boundary right before </think> would score a near-duplicate of the e + 1 cut
     # (the authors' code keeps cuts < e too). Rows without an end compare against 0: none.
-    candidate = _boundary_lookup(boundary_ids, response_ids)
+    if not isinstance(boundaries, StepBoundaries):
+        boundaries = StepBoundaries.from_token_ids(boundaries)
+    candidate = boundaries.mark(response_ids)
     candidate &= real
     candidate &= positions < torch.where(has_end, think_end - 1, 0).unsqueeze(1)
 

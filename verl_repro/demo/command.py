@@ -146,9 +146,9 @@ def walkthrough(args: argparse.Namespace) -> int:
     # 3. RePro: cuts, J at each cut, scores, process advantage. The answer is appended to the
     # reasoning text, so the end-of-turn token is not part of the last prefix.
     reasoning_mask = response_mask & ~torch.isin(response_ids, torch.tensor(end_ids))
-    boundary_ids = alg.boundary_token_ids(tokenizer, config.boundary_patterns)
+    boundaries = alg.step_boundaries(tokenizer, config.boundary_patterns)
     cuts, cut_mask, has_think_end = alg.select_cuts(
-        response_ids, reasoning_mask, stats.entropy, boundary_ids, think_end_id=-1,
+        response_ids, reasoning_mask, stats.entropy, boundaries, think_end_id=-1,
         num_segments=config.num_segments, no_think_end=config.no_think_end,
     )
     answers = [

@@ -32,7 +32,7 @@ from typing import Any, Mapping, Optional, Sequence
 import torch
 from tensordict import TensorDict
 
-from verl_repro.algorithms import select_cuts
+from verl_repro.algorithms import StepBoundaries, select_cuts
 from verl_repro.config import ReproConfig
 from verl_repro.rewards.ground_truth import ground_truth_text
 from verl_repro.scoring.layout import (
@@ -205,7 +205,7 @@ def score_ground_truth(
     padding: torch.Tensor,
     tokenizer,
     config: ReproConfig,
-    boundary_ids: torch.Tensor,
+    boundaries: StepBoundaries,
     think_end_id: int,
     backend: LogProbBackend,
 ) -> ReproScoring:
@@ -219,8 +219,8 @@ def score_ground_truth(
         entropy: ``[B, T] float`` — old-log-prob entropy of each response token.
         reward_models: B ``reward_model`` dicts (their ``ground_truth``).
         padding: ``[B] bool`` — batch-balancing rows, never scored.
-        tokenizer, config, boundary_ids, think_end_id: the policy tokenizer, the ``repro`` group,
-            ``boundary_token_ids(tokenizer, config.boundary_patterns)`` and the ``</think>`` id.
+        tokenizer, config, boundaries, think_end_id: the policy tokenizer, the ``repro`` group,
+            ``step_boundaries(tokenizer, config.boundary_patterns)`` and the ``</think>`` id.
         backend: where the sequences are scored.
     """
     batch = responses.shape[0]
@@ -230,7 +230,7 @@ def score_ground_truth(
             f"{tuple(padding.shape)} padding flags and {input_ids.size(0)} input_ids rows"
         )
     cuts, cut_mask, has_think_end = select_cuts(
-        responses, response_mask, entropy.float(), boundary_ids, think_end_id, config.num_segments,
+        responses, response_mask, entropy.float(), boundaries, think_end_id, config.num_segments,
         no_think_end=config.no_think_end,
     )
     answers = render_answers(tokenizer, reward_models, config)
