@@ -64,6 +64,7 @@ def run(*args):
 
 
 def test_the_script_prints_both_models_and_passes_its_self_check():
+    """`python benchmarks/project_cost.py > benchmarks/results/project_cost.md` writes the committed file."""
     result = run()
     assert result.returncode == 0, result.stdout + result.stderr
     for text in ["DeepSeek-R1-Distill-Qwen-1.5B", "Qwen3-8B", "RePro J, ours `prefix_shared`", "GPU-hours for 500 steps",
@@ -85,3 +86,8 @@ def test_the_self_check_fails_when_a_measurement_disagrees(tmp_path, file, old, 
     (results / file).write_text(text.replace(old, new, 1))
     result = run("--results", str(results))
     assert result.returncode == 1 and check in result.stdout, result.stdout
+
+
+def test_defaults_reproduce_the_committed_results():
+    result = run()
+    assert result.stdout == (BENCHMARKS / "results" / "project_cost.md").read_text()
