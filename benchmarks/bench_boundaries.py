@@ -13,8 +13,8 @@ A candidate is a step end whose cut lies strictly before the response's end toke
 :func:`verl_repro.algorithms.select_cuts` ranks them (SmolLM2 writes no ``</think>``: its end-of-turn
 token or its last token acts as ``e``). Self-check: every response's step ends equal those of the
 prefix-decoding oracle (:func:`verl_repro.algorithms.step_ends_by_decoding`); exit status 1 if not.
-It also times the two rules on a ``--speed-batch × --speed-length`` batch tiled from the responses
-(median of 5; printed, never checked).
+It also times the two rules, and :func:`~verl_repro.algorithms.select_cuts` with the text rule, on a
+``--speed-batch × --speed-length`` batch tiled from the responses (median of 5; printed, never checked).
 
 Defaults are the settings of the committed results (benchmarks/results/bench_boundaries_smollm2.md):
 
@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-new-tokens", type=int, default=160)
     parser.add_argument("--temperature", type=float, default=0.8)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--speed-batch", type=int, default=64)
+    parser.add_argument("--speed-batch", type=int, default=2048)
     parser.add_argument("--speed-length", type=int, default=8192)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", help="also write the report to this file")
@@ -127,6 +127,10 @@ def main(argv: list[str] | None = None) -> int:
     speed_ids = speed_ids[: args.speed_batch * args.speed_length].view(args.speed_batch, args.speed_length)
     seconds_before = median_seconds(lambda: before.mark(speed_ids))
     seconds_after = median_seconds(lambda: after.mark(speed_ids))
+    speed_mask = torch.ones_like(speed_ids)
+    speed_entropy = torch.rand(speed_ids.shape, generator=torch.Generator().manual_seed(args.seed))
+    select_after = median_seconds(lambda: alg.select_cuts(speed_ids, speed_mask, speed_entropy, after, think_end_id=-1,
+                                                          num_segments=10, no_think_end="use_end"))
 
     settings = (f"SmolLM2-135M-Instruct (embedded, float32, CPU); {len(problems)} bundled problems × "
                 f"{args.samples_per_problem} samples, temperature {args.temperature}, top-p 1.0, ≤ {args.max_new_tokens} "
@@ -156,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         f"single tokens whose own text ends a step: {after.single_token_ids().numel()} of {len(tokenizer)}",
         "",
         f"marking a {args.speed_batch} × {args.speed_length} batch (median of 5): token lookup {seconds_before * 1e3:.1f} ms, "
-        f"decoded-text tables {seconds_after * 1e3:.1f} ms",
+        f"decoded-text tables {seconds_after * 1e3:.1f} ms; select_cuts with the tables (k = 10) {select_after * 1e3:.1f} ms",
         "",
         ("self-check: step ends equal the prefix-decoding oracle on every response" if not failures
          else "self-check FAILED:\n" + "\n".join(f"- {f}" for f in failures)),

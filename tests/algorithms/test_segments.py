@@ -138,7 +138,6 @@ def test_the_styles_split_newlines_differently(tiny_tokenizer):
     # context, so ".\n" + "▁" + "\n" is not a blank line.
     space = sentencepiece.convert_tokens_to_ids("▁")
     assert sentencepiece.decode([space]) == ""
-    assert bool(step_boundaries(sentencepiece).writes_text[space])
     ids = _encode(sentencepiece, "a.\n \nis")
     assert [sentencepiece.convert_ids_to_tokens(i) for i in ids][2:5] == ["<0x0A>", "▁", "<0x0A>"]
     assert _marked(sentencepiece, ids) == step_ends_by_decoding(sentencepiece, ids) == [2]

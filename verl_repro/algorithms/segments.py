@@ -29,13 +29,16 @@ NO_THINK_END_POLICIES: tuple[str, ...] = ("skip", "use_end")
 _BOUNDARY_CACHE: "weakref.WeakKeyDictionary[Any, dict[tuple[str, ...], StepBoundaries]]" = weakref.WeakKeyDictionary()
 
 
+_BITS_PER_WORD = 31  # int32 words: half the memory traffic of int64 over [B, T]
+
+
 @dataclass(frozen=True)
 class StepBoundaries:
     """Per-vocabulary tables that find step ends in the decoded text of token sequences.
 
     A response token ``t`` ends a step when the decoded response text up to and including ``t``
-    ends with one of ``patterns``, however the tokenizer split those characters (``".\n\n"`` as
-    one token, ``"."`` + ``"\n"``, ``"\n"`` + ``"\n"``), and the next token that writes text
+    ends with one of ``patterns``, however the tokenizer split those characters (``".\\n\\n"`` as
+    one token, ``"."`` + ``"\\n"``, ``"\\n"`` + ``"\\n"``), and the next token that writes text
     does not just extend the same run of newlines into another match: a run of newlines gives one
     step end, at its last token. Tokens that write no text never end a step.
 
@@ -44,28 +47,37 @@ class StepBoundaries:
     proper suffix of ``q`` and the text before it ends with the rest of ``q`` — a shorter string
     of the same kind. So the tables hold, for every *pattern head* ``q`` (every non-empty prefix of
     a pattern, shortest first), whether each token's text ends with ``q`` and which shorter head
-    the text before the token must end with; :meth:`mark` resolves the heads in order of length,
-    each one a gather over ``[B, T]``.
+    the text before the token must end with; :meth:`mark` resolves the heads in order of length.
+
+    Each token's facts are bits of one ``int32`` word (or a few, for long pattern sets): a batch is
+    read from the vocabulary with one gather per word, and only the few tokens with an ending bit
+    (one or two per line of text) are kept, in a compact list where "the token before" is found by
+    a sorted search. No loop runs over rows or tokens.
 
     Attributes:
         patterns: the step-ending strings.
-        heads: every non-empty prefix of a pattern, shortest first (``[Q]``).
-        head_is_pattern: ``[Q] bool`` — the head is one of ``patterns``.
-        own_ending: ``[V, Q] bool`` — the token's own text ends with head ``q``.
-        needs_before: ``[V, Q] long`` — index of the head the text before the token must end
-            with for the token to complete head ``q`` (its text is a shorter suffix of ``q``); -1:
-            the token cannot complete ``q`` that way.
-        writes_text: ``[V] bool`` — the token's text is not empty.
-        newlines_only: ``[V] bool`` — the token's text is one or more ``"\n"`` and nothing else.
+        heads: every non-empty prefix of a pattern, shortest first.
+        completions: per head, the ``(shorter head, bit)`` pairs: a token with that bit completes
+            the head when the text before it ends with the shorter head.
+        token_bits: ``[words, V] int32`` — bit ``q`` (head index): the token's own text ends with
+            head ``q``; then the ``completions`` bits; then :attr:`writes_bit` and
+            :attr:`newlines_only_bit`.
     """
 
     patterns: tuple[str, ...]
     heads: tuple[str, ...]
-    head_is_pattern: torch.Tensor
-    own_ending: torch.Tensor
-    needs_before: torch.Tensor
-    writes_text: torch.Tensor
-    newlines_only: torch.Tensor
+    completions: tuple[tuple[tuple[int, int], ...], ...]
+    token_bits: torch.Tensor
+
+    @property
+    def writes_bit(self) -> int:
+        """Bit: the token's text is not empty."""
+        return len(self.heads) + sum(len(c) for c in self.completions)
+
+    @property
+    def newlines_only_bit(self) -> int:
+        """Bit: the token's text is one or more ``"\\n"`` and nothing else."""
+        return self.writes_bit + 1
 
     @classmethod
     def from_texts(cls, texts: Sequence[str], patterns: Sequence[str] = DEFAULT_BOUNDARY_PATTERNS) -> "StepBoundaries":
@@ -73,9 +85,8 @@ class StepBoundaries:
         patterns = _check_patterns(patterns)
         heads = tuple(sorted({p[:n] for p in patterns for n in range(1, len(p) + 1)}, key=lambda h: (len(h), h)))
         head_index = {head: q for q, head in enumerate(heads)}
-        vocab_size = len(texts)
-        own_ending = torch.zeros(vocab_size, len(heads), dtype=torch.bool)
-        needs_before = torch.full((vocab_size, len(heads)), -1, dtype=torch.long)
+        owns: list[list[int]] = [[] for _ in heads]
+        completes: dict[tuple[int, int], list[int]] = {}
         # Only a token whose last character ends some head can take part in a match: checking
         # those few is what keeps a 150k vocabulary fast.
         last_characters = {head[-1] for head in heads}
@@ -84,18 +95,17 @@ class StepBoundaries:
                 continue
             for q, head in enumerate(heads):
                 if text.endswith(head):
-                    own_ending[token_id, q] = True
+                    owns[q].append(token_id)
                 elif head.endswith(text):  # text is a proper suffix of head: the rest comes before
-                    needs_before[token_id, q] = head_index[head[: len(head) - len(text)]]
-        return cls(
-            patterns=patterns,
-            heads=heads,
-            head_is_pattern=torch.tensor([head in patterns for head in heads], dtype=torch.bool),
-            own_ending=own_ending,
-            needs_before=needs_before,
-            writes_text=torch.tensor([bool(text) for text in texts], dtype=torch.bool),
-            newlines_only=torch.tensor([bool(text) and not text.strip("\n") for text in texts], dtype=torch.bool),
-        )
+                    completes.setdefault((q, head_index[head[: len(head) - len(text)]]), []).append(token_id)
+        completions: list[list[tuple[int, int]]] = [[] for _ in heads]
+        for number, (q, shorter) in enumerate(sorted(completes), start=len(heads)):
+            completions[q].append((shorter, number))
+        bit_ids = owns + [completes[key] for key in sorted(completes)]
+        bit_ids.append([i for i, text in enumerate(texts) if text])
+        bit_ids.append([i for i, text in enumerate(texts) if text and not text.strip("\n")])
+        return cls(patterns=patterns, heads=heads, completions=tuple(tuple(c) for c in completions),
+                   token_bits=_pack_bits(bit_ids, len(texts)))
 
     @classmethod
     def from_token_ids(cls, token_ids: Sequence[int] | torch.Tensor) -> "StepBoundaries":
@@ -105,25 +115,29 @@ class StepBoundaries:
         if token_ids.numel() and int(token_ids.min()) < 0:
             raise ValueError("boundary token ids must be non-negative")
         vocab_size = int(token_ids.max()) + 1 if token_ids.numel() else 0
-        own_ending = torch.zeros(vocab_size, 1, dtype=torch.bool)
-        own_ending[token_ids, 0] = True
-        return cls(
-            patterns=(), heads=("",), head_is_pattern=torch.ones(1, dtype=torch.bool), own_ending=own_ending,
-            needs_before=torch.full((vocab_size, 1), -1, dtype=torch.long),
-            writes_text=torch.ones(vocab_size, dtype=torch.bool), newlines_only=torch.zeros(vocab_size, dtype=torch.bool),
-        )
+        bits = _pack_bits([token_ids.tolist(), list(range(vocab_size)), []], vocab_size)
+        return cls(patterns=(), heads=("",), completions=((),), token_bits=bits)
 
     @property
     def vocab_size(self) -> int:
-        return self.own_ending.shape[0]
+        return self.token_bits.shape[1]
+
+    def _ids_with(self, number: int) -> torch.Tensor:
+        word, shift = divmod(number, _BITS_PER_WORD)
+        return ((self.token_bits[word] >> shift) & 1).nonzero().reshape(-1)
+
+    def _pattern_heads(self) -> list[int]:
+        # from_token_ids has no patterns: its one head stands for "ends a step"
+        return [q for q, head in enumerate(self.heads) if head in self.patterns or not self.patterns]
 
     def can_end_a_step(self) -> bool:
         """Whether any token can end a step at all (False: every response gets the end cut only)."""
-        return bool(self.own_ending[:, self.head_is_pattern].any() or (self.needs_before[:, self.head_is_pattern] >= 0).any())
+        heads = self._pattern_heads()
+        return any(self._ids_with(number).numel() for number in [*heads, *(n for q in heads for _, n in self.completions[q])])
 
     def single_token_ids(self) -> torch.Tensor:
         """``[N] long`` — ids whose own text ends with a pattern: what a token-by-token rule finds."""
-        return self.own_ending[:, self.head_is_pattern].any(dim=1).nonzero().reshape(-1)
+        return torch.cat([self._ids_with(q) for q in self._pattern_heads()]).unique()
 
     def mark(self, response_ids: torch.Tensor) -> torch.Tensor:
         """``[B, T] bool`` — token ``t`` ends a step (see the class docstring).
@@ -136,43 +150,85 @@ class StepBoundaries:
             raise ValueError(f"response_ids must be [B, T], got shape {tuple(response_ids.shape)}")
         device = response_ids.device
         batch, length = response_ids.shape
+        result = torch.zeros(batch * length, dtype=torch.bool, device=device)
         if self.vocab_size == 0 or batch == 0 or length == 0:
-            return torch.zeros(batch, length, dtype=torch.bool, device=device)
+            return result.view(batch, length)
         in_vocab = (response_ids >= 0) & (response_ids < self.vocab_size)
-        # index_select on flat ids is several times faster than advanced indexing.
         flat_ids = torch.where(in_vocab, response_ids, 0).reshape(-1)
+        # index_select on flat ids is several times faster than advanced indexing.
+        words = [word.to(device).index_select(0, flat_ids) for word in self.token_bits]
+        if not bool(in_vocab.all()):  # ids outside the vocabulary have no bit set: no text, no ending
+            words = [word.masked_fill_(~in_vocab.reshape(-1), 0) for word in words]
 
-        def lookup(table: torch.Tensor) -> torch.Tensor:
-            return table.to(device).index_select(0, flat_ids).view(batch, length, *table.shape[1:])
+        # Only tokens with an ending or completion bit can end a head; they are few (one or two per
+        # line), so the heads are resolved on them alone, in a compact list.
+        active = torch.zeros_like(result)
+        for word, mask in zip(words, _word_masks(range(self.writes_bit), len(words))):
+            if mask:
+                active |= (word & mask) != 0
+        index = active.nonzero().reshape(-1)  # sorted flat positions b·T + t
+        if index.numel() == 0:
+            return result.view(batch, length)
+        compact = [word.index_select(0, index) for word in words]
 
-        writes = lookup(self.writes_text) & in_vocab
-        positions = torch.arange(length, device=device).expand(batch, length)
-        # Index of the last text-writing token before t (-1: none), by a running maximum.
-        last_writer = torch.where(writes, positions, -1).cummax(dim=1).values
-        previous = torch.cat([torch.full((batch, 1), -1, device=device, dtype=torch.long), last_writer[:, :-1]], dim=1)
-        has_previous = previous >= 0
+        def bit(number: int) -> torch.Tensor:
+            word, shift = divmod(number, _BITS_PER_WORD)
+            return (compact[word] & (1 << shift)) != 0
 
-        own_ending = lookup(self.own_ending) & writes.unsqueeze(-1)
-        needs_before = lookup(self.needs_before)
-        num_heads = len(self.heads)
-        ends_with = torch.zeros(batch, length * num_heads, dtype=torch.bool, device=device)
+        # "The token before" is the previous text-writing token of the row: t - 1 when every token
+        # writes text, else the previous rank among the row's writers (a running count).
+        rows = torch.div(index, length, rounding_mode="floor")
+        word, shift = divmod(self.writes_bit, _BITS_PER_WORD)
+        writes = (words[word] & (1 << shift)) != 0
+        if bool(writes.all()):
+            rank = index - rows * length
+        else:
+            rank = (writes.view(batch, length).cumsum(dim=1) - 1).reshape(-1).index_select(0, index)
+        key = rows * length + rank  # increasing, like index
+        before = _find(key, key - 1, rank > 0)
+        after = _find(key, key + 1, rank < length - 1)
+
+        ends_with: list[torch.Tensor] = []
         # Heads shortest first: the head a token needs before it is shorter, so already resolved.
-        flat_previous = previous.clamp_min(0) * num_heads
-        for q in range(num_heads):
-            need = needs_before[..., q]
-            completed = ends_with.gather(1, flat_previous + need.clamp_min(0))
-            completed &= (need >= 0) & has_previous & writes
-            ends_with[:, q::num_heads] = own_ending[..., q] | completed
-        ends_pattern = ends_with.view(batch, length, num_heads)[..., self.head_is_pattern.to(device)].any(dim=-1)
-
+        for q, completions in enumerate(self.completions):
+            ends = bit(q)
+            for shorter, number in completions:
+                ends |= bit(number) & before(ends_with[shorter])
+            ends_with.append(ends)
+        heads = self._pattern_heads()
+        ends_pattern = ends_with[heads[0]]
+        for q in heads[1:]:
+            ends_pattern = ends_pattern | ends_with[q]
         # A run of newlines ends a step once, at its last token: drop t when the next writing
         # token is newlines only and ends a pattern again.
-        first_writer_from = torch.where(writes, positions, length).flip(1).cummin(dim=1).values.flip(1)
-        following = torch.cat([first_writer_from[:, 1:], torch.full((batch, 1), length, device=device, dtype=torch.long)], dim=1)
-        has_following = following < length
-        following = following.clamp_max(length - 1)
-        extends_run = lookup(self.newlines_only).gather(1, following) & ends_pattern.gather(1, following) & has_following
-        return ends_pattern & ~extends_run
+        ends_step = ends_pattern & ~after(bit(self.newlines_only_bit) & ends_pattern)
+        result[index[ends_step]] = True
+        return result.view(batch, length)
+
+
+def _pack_bits(ids_per_bit: list[list[int]], vocab_size: int) -> torch.Tensor:
+    words = torch.zeros(max(1, -(-len(ids_per_bit) // _BITS_PER_WORD)), vocab_size, dtype=torch.int32)
+    for number, ids in enumerate(ids_per_bit):
+        word, shift = divmod(number, _BITS_PER_WORD)
+        if ids:
+            words[word, torch.tensor(ids, dtype=torch.long)] |= 1 << shift
+    return words
+
+
+def _word_masks(numbers, num_words: int) -> list[int]:
+    masks = [0] * num_words
+    for number in numbers:
+        word, shift = divmod(number, _BITS_PER_WORD)
+        masks[word] |= 1 << shift
+    return masks
+
+
+def _find(keys: torch.Tensor, wanted: torch.Tensor, allowed: torch.Tensor):
+    """``lookup(values)[i]`` = ``values[j]`` where ``keys[j] == wanted[i]`` (``keys`` sorted); False
+    where no key matches or ``allowed[i]`` is False."""
+    position = torch.searchsorted(keys, wanted).clamp_max(keys.numel() - 1)
+    found = (keys.index_select(0, position) == wanted) & allowed
+    return lambda values: values.index_select(0, position) & found
 
 
 def _check_patterns(patterns: Sequence[str]) -> tuple[str, ...]:
