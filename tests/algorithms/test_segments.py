@@ -234,6 +234,20 @@ def test_mark_handles_padding_ids_and_empty_batches():
     assert StepBoundaries.from_token_ids([2, 3]).mark(torch.tensor([[2, 3, 1, 3, -1]])).tolist() == [[True, True, False, True, False]]
 
 
+def test_rows_of_a_batch_do_not_share_text():
+    """A row that ends with ".\n" and fills its row, followed by one that starts with "\n" or "\n\n":
+    no blank line across rows, and no run continued into the next row, with or without a token that
+    writes nothing (the two ways of finding "the token before")."""
+    for empty in ([], [7]):  # OWN_VOCABULARY[7] == ""
+        tokenizer = _TextTokenizer(OWN_VOCABULARY)
+        rows = [[0, *empty, 8, 5], [5, 0, 0, *empty], [2, 0, 0, *empty]]  # "a" "." "\n" | "\n" "a" "a" | "\n\n" "a" "a"
+        expected = [[2 + len(empty)], [], [0]]
+        order = [0, 2, 0, 1]  # ".\n" before "\n\n", then before "\n"
+        marked = step_boundaries(tokenizer).mark(torch.tensor([rows[i] for i in order]))
+        assert [row.nonzero().reshape(-1).tolist() for row in marked] == [expected[i] for i in order]
+        assert [step_ends_by_decoding(tokenizer, row) for row in rows] == expected
+
+
 def test_think_end_token_id_comes_from_the_tokenizer(tiny_tokenizer):
     token_id = think_end_token_id(tiny_tokenizer)
     assert tiny_tokenizer.decode([token_id]) == "</think>"
