@@ -123,10 +123,7 @@ def analyze_batch(model, tokenizer, batch: TokenizedBatch, correct: Sequence[boo
     select = lambda k: alg.select_cuts(response_ids, response_mask, entropy, boundaries, think_end_id, k, no_think_end=config.no_think_end)
     all_cuts, all_mask, has_think_end = select(max(response_ids.shape[1], 1))
     topk_cuts, topk_mask, _ = select(config.num_segments)
-    full_answers = [
-        tokenizer(config.render_answer(gt), add_special_tokens=False)["input_ids"] if gt is not None else []
-        for gt in batch.ground_truths
-    ]
+    full_answers = config.answer_token_ids(tokenizer, batch.ground_truths)
     answers = [ids[: config.max_answer_tokens] for ids in full_answers]
     j_base, j_all, scoring = score_j(model, batch.prompt_ids, response_ids, all_cuts, all_mask, answers,
                                      mode=scoring_mode, max_tokens_per_pass=max_tokens_per_pass)

@@ -151,10 +151,7 @@ def walkthrough(args: argparse.Namespace) -> int:
         response_ids, reasoning_mask, stats.entropy, boundaries, think_end_id=-1,
         num_segments=config.num_segments, no_think_end=config.no_think_end,
     )
-    answers = [
-        tokenizer(config.render_answer(gt), add_special_tokens=False)["input_ids"][: config.max_answer_tokens]
-        for gt in ground_truths
-    ]
+    answers = [ids[: config.max_answer_tokens] for ids in config.answer_token_ids(tokenizer, ground_truths)]
     j_base, j_cuts, scoring = score_j(
         model, rows_prompt, response_ids, cuts, cut_mask, answers, mode=args.scoring_mode
     )

@@ -75,21 +75,12 @@ class RenderedAnswers:
 
 
 def render_answers(tokenizer, reward_models: Sequence[Any], config: ReproConfig) -> RenderedAnswers:
-    """Render each ground truth with ``config.answer_template`` and tokenize it with the policy tokenizer.
-
-    The answer is tokenized on its own (no special tokens), as the text the policy would write
-    right after the cut, and truncated to ``config.max_answer_tokens``. Each distinct text is
-    tokenized once (the ``n`` responses of a prompt share it).
-    """
+    """Render each ground truth with ``config.answer_template``, tokenize it with the policy tokenizer
+    (:meth:`~verl_repro.config.ReproConfig.answer_token_ids`) and truncate it to
+    ``config.max_answer_tokens``."""
     texts = [reward_model_ground_truth(item) for item in reward_models]
-    unique = sorted({config.render_answer(text) for text in texts if text is not None})
-    encoded: dict[str, list[int]] = {}
-    if unique:
-        ids = tokenizer(unique, add_special_tokens=False)["input_ids"]
-        encoded = dict(zip(unique, ids))
     token_ids, valid, truncated = [], [], 0
-    for text in texts:
-        ids = encoded[config.render_answer(text)] if text is not None else []
+    for text, ids in zip(texts, config.answer_token_ids(tokenizer, texts)):
         if len(ids) > config.max_answer_tokens:
             ids = ids[: config.max_answer_tokens]
             truncated += 1

@@ -252,6 +252,8 @@ class _ReproSyncMixin:
             self.think_end_id = think_end_token_id(self.tokenizer, self.repro_config.think_end_token)
         except ValueError as error:
             raise ConfigError(str(error)) from error
+        if self.repro_config.answer_bos and getattr(self.tokenizer, "bos_token_id", None) is None:
+            logger.warning("verl-repro: repro.answer_bos=True but this tokenizer has no BOS token; answers are scored without one")
         self.boundaries = step_boundaries(self.tokenizer, tuple(self.repro_config.boundary_patterns))
         if not self.boundaries.can_end_a_step():
             logger.warning(
