@@ -54,6 +54,7 @@ def sample_responses(
     micro_batch_size: int = 16,
     progress=None,
     top_p: float = 1.0,
+    greedy: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sample one response per prompt with HF ``generate`` (left-padded micro-batches).
 
@@ -61,6 +62,7 @@ def sample_responses(
         prompt_ids: N token lists (rendered prompts, no padding); repeat a prompt for n samples.
         temperature: sampling temperature (> 0; top-k off).
         top_p: nucleus sampling threshold (1.0: off).
+        greedy: decode greedily (the most likely token each step) instead of sampling.
         eos_token_id: the end-of-sequence id, or several (e.g. a model's ``generation_config``).
         progress: optional callable ``progress(num_done)`` called after each micro-batch.
     Returns:
@@ -68,7 +70,7 @@ def sample_responses(
         a response ends with its first end-of-sequence token (kept, as vLLM returns it) or after
         ``max_new_tokens`` tokens.
     """
-    if temperature <= 0:
+    if temperature <= 0 and not greedy:
         raise ValueError(f"sampling temperature must be > 0, got {temperature!r}")
     device = next(model.parameters()).device
     eos_ids = torch.as_tensor([eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id), dtype=torch.long)
@@ -82,8 +84,10 @@ def sample_responses(
             input_ids[row, width - len(ids) :] = torch.as_tensor(ids, dtype=torch.long)
             attention[row, width - len(ids) :] = 1
         generated = model.generate(
-            input_ids=input_ids.to(device), attention_mask=attention.to(device), do_sample=True,
-            temperature=temperature, top_p=top_p, top_k=0, max_new_tokens=max_new_tokens,
+            input_ids=input_ids.to(device), attention_mask=attention.to(device),
+            **({"do_sample": False, "temperature": None, "top_p": None, "top_k": None} if greedy
+               else {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0}),
+            max_new_tokens=max_new_tokens,
             pad_token_id=pad_id, eos_token_id=eos_ids.tolist(),
         )[:, width:].cpu()
         is_eos = torch.isin(generated, eos_ids)
