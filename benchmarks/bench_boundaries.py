@@ -82,15 +82,16 @@ def median_seconds(fn, repeats: int = 5) -> float:
     return statistics.median(times)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
+def smollm2_samples(args: argparse.Namespace):
+    """SmolLM2's responses to the bundled problems with the analysis tools' prompt (shared with
+    bench_answer_bos.py): ``(model, tokenizer, problems, prompt rows, response_ids [N, T],
+    response_mask [N, T], end ids, sampling seconds)``."""
     from verl_repro.analysis.frontend import (
         SYSTEM_PROMPT, USER_SUFFIX, bundled_problems, encode, end_token_ids, load_model, pad_token_id, render_prompt,
     )
     from verl_repro.analysis.hf_scoring import sample_responses
 
+    torch.manual_seed(args.seed)
     model, tokenizer, _ = load_model(None, device="cpu", dtype="float32", progress=False)
     problems = bundled_problems(args.problems)
     prompts = encode(tokenizer, [render_prompt(tokenizer, p.prompt, "chat", SYSTEM_PROMPT, USER_SUFFIX) for p in problems])
@@ -101,8 +102,13 @@ def main(argv: list[str] | None = None) -> int:
         model, rows, max_new_tokens=args.max_new_tokens, temperature=args.temperature, eos_token_id=end_ids,
         pad_id=pad_token_id(tokenizer), micro_batch_size=len(rows),
     )
-    sampling_seconds = time.perf_counter() - started
+    return model, tokenizer, problems, rows, response_ids, response_mask, end_ids, time.perf_counter() - started
 
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    torch.set_num_threads(args.threads)
+    model, tokenizer, problems, rows, response_ids, response_mask, end_ids, sampling_seconds = smollm2_samples(args)
     after = alg.step_boundaries(tokenizer)
     before = alg.StepBoundaries.from_token_ids(after.single_token_ids())
     counts_before = candidate_counts(before, response_ids, response_mask)
