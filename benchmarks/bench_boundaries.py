@@ -12,7 +12,7 @@ analysis tools' prompt: one step per line, answer in ``\\boxed{}``), then counts
 A candidate is a step end whose cut lies strictly before the response's end token (``c < e``), as
 :func:`verl_repro.algorithms.select_cuts` ranks them (SmolLM2 writes no ``</think>``: its end-of-turn
 token or its last token acts as ``e``). Self-check: every response's step ends equal those of the
-prefix-decoding oracle (:func:`verl_repro.algorithms.step_ends_by_decoding`); exit status 1 if not.
+prefix-decoding oracle (:func:`verl_repro.algorithms.reference.step_ends_by_decoding`); exit status 1 if not.
 It also times the two rules, and :func:`~verl_repro.algorithms.select_cuts` with the text rule, on a
 ``--speed-batch × --speed-length`` batch tiled from the responses (median of 5; printed, never checked).
 
@@ -34,6 +34,7 @@ import time
 import torch
 
 from verl_repro import algorithms as alg
+from verl_repro.algorithms.reference import step_ends_by_decoding
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -120,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         ids = response_ids[row, : int(response_mask[row].sum())].tolist()
         text = tokenizer.decode([i for i in ids if i not in end_ids], skip_special_tokens=False)
         marked = after.mark(torch.tensor([ids]))[0].nonzero().reshape(-1).tolist()
-        expected = alg.step_ends_by_decoding(tokenizer, ids)
+        expected = step_ends_by_decoding(tokenizer, ids)
         if marked != expected:
             failures.append(f"response {row}: step ends {marked} != decoding oracle {expected}")
         lines.append(newline_ended_lines(text))

@@ -11,8 +11,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from verl_repro.algorithms import StepBoundaries, select_cuts, step_boundaries, step_ends_by_decoding, think_end_token_id
+from verl_repro.algorithms import StepBoundaries, select_cuts, step_boundaries, think_end_token_id
 from verl_repro.algorithms import reference as oracle
+from verl_repro.algorithms.reference import step_ends_by_decoding
 
 
 

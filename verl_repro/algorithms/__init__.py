@@ -38,7 +38,6 @@ from .segments import (
     StepBoundaries,
     select_cuts,
     step_boundaries,
-    step_ends_by_decoding,
     think_end_token_id,
 )
 
@@ -48,7 +47,6 @@ __all__ = [
     "NO_THINK_END_POLICIES",
     "StepBoundaries",
     "step_boundaries",
-    "step_ends_by_decoding",
     "think_end_token_id",
     "select_cuts",
     # scores and rewards

@@ -2,7 +2,8 @@
 
 A token ends a step where the decoded response text up to and including it ends with one of
 ``repro.boundary_patterns`` (:class:`StepBoundaries`, per-vocabulary tables read with gathers over
-``[B, T]``; :func:`step_ends_by_decoding` is the same rule written with decoded text).
+``[B, T]``; :func:`verl_repro.algorithms.reference.step_ends_by_decoding` is the same rule written
+with decoded text, its oracle).
 A *cut* ``c`` is a number of response tokens kept: the prefix ``y_1..y_c`` (response indices
 ``0..c-1``). Candidate cuts sit just after a step-ending token at response index ``t``, so
 ``c = t + 1``, and strictly before ``e`` (``c < e``), the response index of the first ``</think>``. The ``k`` candidates whose
@@ -278,39 +279,6 @@ def step_boundaries(tokenizer, patterns: Sequence[str] = DEFAULT_BOUNDARY_PATTER
     if patterns not in per_tokenizer:
         per_tokenizer[patterns] = StepBoundaries.from_texts(_decode_vocabulary(tokenizer), patterns)
     return per_tokenizer[patterns]
-
-
-def step_ends_by_decoding(tokenizer, response_ids: Sequence[int], patterns: Sequence[str] = DEFAULT_BOUNDARY_PATTERNS) -> list[int]:
-    """The step ends of one response, found by decoding its text prefix by prefix.
-
-    The plain statement of the rule :meth:`StepBoundaries.mark` vectorizes, and its oracle in
-    tests and benchmarks (one decode per token: never in a training step). Returns the indices
-    ``t`` whose decoded prefix ``y_0..y_t`` ends with a pattern, where token ``t`` wrote text, and
-    whose next text-writing token does not add only newlines after which the text still ends
-    with a pattern.
-    """
-    patterns = _check_patterns(patterns)
-    ids = list(response_ids)
-    prefixes = [_decode_text(tokenizer, ids[: t + 1]) for t in range(len(ids))]
-    wrote = [len(prefixes[t]) > (len(prefixes[t - 1]) if t else 0) for t in range(len(ids))]
-    ends = []
-    for t in range(len(ids)):
-        if not (wrote[t] and prefixes[t].endswith(patterns)):
-            continue
-        following = next((s for s in range(t + 1, len(ids)) if wrote[s]), None)
-        if following is not None:
-            added = prefixes[following][len(prefixes[t]):]
-            if prefixes[following].startswith(prefixes[t]) and added and not added.strip("\n") and prefixes[following].endswith(patterns):
-                continue
-        ends.append(t)
-    return ends
-
-
-def _decode_text(tokenizer, ids: list[int]) -> str:
-    try:
-        return tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
-    except TypeError:  # a stand-in with decode(ids) only
-        return tokenizer.decode(ids)
 
 
 def think_end_token_id(tokenizer, token: str = "</think>") -> int:
