@@ -4,7 +4,8 @@ The same responses as ``bench_boundaries.py`` (the embedded SmolLM2-135M-Instruc
 bundled problems); J is scored at ``c = 0`` and after every line (``repro.boundary_patterns=["\\n"]``,
 the demo's setting) up to the response's end, once with the answer's own tokens (our default) and
 once with the tokenizer's BOS first (``repro.answer_bos=true``, the authors' tokenization; J then
-averages over the BOS too). Reported: the shift of J (nats) and, per response, Kendall's τ between
+averages over the BOS too), and, for comparison, with the BOS as context only (J over the answer's own
+tokens after it, by a plain forward). Reported: the shift of J (nats) and, per response, Kendall's τ between
 the two J curves (1: the BOS leaves the order of the points alone).
 
 Self-check: every J of the first response equals a direct forward of ``prompt + response[:c] +
@@ -38,11 +39,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def direct_j(model, prompt: list[int], response: list[int], cut: int, answer: list[int]) -> float:
+def direct_j(model, prompt: list[int], response: list[int], cut: int, answer: list[int], scored: int | None = None) -> float:
+    """J by one plain forward of ``prompt + response[:cut] + answer``, averaged over the last
+    ``scored`` answer tokens (default: all of them)."""
+    scored = len(answer) if scored is None else scored
     ids = torch.tensor([prompt + response[:cut] + answer])
     with torch.no_grad():
         log_probs = torch.log_softmax(model(ids).logits[0, :-1].float(), dim=-1)
-    return float(log_probs[-len(answer):].gather(1, ids[0, -len(answer):, None]).mean())
+    return float(log_probs[-scored:].gather(1, ids[0, -scored:, None]).mean())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,6 +77,16 @@ def main(argv: list[str] | None = None) -> int:
             if abs(j - expected) > 1e-4:
                 failures.append(f"answer_bos={answer_bos}, cut {cut}: J {j:.6f} vs a direct forward {expected:.6f}")
 
+    # The other reading of "a BOS before the answer": the BOS as context only, J over the answer's own
+    # tokens after it (a plain forward per point).
+    context = []
+    for row in range(len(rows)):
+        response = response_ids[row, : int(response_mask[row].sum())].tolist()
+        context.append([direct_j(model, rows[row], response, cut, answers[True][row], scored=len(answers[False][row]))
+                        for cut in [0, *cuts[row][cut_mask[row]].tolist()]])
+    context_shifts = [c - p for plain, ctx in zip(curves[False], context) for p, c in zip(plain, ctx)]
+    context_taus = [float(kendalltau(plain, ctx).statistic) for plain, ctx in zip(curves[False], context) if len(plain) >= 3]
+
     shifts = [b - p for plain, bos in zip(curves[False], curves[True]) for p, b in zip(plain, bos)]
     taus = [float(kendalltau(plain, bos).statistic) for plain, bos in zip(curves[False], curves[True]) if len(plain) >= 3]
     table = [f"| {row} | {len(curves[False][row])} | {statistics.median(b - p for p, b in zip(curves[False][row], curves[True][row])):+.2f} | "
@@ -96,6 +110,10 @@ def main(argv: list[str] | None = None) -> int:
         f"over all {len(shifts)} points: ΔJ median {statistics.median(shifts):+.2f} nats, median |ΔJ| "
         f"{statistics.median(abs(d) for d in shifts):.2f}, range {min(shifts):+.2f} … {max(shifts):+.2f}; Kendall τ over "
         f"{len(taus)} responses with ≥ 3 points: median {statistics.median(taus):+.2f}, range {min(taus):+.2f} … {max(taus):+.2f}",
+        "",
+        f"the BOS as context only (J over the answer's own tokens after it): ΔJ median {statistics.median(context_shifts):+.2f} nats, "
+        f"median |ΔJ| {statistics.median(abs(d) for d in context_shifts):.2f}, range {min(context_shifts):+.2f} … {max(context_shifts):+.2f}; "
+        f"Kendall τ median {statistics.median(context_taus):+.2f}, range {min(context_taus):+.2f} … {max(context_taus):+.2f}",
         "",
         ("self-check: J of the first response equals a direct forward in both tokenizations" if not failures
          else "self-check FAILED:\n" + "\n".join(f"- {f}" for f in failures)),
