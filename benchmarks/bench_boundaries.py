@@ -69,9 +69,7 @@ def newline_ended_lines(text: str) -> int:
 
 def candidate_counts(boundaries, response_ids: torch.Tensor, response_mask: torch.Tensor) -> list[int]:
     """Candidate cuts per response (all step ends with c < e; e = the last real token)."""
-    cuts, cut_mask, _ = alg.select_cuts(response_ids, response_mask, torch.zeros(response_ids.shape), boundaries,
-                                        think_end_id=-1, num_segments=max(response_ids.shape[1], 1), no_think_end="use_end")
-    return (cut_mask.sum(dim=1) - 1).clamp_min(0).tolist()  # minus the end cut e + 1
+    return alg.candidate_counts(response_ids, response_mask, boundaries, think_end_id=-1, no_think_end="use_end").tolist()
 
 
 def median_seconds(fn, repeats: int = 5) -> float:

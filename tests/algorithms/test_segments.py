@@ -249,6 +249,17 @@ def test_rows_of_a_batch_do_not_share_text():
         assert [step_ends_by_decoding(tokenizer, row) for row in rows] == expected
 
 
+def test_candidate_counts_are_the_step_ends_before_e():
+    #     t:  0  1  2  3  4  5  6
+    ids = [[2, 1, 2, 1, 2, 7, 2], [1, 1, 7, 2, 2, 2, 2]]
+    # row 0: step ends at t = 0, 2 (t = 4 is right before </think>: c = e, no candidate); row 1: none before e
+    from verl_repro.algorithms import candidate_counts
+
+    assert candidate_counts(torch.tensor(ids), torch.ones(2, 7), torch.tensor(BOUNDARY), THINK_END).tolist() == [2, 0]
+    assert candidate_counts(torch.tensor(ids), torch.ones(2, 7), torch.tensor(BOUNDARY), 99).tolist() == [0, 0]  # skip: no </think>
+    assert candidate_counts(torch.tensor(ids), torch.ones(2, 7), torch.tensor(BOUNDARY), 99, no_think_end="use_end").tolist() == [3, 2]  # e = the last token: t < e - 1
+
+
 def test_think_end_token_id_comes_from_the_tokenizer(tiny_tokenizer):
     token_id = think_end_token_id(tiny_tokenizer)
     assert tiny_tokenizer.decode([token_id]) == "</think>"

@@ -408,3 +408,19 @@ def select_cuts(
     cut_mask = torch.arange(width, device=device) < num_cuts.unsqueeze(1)
     cuts = cuts.masked_fill(~cut_mask, 0)
     return cuts, cut_mask, has_think_end
+
+
+def candidate_counts(
+    response_ids: torch.Tensor,
+    response_mask: torch.Tensor,
+    boundaries: StepBoundaries | torch.Tensor,
+    think_end_id: int,
+    *,
+    no_think_end: str = "skip",
+) -> torch.Tensor:
+    """``[B] long`` — candidate cuts per response: the step ends :func:`select_cuts` ranks
+    (``c < e``), before it keeps the top ``k``. For reports (the walkthrough, benchmarks)."""
+    entropy = torch.zeros(response_ids.shape, device=response_ids.device)
+    _, cut_mask, _ = select_cuts(response_ids, response_mask, entropy, boundaries, think_end_id,
+                                 max(response_ids.shape[1], 1), no_think_end=no_think_end)
+    return (cut_mask.sum(dim=1) - 1).clamp_min(0)  # all but the end cut e + 1
