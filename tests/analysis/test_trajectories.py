@@ -241,7 +241,7 @@ def test_scoring_modes_agree(tiny_model_dir, tiny_tokenizer):
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
     batch = tr._tokenize_trajectories(tiny_tokenizer, [to_trajectory(str(i), row) for i, row in enumerate(TRAJECTORIES[:2])], "chat", None, "")
     response_ids, response_mask = alg.pad_token_lists(batch.response_ids, tiny_tokenizer.pad_token_id)
-    cuts, cut_mask, _ = alg.select_cuts(response_ids, response_mask, torch.zeros(response_ids.shape), alg.boundary_token_ids(tiny_tokenizer),
+    cuts, cut_mask, _ = alg.select_cuts(response_ids, response_mask, torch.zeros(response_ids.shape), alg.step_boundaries(tiny_tokenizer),
                                         alg.think_end_token_id(tiny_tokenizer), 100)
     answers = [tiny_tokenizer("\\boxed{5}", add_special_tokens=False)["input_ids"]] * 2
     naive = score_j(model, batch.prompt_ids, response_ids, cuts, cut_mask, answers, mode="naive")

@@ -42,3 +42,22 @@ def test_bench_kernel_defaults_are_one_thread_and_several_runs():
     # no committed results yet (no GPU has run it); its defaults follow the same rule
     defaults = load("bench_token_stats").build_parser().parse_args([])
     assert defaults.threads == 1 and defaults.repeats >= 3
+
+
+def test_bench_boundaries_defaults_are_its_results_settings():
+    defaults = load("bench_boundaries").build_parser().parse_args([])
+    assert defaults.threads == 1
+    text = (RESULTS / "bench_boundaries_smollm2.md").read_text()
+    assert (f"{defaults.problems} bundled problems × {defaults.samples_per_problem} samples, temperature {defaults.temperature}, "
+            f"top-p 1.0, ≤ {defaults.max_new_tokens} new tokens, seed {defaults.seed}") in text
+    assert f", {defaults.threads} thread(s);" in text and f"a {defaults.speed_batch} × {defaults.speed_length} batch (median of 5)" in text
+    assert "self-check: step ends equal the prefix-decoding oracle on every response" in text
+
+
+def test_bench_answer_bos_defaults_are_its_results_settings():
+    defaults = load("bench_answer_bos").build_parser().parse_args([])
+    text = (RESULTS / "bench_answer_bos_smollm2.md").read_text()
+    assert (f"{defaults.problems} bundled problems × {defaults.samples_per_problem} samples, temperature {defaults.temperature}, "
+            f"top-p 1.0, ≤ {defaults.max_new_tokens} new tokens, seed {defaults.seed}") in text
+    assert f", {defaults.threads} thread(s);" in text
+    assert "self-check: J of the first response equals a direct forward in both tokenizations" in text

@@ -28,6 +28,7 @@ def test_demo_on_tiny_model(tiny_model_dir, tiny_tokenizer, tmp_path):
     )
     assert result.returncode == 0, result.stderr[-4000:]
     assert "ρ(H,g)" in result.stdout
+    assert "step boundaries per response (decoded text, patterns ['\\n'])" in result.stdout
     summary = json.loads((out / "summary.json").read_text())
     rows = summary["responses"]
     assert len(rows) == 4
@@ -35,6 +36,7 @@ def test_demo_on_tiny_model(tiny_model_dir, tiny_tokenizer, tmp_path):
     assert counts["repro/rows"] == 4
     for row in rows:
         assert len(row["j_curve"]) == row["cuts"] + 1
+        assert row["cuts"] == min(row["step_boundaries"], summary["config"]["num_segments"]) + 1
         assert all(math.isfinite(v) for v in row["j_curve"])
         assert -1.0 <= row["rho_entropy_grad"] <= 1.0
         # no </think>: the last reasoning token acts as e (use_end); the end-of-turn token is excluded

@@ -43,7 +43,7 @@ def _assert_same_j(model, prompts, responses, cuts, cut_mask, answers, **kwargs)
 
 def _tiny_case(tokenizer, generator: torch.Generator):
     """Prompts / responses written with the tiny tokenizer; cuts from RePro's own selection."""
-    from verl_repro.algorithms import boundary_token_ids, select_cuts, think_end_token_id
+    from verl_repro.algorithms import step_boundaries, select_cuts, think_end_token_id
 
     steps = ["First, we add 3 and 4 to get 7.\n", "Wait, let me re-check the sum.\n\n", "So the total is 7.\n"]
     texts = [
@@ -60,7 +60,7 @@ def _tiny_case(tokenizer, generator: torch.Generator):
         mask[row, : len(ids)] = 1
     entropy = torch.rand(responses.shape, generator=generator)
     cuts, cut_mask, _ = select_cuts(
-        responses, mask, entropy, boundary_token_ids(tokenizer), think_end_token_id(tokenizer), num_segments=30
+        responses, mask, entropy, step_boundaries(tokenizer), think_end_token_id(tokenizer), num_segments=30
     )
     answers = [tokenizer(a, add_special_tokens=False)["input_ids"] for a in ("\\boxed{7}", "\\boxed{12}", "7")]
     return prompts, responses, cuts, cut_mask, answers

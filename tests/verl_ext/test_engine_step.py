@@ -17,7 +17,7 @@ import tempfile
 import pytest
 import torch
 
-from verl_repro.algorithms import boundary_token_ids, think_end_token_id
+from verl_repro.algorithms import step_boundaries, think_end_token_id
 from verl_repro.config import ReproConfig
 from verl_repro.verl_ext import transport
 
@@ -135,7 +135,7 @@ def _score(tokenizer, group, mode: str, dp_size: int):
         **_rollout(tokenizer),
         tokenizer=tokenizer,
         config=config,
-        boundary_ids=boundary_token_ids(tokenizer, tuple(config.boundary_patterns)),
+        boundaries=step_boundaries(tokenizer, tuple(config.boundary_patterns)),
         think_end_id=think_end_token_id(tokenizer),
         backend=backend,
     )

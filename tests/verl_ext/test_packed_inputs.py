@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from verl_repro.algorithms import boundary_token_ids, think_end_token_id
+from verl_repro.algorithms import step_boundaries, think_end_token_id
 from verl_repro.config import ReproConfig
 
 PER_TOKEN_OUTPUTS = ("log_probs", "entropy", "sum_pi_squared", "logit_grad_norm")
@@ -85,7 +85,7 @@ def _prefix_shared_j(engine, make_worker_group, tokenizer, batch, use_remove_pad
         input_ids=batch["input_ids"], prompt_lengths=batch["prompt_lengths"], responses=batch["responses"],
         response_mask=batch["response_mask"], entropy=batch["entropy"], reward_models=batch["reward_models"],
         padding=batch["padding"], tokenizer=tokenizer, config=config,
-        boundary_ids=boundary_token_ids(tokenizer, tuple(config.boundary_patterns)),
+        boundaries=step_boundaries(tokenizer, tuple(config.boundary_patterns)),
         think_end_id=think_end_token_id(tokenizer),
         backend=LogProbBackend(group.compute_ref_log_prob, dp_size=2, temperature=0.9),
     )

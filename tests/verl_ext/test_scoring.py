@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from verl_repro.algorithms import boundary_token_ids, think_end_token_id
+from verl_repro.algorithms import step_boundaries, think_end_token_id
 from verl_repro.config import ReproConfig
 from verl_repro.verl_ext.scoring import render_answers, reward_model_ground_truth, score_ground_truth
 from verl_repro.verl_ext.transport import LogProbBackend
@@ -73,6 +73,59 @@ def test_render_answers_custom_template(tiny_tokenizer):
     assert tiny_tokenizer.decode(answers.token_ids[0]) == "The answer is 7."
 
 
+def _with_bos(tokenizer, bos: str):
+    import copy
+
+    tokenizer = copy.deepcopy(tokenizer)
+    tokenizer.bos_token = bos
+    return tokenizer
+
+
+def test_answer_bos_puts_the_tokenizers_bos_first_and_counts_it(tiny_tokenizer):
+    """repro.answer_bos: the authors' tokenization of J's answer (docs/repro.md); off by default."""
+    bos_tokenizer = _with_bos(tiny_tokenizer, "<|im_start|>")
+    bos = bos_tokenizer.convert_tokens_to_ids("<|im_start|>")
+    plain = tiny_tokenizer("\\boxed{7}", add_special_tokens=False)["input_ids"]
+    reward_models = [{"ground_truth": "7"}, {}]
+    default = render_answers(bos_tokenizer, reward_models, ReproConfig().validate())
+    assert default.token_ids[0].tolist() == plain and not ReproConfig().answer_bos
+    with_bos = render_answers(bos_tokenizer, reward_models, ReproConfig(answer_bos=True).validate())
+    assert with_bos.token_ids[0].tolist() == [bos, *plain]
+    assert with_bos.token_ids[1].numel() == 0 and with_bos.valid.tolist() == [True, False]
+    # the BOS is one of the answer tokens: it counts against repro.max_answer_tokens
+    cut = render_answers(bos_tokenizer, reward_models, ReproConfig(answer_bos=True, max_answer_tokens=len(plain)).validate())
+    assert cut.token_ids[0].tolist() == [bos, *plain[:-1]] and cut.truncated == 1
+    # a tokenizer without a BOS token (the tiny Qwen2 one, like Qwen's) gets none
+    assert tiny_tokenizer.bos_token_id is None
+    assert render_answers(tiny_tokenizer, reward_models, ReproConfig(answer_bos=True).validate()).token_ids[0].tolist() == plain
+
+
+def test_answer_bos_j_averages_over_the_bos_and_the_answer(tiny_model, tiny_tokenizer):
+    from verl_repro.scoring import score_j
+
+    bos_tokenizer = _with_bos(tiny_tokenizer, "<|im_start|>")
+    prompt = tiny_tokenizer("<|im_start|>user\nWhat is 3 plus 4?<|im_end|>\n<|im_start|>assistant\n", add_special_tokens=False)["input_ids"]
+    response = torch.tensor([tiny_tokenizer("<think>\nWe add 3 and 4.\n\nSo 7.\n</think>", add_special_tokens=False)["input_ids"]])
+    cuts, cut_mask = torch.tensor([[5, response.shape[1]]]), torch.ones(1, 2, dtype=torch.bool)
+    for answer_bos in (False, True):
+        (answer,) = ReproConfig(answer_bos=answer_bos).validate().answer_token_ids(bos_tokenizer, ["7"])
+        j_base, j_cuts, _ = score_j(tiny_model, [prompt], response, cuts, cut_mask, [answer], mode="naive")
+        for j, cut in zip([j_base[0], *j_cuts[0]], [0, *cuts[0].tolist()]):
+            ids = torch.tensor([prompt + response[0, :cut].tolist() + answer])
+            with torch.no_grad():
+                log_probs = torch.log_softmax(tiny_model(ids).logits[0, :-1].double(), dim=-1)
+            expected = log_probs[-len(answer):].gather(1, ids[0, -len(answer):, None]).mean()
+            assert float(j) == pytest.approx(float(expected), abs=1e-5)
+        assert len(answer) == (len(ReproConfig().answer_token_ids(tiny_tokenizer, ["7"])[0]) + answer_bos)
+
+
+def test_answer_bos_must_be_a_bool():
+    from verl_repro.config import ConfigError
+
+    with pytest.raises(ConfigError, match="repro.answer_bos"):
+        ReproConfig(answer_bos="yes").validate()
+
+
 # ----------------------------------------------------------------------------- DP layout
 
 
@@ -103,7 +156,7 @@ def test_score_ground_truth_matches_direct_hf_forward(tiny_model, tiny_tokenizer
         padding=batch["padding"],
         tokenizer=tiny_tokenizer,
         config=config,
-        boundary_ids=boundary_token_ids(tiny_tokenizer, tuple(config.boundary_patterns)),
+        boundaries=step_boundaries(tiny_tokenizer, tuple(config.boundary_patterns)),
         think_end_id=think_end_id,
         backend=LogProbBackend(group.compute_ref_log_prob, dp_size=2, temperature=1.0),
     )
@@ -154,7 +207,7 @@ def test_score_ground_truth_nothing_to_score_makes_no_worker_call(tiny_tokenizer
         **{k: batch[k] for k in ("input_ids", "prompt_lengths", "responses", "response_mask", "entropy", "reward_models", "padding")},
         tokenizer=tiny_tokenizer,
         config=config,
-        boundary_ids=boundary_token_ids(tiny_tokenizer),
+        boundaries=step_boundaries(tiny_tokenizer),
         think_end_id=think_end_token_id(tiny_tokenizer),
         backend=LogProbBackend(group.compute_ref_log_prob, dp_size=2, temperature=1.0),
     )

@@ -386,7 +386,7 @@ def test_step_equals_a_direct_pipeline(base_config, tiny_model, tiny_tokenizer, 
 
     config = trainer.repro_config
     cuts, cut_mask, has_think_end = select_cuts(
-        batch["responses"], batch["response_mask"], batch["entropy"], trainer.boundary_ids, trainer.think_end_id,
+        batch["responses"], batch["response_mask"], batch["entropy"], trainer.boundaries, trainer.think_end_id,
         config.num_segments,
     )
     answers = render_answers(tiny_tokenizer, batch["reward_models"], config)

@@ -1,6 +1,6 @@
 """Pure, vectorized torch maths of RePro and CorR-PO on padded ``[B, T]`` batches (imports torch only).
 
-RePro pipeline: :func:`boundary_token_ids` / :func:`think_end_token_id` (once per tokenizer) →
+RePro pipeline: :func:`step_boundaries` / :func:`think_end_token_id` (once per tokenizer) →
 :func:`select_cuts` → (the policy scores J at the cuts, in ``verl_ext``) →
 :func:`compute_repro_process_advantage` (or, step by step, :func:`repro_scores` →
 :func:`process_rewards` → :func:`normalize_process_rewards` → :func:`token_process_advantage`) →
@@ -32,13 +32,23 @@ from .repro import (
     smooth_ema,
     stability_scores,
 )
-from .segments import DEFAULT_BOUNDARY_PATTERNS, NO_THINK_END_POLICIES, boundary_token_ids, select_cuts, think_end_token_id
+from .segments import (
+    DEFAULT_BOUNDARY_PATTERNS,
+    NO_THINK_END_POLICIES,
+    StepBoundaries,
+    candidate_counts,
+    select_cuts,
+    step_boundaries,
+    think_end_token_id,
+)
 
 __all__ = [
     # segments
     "DEFAULT_BOUNDARY_PATTERNS",
     "NO_THINK_END_POLICIES",
-    "boundary_token_ids",
+    "StepBoundaries",
+    "candidate_counts",
+    "step_boundaries",
     "think_end_token_id",
     "select_cuts",
     # scores and rewards

@@ -2,13 +2,17 @@
 
 One response at a time, one cut at a time, Kendall's tau from ``scipy.stats.kendalltau``
 (tau-b). It shares no code with the vectorized modules beside it, which the tests and
-``benchmarks/bench_advantages.py`` compare against it.
+``benchmarks/bench_advantages.py`` compare against it. Step boundaries: the rule written with the
+decoded text of every prefix (:func:`step_ends_by_decoding`), which ``tests/algorithms/test_segments.py``
+and ``benchmarks/bench_boundaries.py`` compare the vocabulary tables against.
 """
 
 from __future__ import annotations
 
 import math
 import statistics
+
+from typing import Sequence
 
 from scipy.stats import kendalltau
 
@@ -188,3 +192,39 @@ def random_batch(seed, batch, length, *, p_think_end=0.7, p_boundary=0.3, entrop
     if p_nan_entropy:
         entropy[rng.random((batch, length)) < p_nan_entropy] = np.nan
     return ids, mask, entropy
+
+
+# ----------------------------------------------------------------------------- step boundaries
+
+
+def step_ends_by_decoding(tokenizer, response_ids: Sequence[int], patterns: Sequence[str] = ("\n\n", ".\n", "?\n")) -> list[int]:
+    """The step ends of one response, found by decoding its text prefix by prefix.
+
+    The plain statement of the rule :meth:`verl_repro.algorithms.StepBoundaries.mark` vectorizes, and its oracle in
+    tests and benchmarks (one decode per token: never in a training step). Returns the indices
+    ``t`` whose decoded prefix ``y_0..y_t`` ends with a pattern, where token ``t`` wrote text, and
+    whose next text-writing token does not add only newlines after which the text still ends
+    with a pattern.
+    """
+    patterns = tuple(patterns)
+    ids = list(response_ids)
+    prefixes = [_decode_text(tokenizer, ids[: t + 1]) for t in range(len(ids))]
+    wrote = [len(prefixes[t]) > (len(prefixes[t - 1]) if t else 0) for t in range(len(ids))]
+    ends = []
+    for t in range(len(ids)):
+        if not (wrote[t] and prefixes[t].endswith(patterns)):
+            continue
+        following = next((s for s in range(t + 1, len(ids)) if wrote[s]), None)
+        if following is not None:
+            added = prefixes[following][len(prefixes[t]):]
+            if prefixes[following].startswith(prefixes[t]) and added and not added.strip("\n") and prefixes[following].endswith(patterns):
+                continue
+        ends.append(t)
+    return ends
+
+
+def _decode_text(tokenizer, ids: list[int]) -> str:
+    try:
+        return tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+    except TypeError:  # a stand-in with decode(ids) only
+        return tokenizer.decode(ids)

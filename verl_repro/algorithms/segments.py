@@ -1,5 +1,9 @@
 """Step boundaries and RePro's entropy top-k cut selection (docs/repro.md, "RePro maths").
 
+A token ends a step where the decoded response text up to and including it ends with one of
+``repro.boundary_patterns`` (:class:`StepBoundaries`, per-vocabulary tables read with gathers over
+``[B, T]``; :func:`verl_repro.algorithms.reference.step_ends_by_decoding` is the same rule written
+with decoded text, its oracle).
 A *cut* ``c`` is a number of response tokens kept: the prefix ``y_1..y_c`` (response indices
 ``0..c-1``). Candidate cuts sit just after a step-ending token at response index ``t``, so
 ``c = t + 1``, and strictly before ``e`` (``c < e``), the response index of the first ``</think>``. The ``k`` candidates whose
@@ -13,6 +17,7 @@ Pure torch: the tokenizer is only read through ``decode`` / ``batch_decode`` and
 from __future__ import annotations
 
 import weakref
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
@@ -20,46 +25,260 @@ import torch
 DEFAULT_BOUNDARY_PATTERNS: tuple[str, ...] = ("\n\n", ".\n", "?\n")
 NO_THINK_END_POLICIES: tuple[str, ...] = ("skip", "use_end")
 
-# Decoding a 150k vocabulary takes about a second; every call after the first per tokenizer
+# Decoding a 150k vocabulary twice takes a few seconds; every call after the first per tokenizer
 # and pattern set is free. Weak keys let tokenizers be garbage-collected.
-_BOUNDARY_CACHE: "weakref.WeakKeyDictionary[Any, dict[tuple[str, ...], torch.Tensor]]" = weakref.WeakKeyDictionary()
+_BOUNDARY_CACHE: "weakref.WeakKeyDictionary[Any, dict[tuple[str, ...], StepBoundaries]]" = weakref.WeakKeyDictionary()
+
+
+_BITS_PER_WORD = 31  # int32 words: half the memory traffic of int64 over [B, T]
+
+
+@dataclass(frozen=True)
+class StepBoundaries:
+    """Per-vocabulary tables that find step ends in the decoded text of token sequences.
+
+    A response token ``t`` ends a step when the decoded response text up to and including ``t``
+    ends with one of ``patterns``, however the tokenizer split those characters (``".\\n\\n"`` as
+    one token, ``"."`` + ``"\\n"``, ``"\\n"`` + ``"\\n"``), and the next token that writes text
+    does not just extend the same run of newlines into another match: a run of newlines gives one
+    step end, at its last token. Tokens that write no text never end a step.
+
+    The text is never decoded per row. The decoded text of a sequence ends with a string ``q``
+    either because the last token's own text ends with ``q``, or because the token's text is a
+    proper suffix of ``q`` and the text before it ends with the rest of ``q`` — a shorter string
+    of the same kind. So the tables hold, for every *pattern head* ``q`` (every non-empty prefix of
+    a pattern, shortest first), whether each token's text ends with ``q`` and which shorter head
+    the text before the token must end with; :meth:`mark` resolves the heads in order of length.
+
+    Each token's facts are bits of one ``int32`` word (or a few, for long pattern sets): a batch is
+    read from the vocabulary with one gather per word, and only the few tokens with an ending bit
+    (one or two per line of text) are kept, in a compact list where "the token before" is found by
+    a sorted search. No loop runs over rows or tokens.
+
+    Attributes:
+        patterns: the step-ending strings.
+        heads: every non-empty prefix of a pattern, shortest first.
+        completions: per head, the ``(shorter head, bit)`` pairs: a token with that bit completes
+            the head when the text before it ends with the shorter head.
+        token_bits: ``[words, V] int32`` — bit ``q`` (head index): the token's own text ends with
+            head ``q``; then the ``completions`` bits; then :attr:`writes_bit` and
+            :attr:`newlines_only_bit`.
+    """
+
+    patterns: tuple[str, ...]
+    heads: tuple[str, ...]
+    completions: tuple[tuple[tuple[int, int], ...], ...]
+    token_bits: torch.Tensor
+
+    @property
+    def writes_bit(self) -> int:
+        """Bit: the token's text is not empty."""
+        return len(self.heads) + sum(len(c) for c in self.completions)
+
+    @property
+    def newlines_only_bit(self) -> int:
+        """Bit: the token's text is one or more ``"\\n"`` and nothing else."""
+        return self.writes_bit + 1
+
+    @classmethod
+    def from_texts(cls, texts: Sequence[str], patterns: Sequence[str] = DEFAULT_BOUNDARY_PATTERNS) -> "StepBoundaries":
+        """Tables from each token id's text in context (``texts[i]`` for id ``i``)."""
+        patterns = _check_patterns(patterns)
+        heads = tuple(sorted({p[:n] for p in patterns for n in range(1, len(p) + 1)}, key=lambda h: (len(h), h)))
+        head_index = {head: q for q, head in enumerate(heads)}
+        owns: list[list[int]] = [[] for _ in heads]
+        completes: dict[tuple[int, int], list[int]] = {}
+        # Only a token whose last character ends some head can take part in a match: checking
+        # those few is what keeps a 150k vocabulary fast.
+        last_characters = {head[-1] for head in heads}
+        for token_id, text in enumerate(texts):
+            if not text or text[-1] not in last_characters:
+                continue
+            for q, head in enumerate(heads):
+                if text.endswith(head):
+                    owns[q].append(token_id)
+                elif head.endswith(text):  # text is a proper suffix of head: the rest comes before
+                    completes.setdefault((q, head_index[head[: len(head) - len(text)]]), []).append(token_id)
+        completions: list[list[tuple[int, int]]] = [[] for _ in heads]
+        for number, (q, shorter) in enumerate(sorted(completes), start=len(heads)):
+            completions[q].append((shorter, number))
+        bit_ids = owns + [completes[key] for key in sorted(completes)]
+        bit_ids.append([i for i, text in enumerate(texts) if text])
+        bit_ids.append([i for i, text in enumerate(texts) if text and not text.strip("\n")])
+        return cls(patterns=patterns, heads=heads, completions=tuple(tuple(c) for c in completions),
+                   token_bits=_pack_bits(bit_ids, len(texts)))
+
+    @classmethod
+    def from_token_ids(cls, token_ids: Sequence[int] | torch.Tensor) -> "StepBoundaries":
+        """Tables in which exactly ``token_ids`` end a step, each on its own (no text, no runs):
+        the form of hand-written cases and synthetic benchmarks."""
+        token_ids = torch.as_tensor(token_ids, dtype=torch.long).reshape(-1)
+        if token_ids.numel() and int(token_ids.min()) < 0:
+            raise ValueError("boundary token ids must be non-negative")
+        vocab_size = int(token_ids.max()) + 1 if token_ids.numel() else 0
+        bits = _pack_bits([token_ids.tolist(), list(range(vocab_size)), []], vocab_size)
+        return cls(patterns=(), heads=("",), completions=((),), token_bits=bits)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.token_bits.shape[1]
+
+    def _ids_with(self, number: int) -> torch.Tensor:
+        word, shift = divmod(number, _BITS_PER_WORD)
+        return ((self.token_bits[word] >> shift) & 1).nonzero().reshape(-1)
+
+    def _pattern_heads(self) -> list[int]:
+        # from_token_ids has no patterns: its one head stands for "ends a step"
+        return [q for q, head in enumerate(self.heads) if head in self.patterns or not self.patterns]
+
+    def can_end_a_step(self) -> bool:
+        """Whether any token can end a step at all (False: every response gets the end cut only)."""
+        heads = self._pattern_heads()
+        return any(self._ids_with(number).numel() for number in [*heads, *(n for q in heads for _, n in self.completions[q])])
+
+    def single_token_ids(self) -> torch.Tensor:
+        """``[N] long`` — ids whose own text ends with a pattern: what a token-by-token rule finds."""
+        return torch.cat([self._ids_with(q) for q in self._pattern_heads()]).unique()
+
+    def mark(self, response_ids: torch.Tensor) -> torch.Tensor:
+        """``[B, T] bool`` — token ``t`` ends a step (see the class docstring).
+
+        Args:
+            response_ids: ``[B, T] long`` — token ids of the response text, starting at its first
+                token. Ids outside the vocabulary (negative padding such as -100) write no text.
+        """
+        if response_ids.dim() != 2:
+            raise ValueError(f"response_ids must be [B, T], got shape {tuple(response_ids.shape)}")
+        device = response_ids.device
+        batch, length = response_ids.shape
+        result = torch.zeros(batch * length, dtype=torch.bool, device=device)
+        if self.vocab_size == 0 or batch == 0 or length == 0:
+            return result.view(batch, length)
+        in_vocab = (response_ids >= 0) & (response_ids < self.vocab_size)
+        flat_ids = torch.where(in_vocab, response_ids, 0).reshape(-1)
+        # index_select on flat ids is several times faster than advanced indexing.
+        words = [word.to(device).index_select(0, flat_ids) for word in self.token_bits]
+        if not bool(in_vocab.all()):  # ids outside the vocabulary have no bit set: no text, no ending
+            words = [word.masked_fill_(~in_vocab.reshape(-1), 0) for word in words]
+
+        # Only tokens with an ending or completion bit can end a head; they are few (one or two per
+        # line), so the heads are resolved on them alone, in a compact list.
+        active = torch.zeros_like(result)
+        for word, mask in zip(words, _word_masks(range(self.writes_bit), len(words))):
+            if mask:
+                active |= (word & mask) != 0
+        index = active.nonzero().reshape(-1)  # sorted flat positions b·T + t
+        if index.numel() == 0:
+            return result.view(batch, length)
+        compact = [word.index_select(0, index) for word in words]
+
+        def bit(number: int) -> torch.Tensor:
+            word, shift = divmod(number, _BITS_PER_WORD)
+            return (compact[word] & (1 << shift)) != 0
+
+        # "The token before" is the previous text-writing token of the row: t - 1 when every token
+        # writes text, else the previous rank among the row's writers (a running count).
+        rows = torch.div(index, length, rounding_mode="floor")
+        word, shift = divmod(self.writes_bit, _BITS_PER_WORD)
+        writes = (words[word] & (1 << shift)) != 0
+        if bool(writes.all()):
+            rank = index - rows * length
+        else:
+            rank = (writes.view(batch, length).cumsum(dim=1) - 1).reshape(-1).index_select(0, index)
+        key = rows * length + rank  # increasing, like index
+        before = _find(key, key - 1, rank > 0)
+        after = _find(key, key + 1, rank < length - 1)
+
+        ends_with: list[torch.Tensor] = []
+        # Heads shortest first: the head a token needs before it is shorter, so already resolved.
+        for q, completions in enumerate(self.completions):
+            ends = bit(q)
+            for shorter, number in completions:
+                ends |= bit(number) & before(ends_with[shorter])
+            ends_with.append(ends)
+        heads = self._pattern_heads()
+        ends_pattern = ends_with[heads[0]]
+        for q in heads[1:]:
+            ends_pattern = ends_pattern | ends_with[q]
+        # A run of newlines ends a step once, at its last token: drop t when the next writing
+        # token is newlines only and ends a pattern again.
+        ends_step = ends_pattern & ~after(bit(self.newlines_only_bit) & ends_pattern)
+        result[index[ends_step]] = True
+        return result.view(batch, length)
+
+
+def _pack_bits(ids_per_bit: list[list[int]], vocab_size: int) -> torch.Tensor:
+    words = torch.zeros(max(1, -(-len(ids_per_bit) // _BITS_PER_WORD)), vocab_size, dtype=torch.int32)
+    for number, ids in enumerate(ids_per_bit):
+        word, shift = divmod(number, _BITS_PER_WORD)
+        if ids:
+            words[word, torch.tensor(ids, dtype=torch.long)] |= 1 << shift
+    return words
+
+
+def _word_masks(numbers, num_words: int) -> list[int]:
+    masks = [0] * num_words
+    for number in numbers:
+        word, shift = divmod(number, _BITS_PER_WORD)
+        masks[word] |= 1 << shift
+    return masks
+
+
+def _find(keys: torch.Tensor, wanted: torch.Tensor, allowed: torch.Tensor):
+    """``lookup(values)[i]`` = ``values[j]`` where ``keys[j] == wanted[i]`` (``keys`` sorted); False
+    where no key matches or ``allowed[i]`` is False."""
+    position = torch.searchsorted(keys, wanted).clamp_max(keys.numel() - 1)
+    found = (keys.index_select(0, position) == wanted) & allowed
+    return lambda values: values.index_select(0, position) & found
+
+
+def _check_patterns(patterns: Sequence[str]) -> tuple[str, ...]:
+    patterns = tuple(patterns)
+    if not patterns or not all(isinstance(p, str) and p for p in patterns):
+        raise ValueError(f"repro.boundary_patterns must be non-empty strings, got {patterns!r}")
+    return patterns
 
 
 def _decode_vocabulary(tokenizer) -> list[str]:
+    """Each id's text as it reads after other text.
+
+    Decoded after an anchor token and stripped of the anchor's text, because some decoders drop
+    a leading space of the whole text (SentencePiece's ``"▁"``): a lone ``"▁"`` decodes to ``""``
+    but writes a space mid-response. Ids whose decoding does not start with the anchor's text fall
+    back to their own decoding.
+    """
     vocab_size = len(tokenizer)
-    single_ids = [[i] for i in range(vocab_size)]
+    single = _batch_decode(tokenizer, [[i] for i in range(vocab_size)])
+    anchor = next((i for i, text in enumerate(single) if text.isascii() and text.isalpha() and len(text) == 1), None)
+    if anchor is None:
+        return single
+    anchor_text = single[anchor]
+    paired = _batch_decode(tokenizer, [[anchor, i] for i in range(vocab_size)])
+    return [pair[len(anchor_text):] if pair.startswith(anchor_text) else own for pair, own in zip(paired, single)]
+
+
+def _batch_decode(tokenizer, sequences: list[list[int]]) -> list[str]:
     if hasattr(tokenizer, "batch_decode"):
-        return list(tokenizer.batch_decode(single_ids, skip_special_tokens=False, clean_up_tokenization_spaces=False))
-    return [tokenizer.decode(ids) for ids in single_ids]
+        return list(tokenizer.batch_decode(sequences, skip_special_tokens=False, clean_up_tokenization_spaces=False))
+    return [tokenizer.decode(ids) for ids in sequences]
 
 
-def boundary_token_ids(tokenizer, patterns: Sequence[str] = DEFAULT_BOUNDARY_PATTERNS) -> torch.Tensor:
-    """Every vocabulary id whose decoded text ends with one of ``patterns``.
-
-    Each id is decoded on its own (once per tokenizer; cached), so merged tokens such as
-    ``".\\n\\n"`` or ``"?\\n\\n"`` count as boundaries too — matching raw token strings would
-    miss them (byte-level BPE spells ``"\\n"`` as ``"Ċ"``).
+def step_boundaries(tokenizer, patterns: Sequence[str] = DEFAULT_BOUNDARY_PATTERNS) -> StepBoundaries:
+    """The :class:`StepBoundaries` of ``tokenizer`` for ``patterns`` (built once per tokenizer; cached).
 
     Args:
         tokenizer: anything with ``__len__`` (vocabulary size including added tokens) and
             ``decode(list[int]) -> str`` (``batch_decode`` is used when present).
-        patterns: non-empty strings; a token ends a step when its text ends with one of them.
-
-    Returns:
-        ``[N] long`` — sorted boundary ids (possibly empty).
+        patterns: non-empty strings; a step ends where the decoded text ends with one of them.
     """
-    patterns = tuple(patterns)
-    if not patterns or not all(isinstance(p, str) and p for p in patterns):
-        raise ValueError(f"boundary patterns must be non-empty strings, got {patterns!r}")
+    patterns = _check_patterns(patterns)
     try:
         per_tokenizer = _BOUNDARY_CACHE.setdefault(tokenizer, {})
-    except TypeError:  # not weak-referenceable: decode without caching
+    except TypeError:  # not weak-referenceable: build without caching
         per_tokenizer = {}
     if patterns not in per_tokenizer:
-        texts = _decode_vocabulary(tokenizer)
-        ids = [i for i, text in enumerate(texts) if text.endswith(patterns)]
-        per_tokenizer[patterns] = torch.tensor(ids, dtype=torch.long)
-    return per_tokenizer[patterns].clone()
+        per_tokenizer[patterns] = StepBoundaries.from_texts(_decode_vocabulary(tokenizer), patterns)
+    return per_tokenizer[patterns]
 
 
 def think_end_token_id(tokenizer, token: str = "</think>") -> int:
@@ -77,28 +296,11 @@ def think_end_token_id(tokenizer, token: str = "</think>") -> int:
     return int(token_id)
 
 
-def _boundary_lookup(boundary_ids: torch.Tensor, response_ids: torch.Tensor) -> torch.Tensor:
-    """[B, T] bool: token is a boundary, read from a [V] lookup table."""
-    boundary_ids = boundary_ids.to(device=response_ids.device, dtype=torch.long).reshape(-1)
-    if boundary_ids.numel() == 0:
-        return torch.zeros(response_ids.shape, dtype=torch.bool, device=response_ids.device)
-    if int(boundary_ids.min()) < 0:
-        raise ValueError("boundary_ids must be non-negative token ids")
-    lowest_id, highest_id = (int(v) for v in response_ids.aminmax())
-    table = torch.zeros(max(highest_id, int(boundary_ids.max())) + 1, dtype=torch.bool, device=response_ids.device)
-    table[boundary_ids] = True
-    # index_select on the flat ids is several times faster than advanced indexing or isin.
-    if lowest_id < 0:  # negative padding ids are never boundaries
-        flat = table.index_select(0, response_ids.clamp_min(0).reshape(-1)).view(response_ids.shape)
-        return flat & (response_ids >= 0)
-    return table.index_select(0, response_ids.reshape(-1)).view(response_ids.shape)
-
-
 def select_cuts(
     response_ids: torch.Tensor,
     response_mask: torch.Tensor,
     entropy: torch.Tensor,
-    boundary_ids: torch.Tensor,
+    boundaries: StepBoundaries | torch.Tensor,
     think_end_id: int,
     num_segments: int,
     *,
@@ -111,7 +313,8 @@ def select_cuts(
         response_mask: ``[B, T]`` bool/int/float — 1 on real response tokens.
         entropy: ``[B, T] float`` (any float dtype) — entropy of the distribution each response
             token was sampled from (veRL's old-log-prob pass). NaN / ±inf rank lowest.
-        boundary_ids: ``[N] long`` — from :func:`boundary_token_ids`.
+        boundaries: :func:`step_boundaries` of the tokenizer, or ``[N] long`` ids that end a step
+            on their own (:meth:`StepBoundaries.from_token_ids`).
         think_end_id: id of ``</think>`` (:func:`think_end_token_id`).
         num_segments: ``k`` (> 0) — candidate cuts kept per response; fewer candidates: all kept.
         no_think_end: response without ``</think>``: ``"skip"`` gives it no cuts (outcome
@@ -169,7 +372,9 @@ def select_cuts(
     # A candidate is a real boundary token at t < e - 1, so that its cut c = t + 1 is strictly
     # before e: a boundary right before </think> would score a near-duplicate of the e + 1 cut
     # (the authors' code keeps cuts < e too). Rows without an end compare against 0: none.
-    candidate = _boundary_lookup(boundary_ids, response_ids)
+    if not isinstance(boundaries, StepBoundaries):
+        boundaries = StepBoundaries.from_token_ids(boundaries)
+    candidate = boundaries.mark(response_ids)
     candidate &= real
     candidate &= positions < torch.where(has_end, think_end - 1, 0).unsqueeze(1)
 
@@ -203,3 +408,19 @@ def select_cuts(
     cut_mask = torch.arange(width, device=device) < num_cuts.unsqueeze(1)
     cuts = cuts.masked_fill(~cut_mask, 0)
     return cuts, cut_mask, has_think_end
+
+
+def candidate_counts(
+    response_ids: torch.Tensor,
+    response_mask: torch.Tensor,
+    boundaries: StepBoundaries | torch.Tensor,
+    think_end_id: int,
+    *,
+    no_think_end: str = "skip",
+) -> torch.Tensor:
+    """``[B] long`` — candidate cuts per response: the step ends :func:`select_cuts` ranks
+    (``c < e``), before it keeps the top ``k``. For reports (the walkthrough, benchmarks)."""
+    entropy = torch.zeros(response_ids.shape, device=response_ids.device)
+    _, cut_mask, _ = select_cuts(response_ids, response_mask, entropy, boundaries, think_end_id,
+                                 max(response_ids.shape[1], 1), no_think_end=no_think_end)
+    return (cut_mask.sum(dim=1) - 1).clamp_min(0)  # all but the end cut e + 1

@@ -64,7 +64,7 @@ def sample_responses(
     Args:
         prompt_ids: N token lists (rendered prompts, no padding); repeat a prompt for n samples.
         temperature: sampling temperature (> 0; top-k off).
-        greedy: decode greedily instead (``temperature`` and ``top_p`` unused).
+        greedy: decode greedily (the most likely token each step; ``temperature`` and ``top_p`` unused).
         top_p: nucleus sampling threshold (1.0: off).
         eos_token_id: the end-of-sequence id, or several (e.g. a model's ``generation_config``).
         progress: optional callable ``progress(num_done)`` called after each micro-batch.
@@ -85,7 +85,9 @@ def sample_responses(
         generated = model.generate(
             input_ids=input_ids.to(device), attention_mask=attention.long().to(device), max_new_tokens=max_new_tokens,
             pad_token_id=pad_id, eos_token_id=eos_ids.tolist(),
-            **(dict(do_sample=False) if greedy else dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)),
+            # Greedy clears the sampling knobs so that a model's generation_config cannot re-enable them.
+            **({"do_sample": False, "temperature": None, "top_p": None, "top_k": None} if greedy
+               else {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0}),
         )[:, width:].cpu()
         is_eos = torch.isin(generated, eos_ids)
         after_eos = (is_eos.long().cumsum(1) - is_eos.long()) > 0  # keep the eos itself, drop the padding after it

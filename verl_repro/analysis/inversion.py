@@ -69,6 +69,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature, and τ of the statistics (as veRL's old-log-prob pass)")
     parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--greedy", action="store_true", help="decode greedily instead of sampling (statistics still at --temperature)")
     parser.add_argument("--generation-batch-size", type=int, default=8, help="prompts per generate call")
     parser.add_argument("--kind", choices=CORRELATION_KINDS, default=defaults.kind, help="correlation for the headline ρ (both are reported)")
     parser.add_argument("--scope", choices=TOKEN_SCOPES, default=defaults.scope, help="repro.corr.scope")
@@ -118,7 +119,7 @@ def render_prompt_ids(tokenizer, trajectory: Trajectory) -> list[int]:
 
 
 def sample_responses(model, tokenizer, prompt_ids: list[list[int]], n: int, *, max_new_tokens: int, temperature: float,
-                     top_p: float, batch_size: int, progress: bool) -> list[list[list[int]]]:
+                     top_p: float, batch_size: int, progress: bool, greedy: bool = False) -> list[list[list[int]]]:
     """``n`` sampled responses per prompt (HF ``generate``, left-padded batches).
 
     Returns, per prompt, ``n`` lists of response ids, each cut after its first end-of-sequence
@@ -134,7 +135,7 @@ def sample_responses(model, tokenizer, prompt_ids: list[list[int]], n: int, *, m
     with tqdm(total=len(rows), desc="sampling", unit="response", disable=not progress) as bar, torch.no_grad():
         response_ids, response_mask = hf_scoring.sample_responses(
             model, rows, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-            eos_token_id=eos_ids, pad_id=pad_id, micro_batch_size=batch_size * n, progress=bar.update,
+            eos_token_id=eos_ids, pad_id=pad_id, micro_batch_size=batch_size * n, progress=bar.update, greedy=greedy,
         )
     flat = [response_ids[row, : int(response_mask[row].sum())].tolist() for row in range(len(rows))]
     return [flat[i * n : (i + 1) * n] for i in range(len(prompt_ids))]
@@ -275,7 +276,7 @@ def response_param_grad(model, prompt_ids: list[int], response_ids: list[int], m
     ``∂z[t, y_t]/∂W`` at the position that predicts ``y_t`` (raw logits, no temperature), ``[len(response)]``."""
     import torch
 
-    from verl_repro.gradients import UnsupportedModelError, forward_with_logit_gradient_norms, logit_gradient_norms
+    from verl_repro.gradients import FAST_MATRICES, UnsupportedModelError, forward_with_logit_gradient_norms, logit_gradient_norms
 
     device = next(model.parameters()).device
     tokens = torch.tensor([prompt_ids + response_ids], dtype=torch.long, device=device)
@@ -283,12 +284,22 @@ def response_param_grad(model, prompt_ids: list[int], response_ids: list[int], m
     measure = torch.zeros_like(tokens, dtype=torch.bool)
     start = len(prompt_ids) - 1
     measure[0, start : start + len(response_ids)] = True
-    try:
-        _, norms = forward_with_logit_gradient_norms(model, tokens, targets, measure_mask=measure, matrices=matrices,
-                                                     norm=norm, return_logits=False)
-    except UnsupportedModelError:
-        norms = logit_gradient_norms(model, tokens, targets, measure_mask=measure, matrices=matrices, norm=norm,
-                                     method="exact")[:, :, 0]
+    # q/v/o have the fast form; k_proj (no low-rank form under RoPE) takes per-token autograd
+    fast = [m for m in matrices if m in FAST_MATRICES]
+    exact = [m for m in matrices if m not in FAST_MATRICES]
+    columns: dict[str, torch.Tensor] = {}
+    if fast:
+        try:
+            _, norms = forward_with_logit_gradient_norms(model, tokens, targets, measure_mask=measure, matrices=fast,
+                                                         norm=norm, return_logits=False)
+        except UnsupportedModelError:
+            exact = list(matrices)
+        else:
+            columns.update({m: norms[..., i] for i, m in enumerate(fast)})
+    if exact:
+        norms = logit_gradient_norms(model, tokens, targets, measure_mask=measure, matrices=exact, norm=norm, method="exact")[:, :, 0]
+        columns.update({m: norms[..., i] for i, m in enumerate(exact)})
+    norms = torch.stack([columns[m].float() for m in matrices], dim=-1)
     combined = norms.sum(-1) if aggregate == "sum" else norms.mean(-1)
     return combined[0, start : start + len(response_ids)]
 
@@ -344,7 +355,7 @@ def run(args: argparse.Namespace) -> int:
         sampled = sample_responses(
             model, tokenizer, [ids for _, ids in to_sample], args.samples_per_prompt,
             max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
-            batch_size=args.generation_batch_size, progress=progress,
+            batch_size=args.generation_batch_size, progress=progress, greedy=args.greedy,
         )
         for (row, prompt_ids), responses in zip(to_sample, sampled):
             for k, response_ids in enumerate(responses):
@@ -497,7 +508,11 @@ def run(args: argparse.Namespace) -> int:
             "samples_per_prompt": args.samples_per_prompt if to_sample else None,
             "max_new_tokens": args.max_new_tokens if to_sample else None,
             "seed": args.seed,
+            "matrices": matrices,
+            "norm": args.norm,
+            "aggregate": args.aggregate,
         },
+        "sampling": sampling_settings(args, sampled=len(to_sample) > 0, given=len(to_sample) < len(records)),
         "counts": {
             "rows": len(records),
             "responses": len(samples),
@@ -529,6 +544,26 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def sampling_settings(args: argparse.Namespace, *, sampled: bool, given: bool) -> dict[str, Any]:
+    """How the measured responses were produced: ρ moves with it (greedy responses give a more
+    negative ρ than sampled ones), so the statistic is reported beside it."""
+    decoding = "greedy" if args.greedy else f"temperature {args.temperature:g}, top-p {args.top_p:g}"
+    parts = []
+    if sampled:
+        parts.append(f"sampled here: {decoding}, {args.samples_per_prompt} per prompt, ≤ {args.max_new_tokens} new tokens, seed {args.seed}")
+    if given:
+        parts.append(f"given in {args.data} (their sampling settings are whatever produced them)")
+    return {
+        "sampled": sampled,
+        "given": given,
+        "greedy": bool(args.greedy) if sampled else None,
+        "temperature": args.temperature if sampled and not args.greedy else None,
+        "top_p": args.top_p if sampled and not args.greedy else None,
+        "statistics_temperature": args.temperature,
+        "description": "; ".join(parts) + f"; statistics at temperature {args.temperature:g}",
+    }
+
+
 def _format(value: Optional[float]) -> str:
     return "n/a" if value is None else f"{value:+.3f}"
 
@@ -542,7 +577,10 @@ def _print_summary(summary: dict, path: Path) -> None:
         f"({counts['skipped']} responses skipped; correctness from {summary['correctness_from']}: "
         f"{counts['correct']} correct, {counts['incorrect']} incorrect, {counts['unknown_correctness']} unknown)"
     )
-    print("Spearman ρ(H, s) across unique tokens (the paper's statistic; reasoning models ≈ -0.65, base models -0.17..+0.15):")
+    print(f"responses: {summary['sampling']['description']}")
+    print("Spearman ρ(H, s) across unique tokens (the paper's statistic; reasoning models ≈ -0.65, base models -0.17..+0.15),")
+    print(f"  on those responses (ρ depends on how they were sampled); param_grad: {summary['settings']['aggregate']} "
+          f"{summary['settings']['norm']} norm over {', '.join(summary['settings']['matrices'])} of the last layer:")
     for signal, values in summary["signals"].items():
         unique, per_signal = values["unique_tokens"], values["per_response_spearman"]
         print(

@@ -103,17 +103,14 @@ def analyze_batch(model, tokenizer, batch: TokenizedBatch, correct: Sequence[boo
     pad_id = pad_token_id(tokenizer)
     response_ids, response_mask = alg.pad_token_lists(batch.response_ids, pad_id)
     think_end_id = _think_end_id(tokenizer, config.think_end_token)
-    boundary_ids = alg.boundary_token_ids(tokenizer, config.boundary_patterns)
+    boundaries = alg.step_boundaries(tokenizer, config.boundary_patterns)
     entropy = response_token_stats(model, batch.prompt_ids, response_ids, response_mask, temperature=temperature, pad_id=pad_id).entropy
 
     # Every boundary is a top-k selection with k = T (all candidates kept); training's cuts are a subset.
-    select = lambda k: alg.select_cuts(response_ids, response_mask, entropy, boundary_ids, think_end_id, k, no_think_end=config.no_think_end)
+    select = lambda k: alg.select_cuts(response_ids, response_mask, entropy, boundaries, think_end_id, k, no_think_end=config.no_think_end)
     all_cuts, all_mask, has_think_end = select(max(response_ids.shape[1], 1))
     topk_cuts, topk_mask, _ = select(config.num_segments)
-    full_answers = [
-        tokenizer(config.render_answer(gt), add_special_tokens=False)["input_ids"] if gt is not None else []
-        for gt in batch.ground_truths
-    ]
+    full_answers = config.answer_token_ids(tokenizer, batch.ground_truths)
     answers = [ids[: config.max_answer_tokens] for ids in full_answers]
     j_base, j_all, scoring = score_j(model, batch.prompt_ids, response_ids, all_cuts, all_mask, answers,
                                      mode=scoring_mode, max_tokens_per_pass=max_tokens_per_pass)

@@ -14,8 +14,9 @@ one row per response and writes a JSON summary and plots.
 
 SmolLM2 is not a thinking model (no ``</think>`` token), so the walkthrough uses
 ``repro.no_think_end=use_end``: the whole response (up to its end-of-turn token) is treated as the
-reasoning. Its tokenizer splits ``"."`` from ``"\n"``, so the demo's step boundaries are line ends
-(``--boundary-patterns "\n"``) rather than the reasoning-model default ``"\n\n" ".\n" "?\n"``.
+reasoning. Its lines often end without ``"."`` or ``"?"`` (``"... seats:"``, ``"= 240"``), so the
+demo's step boundaries are line ends (``--boundary-patterns "\n"``) rather than the reasoning-model
+default ``"\n\n" ".\n" "?\n"``; a run of newlines is one boundary.
 """
 
 from __future__ import annotations
@@ -144,15 +145,17 @@ def walkthrough(args: argparse.Namespace) -> int:
     # 3. RePro: cuts, J at each cut, scores, process advantage. The answer is appended to the
     # reasoning text, so the end-of-turn token is not part of the last prefix.
     reasoning_mask = response_mask & ~torch.isin(response_ids, torch.tensor(end_ids))
-    boundary_ids = alg.boundary_token_ids(tokenizer, config.boundary_patterns)
+    boundaries = alg.step_boundaries(tokenizer, config.boundary_patterns)
     cuts, cut_mask, has_think_end = alg.select_cuts(
-        response_ids, reasoning_mask, stats.entropy, boundary_ids, think_end_id=-1,
+        response_ids, reasoning_mask, stats.entropy, boundaries, think_end_id=-1,
         num_segments=config.num_segments, no_think_end=config.no_think_end,
     )
-    answers = [
-        tokenizer(config.render_answer(gt), add_special_tokens=False)["input_ids"][: config.max_answer_tokens]
-        for gt in ground_truths
-    ]
+    # Step ends from the decoded text, against what a rule reading each token's own text finds
+    # (SmolLM2 writes "." and "\n" as separate tokens).
+    steps = alg.candidate_counts(response_ids, reasoning_mask, boundaries, -1, no_think_end=config.no_think_end)
+    steps_token_by_token = alg.candidate_counts(response_ids, reasoning_mask, alg.StepBoundaries.from_token_ids(
+        boundaries.single_token_ids()), -1, no_think_end=config.no_think_end)
+    answers = [ids[: config.max_answer_tokens] for ids in config.answer_token_ids(tokenizer, ground_truths)]
     j_base, j_cuts, scoring = score_j(
         model, rows_prompt, response_ids, cuts, cut_mask, answers, mode=args.scoring_mode
     )
@@ -186,6 +189,7 @@ def walkthrough(args: argparse.Namespace) -> int:
                 "tokens": int(response_mask[b].sum()),
                 "reasoning_tokens": int(reasoning_mask[b].sum()),
                 "cuts": int(valid.sum()),
+                "step_boundaries": int(steps[b]),
                 "j_base": float(j_base[b]),
                 "j_final": float(j_cuts[b][valid][-1]) if valid.any() else float("nan"),
                 "score_final": float(scores[-1]) if len(scores) else float("nan"),
@@ -219,6 +223,10 @@ def walkthrough(args: argparse.Namespace) -> int:
     print(
         f"\naccuracy {summary['accuracy']:.2f} | responses with process reward {counts.with_process_reward}/{counts.rows}"
         f" | scoring {scoring['mode']}: {scoring['scored_tokens']} tokens (naive would feed {scoring['naive_tokens']})"
+    )
+    print(
+        f"step boundaries per response (decoded text, patterns {config.boundary_patterns!r}): mean {steps.float().mean():.1f}, "
+        f"range {int(steps.min())}-{int(steps.max())}; reading each token's own text would find {steps_token_by_token.float().mean():.1f}"
     )
     print(f"wrote {output_dir / 'summary.json'} and {', '.join(str(p) for p in plots)} in {summary['seconds']} s")
     return 0

@@ -49,7 +49,7 @@ REPRO_INPUTS = ("repro_scoring", "repro_config", "metrics")
 
 # The `repro` keys of the paper's runs (arXiv 2512.01925) and its authors' code, where they are
 # known (docs/repro.md, "Paper setting"): J from the current policy, truncated responses scored up
-# to their end, α = 0.1, k = 10 (the ablation also ran 20 and 30). The recipes run these.
+# to their end, α = 0.1, k = 10 (its ablation varies k from 5 to 30). The recipes run these.
 PAPER_SETTING: dict[str, Any] = {"scorer": "actor", "no_think_end": "use_end", "alpha": 0.1, "num_segments": 10}
 _logged_differences: set[tuple[str, str]] = set()
 

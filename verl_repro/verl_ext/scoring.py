@@ -32,7 +32,7 @@ from typing import Any, Mapping, Optional, Sequence
 import torch
 from tensordict import TensorDict
 
-from verl_repro.algorithms import select_cuts
+from verl_repro.algorithms import StepBoundaries, select_cuts
 from verl_repro.config import ReproConfig
 from verl_repro.rewards.ground_truth import ground_truth_text
 from verl_repro.scoring.layout import (
@@ -75,21 +75,12 @@ class RenderedAnswers:
 
 
 def render_answers(tokenizer, reward_models: Sequence[Any], config: ReproConfig) -> RenderedAnswers:
-    """Render each ground truth with ``config.answer_template`` and tokenize it with the policy tokenizer.
-
-    The answer is tokenized on its own (no special tokens), as the text the policy would write
-    right after the cut, and truncated to ``config.max_answer_tokens``. Each distinct text is
-    tokenized once (the ``n`` responses of a prompt share it).
-    """
+    """Render each ground truth with ``config.answer_template``, tokenize it with the policy tokenizer
+    (:meth:`~verl_repro.config.ReproConfig.answer_token_ids`) and truncate it to
+    ``config.max_answer_tokens``."""
     texts = [reward_model_ground_truth(item) for item in reward_models]
-    unique = sorted({config.render_answer(text) for text in texts if text is not None})
-    encoded: dict[str, list[int]] = {}
-    if unique:
-        ids = tokenizer(unique, add_special_tokens=False)["input_ids"]
-        encoded = dict(zip(unique, ids))
     token_ids, valid, truncated = [], [], 0
-    for text in texts:
-        ids = encoded[config.render_answer(text)] if text is not None else []
+    for text, ids in zip(texts, config.answer_token_ids(tokenizer, texts)):
         if len(ids) > config.max_answer_tokens:
             ids = ids[: config.max_answer_tokens]
             truncated += 1
@@ -205,7 +196,7 @@ def score_ground_truth(
     padding: torch.Tensor,
     tokenizer,
     config: ReproConfig,
-    boundary_ids: torch.Tensor,
+    boundaries: StepBoundaries,
     think_end_id: int,
     backend: LogProbBackend,
 ) -> ReproScoring:
@@ -219,8 +210,8 @@ def score_ground_truth(
         entropy: ``[B, T] float`` — old-log-prob entropy of each response token.
         reward_models: B ``reward_model`` dicts (their ``ground_truth``).
         padding: ``[B] bool`` — batch-balancing rows, never scored.
-        tokenizer, config, boundary_ids, think_end_id: the policy tokenizer, the ``repro`` group,
-            ``boundary_token_ids(tokenizer, config.boundary_patterns)`` and the ``</think>`` id.
+        tokenizer, config, boundaries, think_end_id: the policy tokenizer, the ``repro`` group,
+            ``step_boundaries(tokenizer, config.boundary_patterns)`` and the ``</think>`` id.
         backend: where the sequences are scored.
     """
     batch = responses.shape[0]
@@ -230,7 +221,7 @@ def score_ground_truth(
             f"{tuple(padding.shape)} padding flags and {input_ids.size(0)} input_ids rows"
         )
     cuts, cut_mask, has_think_end = select_cuts(
-        responses, response_mask, entropy.float(), boundary_ids, think_end_id, config.num_segments,
+        responses, response_mask, entropy.float(), boundaries, think_end_id, config.num_segments,
         no_think_end=config.no_think_end,
     )
     answers = render_answers(tokenizer, reward_models, config)

@@ -18,7 +18,7 @@ unchanged):
   and resets ``trainer.v1.trainer_mode`` to ``"sync"``: veRL switches on async behaviour (async
   replay buffer, ``gen_batch_size=1``, TransferQueue checkpoints) for every mode string other than
   ``"sync"``, and this trainer must behave exactly like the sync one.
-* ``_init_tokenizer`` resolves the ``</think>`` id and the step-boundary ids once.
+* ``_init_tokenizer`` resolves the ``</think>`` id and the step-boundary tables once.
 * ``_compute_old_log_prob`` asks the actor for ``Σp²`` when CorR-PO derives ``logit_grad_norm`` from it.
 * ``_compute_advantage`` fetches the extra fields from the TransferQueue, runs RePro's
   ground-truth scoring (timed as ``timing_s/repro_scoring``) and calls the estimator with the
@@ -129,7 +129,7 @@ class _ReproSyncMixin:
         with open_dict(config):
             config.trainer.v1.trainer_mode = "sync"
         self.think_end_id: Optional[int] = None
-        self.boundary_ids: Optional[torch.Tensor] = None
+        self.boundaries = None  # StepBoundaries of the policy tokenizer
         super().__init__(config)
 
     # -- start-up -----------------------------------------------------------------------
@@ -140,16 +140,18 @@ class _ReproSyncMixin:
             self._init_repro_tokens()
 
     def _init_repro_tokens(self) -> None:
-        from verl_repro.algorithms import boundary_token_ids, think_end_token_id
+        from verl_repro.algorithms import step_boundaries, think_end_token_id
 
         try:
             self.think_end_id = think_end_token_id(self.tokenizer, self.repro_config.think_end_token)
         except ValueError as error:
             raise ConfigError(str(error)) from error
-        self.boundary_ids = boundary_token_ids(self.tokenizer, tuple(self.repro_config.boundary_patterns))
-        if self.boundary_ids.numel() == 0:
+        if self.repro_config.answer_bos and getattr(self.tokenizer, "bos_token_id", None) is None:
+            logger.warning("verl-repro: repro.answer_bos=True but this tokenizer has no BOS token; answers are scored without one")
+        self.boundaries = step_boundaries(self.tokenizer, tuple(self.repro_config.boundary_patterns))
+        if not self.boundaries.can_end_a_step():
             logger.warning(
-                "verl-repro: no token of this tokenizer ends with repro.boundary_patterns=%r; every response "
+                "verl-repro: no text of this tokenizer can end with repro.boundary_patterns=%r; every response "
                 "gets only the end-of-thinking cut", self.repro_config.boundary_patterns,
             )
 
@@ -346,7 +348,7 @@ class _ReproSyncMixin:
                 padding=padding,
                 tokenizer=self.tokenizer,
                 config=self.repro_config,
-                boundary_ids=self.boundary_ids,
+                boundaries=self.boundaries,
                 think_end_id=self.think_end_id,
                 backend=self._scoring_backend(),
             )
