@@ -11,6 +11,8 @@ from typing import Sequence
 
 import torch
 
+from verl_repro.kernels import check_temperature
+
 
 @torch.no_grad()
 def response_token_stats(
@@ -68,8 +70,7 @@ def sample_responses(
         a response ends with its first end-of-sequence token (kept, as vLLM returns it) or after
         ``max_new_tokens`` tokens.
     """
-    if temperature <= 0:
-        raise ValueError(f"sampling temperature must be > 0, got {temperature!r}")
+    check_temperature(temperature, "sampling temperature")
     device = next(model.parameters()).device
     eos_ids = torch.as_tensor([eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id), dtype=torch.long)
     chunks_ids, chunks_mask = [], []
