@@ -24,6 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Callable, Iterator, Optional
 
+from verl_repro import UsageError
 from verl_repro.cpu import watchdog as watchdog_module
 from verl_repro.cpu.registration import PLATFORM_ENV
 from verl_repro.cpu.watchdog import end_session
@@ -406,6 +407,8 @@ def total_steps_of(command: list[str]) -> Optional[int]:
 
 def run(args: argparse.Namespace) -> int:
     overrides = list(getattr(args, "extra_args", []) or [])
+    if args.smoke and Path(args.smoke).exists() and not Path(args.smoke).is_dir():
+        raise UsageError(f"--smoke {args.smoke} is a file: give a folder (created when missing) for the tiny model and data")
     default_parent = Path(args.smoke) / "runs" if args.smoke else Path("outputs") / "cpu-run"
     if args.print_command:
         run_dir = Path(args.run_dir) if args.run_dir else default_parent / "NNN"
