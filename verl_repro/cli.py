@@ -21,6 +21,7 @@ import importlib
 import math
 import os
 import sys
+from pathlib import Path
 from typing import Callable, Optional
 
 from verl_repro import UsageError
@@ -42,17 +43,18 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def count(minimum: int = 1) -> Callable[[str], int]:
+def count(minimum: int = 1, *, optional_limit: bool = False) -> Callable[[str], int]:
     """The ``type=`` of every count-like option: an int >= ``minimum`` (1 unless 0 has a meaning of
-    its own, like "disabled"). A negative or zero count never means "all": leave the option out."""
+    its own, like "disabled"). A negative or zero count never means "all": a limit that is optional
+    (``optional_limit``, default None) means "all" when it is left out, and its message says so."""
 
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
-            value = None
-        if value is None or value < minimum:
-            hint = "; leave the option out for no limit" if minimum >= 1 and value is not None and value < 1 else ""
+            raise argparse.ArgumentTypeError(f"must be an int >= {minimum}, got {text!r}") from None
+        if value < minimum:
+            hint = "; leave the option out for no limit" if optional_limit else ""
             raise argparse.ArgumentTypeError(f"must be an int >= {minimum}, got {text!r}{hint}")
         return value
 
@@ -78,6 +80,54 @@ def number(*, above: Optional[float] = None, minimum: Optional[float] = None, ma
 
     parse.__name__ = "number"
     return parse
+
+
+def claim_output_dir(requested: Optional[str | Path], default_parent: str | Path, flag: str = "--output-dir") -> Path:
+    """The folder a command writes its results to, created empty: results never overwrite or mix
+    with earlier ones.
+
+    ``requested`` (the ``flag`` option) must be absent or an empty folder, else :class:`UsageError`.
+    Without it, the command gets the next numbered folder ``default_parent/001``, ``002``, ... and
+    ``default_parent/latest`` points at it. The caller prints the folder it got.
+    """
+    if requested is not None:
+        path = Path(requested)
+        if path.exists() and (not path.is_dir() or any(path.iterdir())):
+            what = "is a file" if not path.is_dir() else "is not empty"
+            raise UsageError(f"{flag} {path} {what}; results never overwrite earlier ones: name a new folder, "
+                             f"or leave {flag} out for a fresh numbered one under {default_parent}")
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+    parent = Path(default_parent)
+    parent.mkdir(parents=True, exist_ok=True)
+    taken = [int(p.name) for p in parent.iterdir() if p.name.isdigit()]
+    number = max(taken, default=0) + 1
+    while True:
+        path = parent / f"{number:03d}"
+        try:
+            path.mkdir()  # atomic: two commands started together never share a folder
+            break
+        except FileExistsError:
+            number += 1
+    latest = parent / "latest"
+    try:
+        if latest.is_symlink() or not latest.exists():
+            latest.unlink(missing_ok=True)
+            latest.symlink_to(path.name)
+    except OSError:  # a file system without symlinks: the printed path is enough
+        pass
+    return path
+
+
+def check_new_file(path: str | Path, flag: str) -> Path:
+    """An output file the command will write: refused when it exists (results never overwrite
+    earlier ones) or when its folder is a file."""
+    path = Path(path)
+    if path.exists():
+        raise UsageError(f"{flag} {path} already exists; results never overwrite earlier ones: name a new path or remove it")
+    if path.parent.exists() and not path.parent.is_dir():
+        raise UsageError(f"{flag} {path}: {path.parent} is a file, not a folder")
+    return path
 
 
 # An error of the user's input: the message says which and what to do. OSError covers a missing

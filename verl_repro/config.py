@@ -15,6 +15,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from verl_repro import UsageError
 from verl_repro.algorithms.correlation import CORRELATION_KINDS, TOKEN_SCOPES
 from verl_repro.algorithms.repro import DEFAULT_J_BASE_EPS
 from verl_repro.algorithms.segments import DEFAULT_BOUNDARY_PATTERNS, NO_THINK_END_POLICIES
@@ -27,7 +28,7 @@ CORR_AGGREGATES = ("mean", "sum")
 ANSWER_PLACEHOLDER = "{ground_truth}"
 
 
-class ConfigError(ValueError):
+class ConfigError(UsageError):
     """A configuration value is invalid; the message names the full key, e.g. ``repro.alpha``."""
 
 

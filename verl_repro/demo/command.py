@@ -72,8 +72,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from verl_repro.cpu.launcher import RunDirError
-
     try:
         if args.walkthrough:
             return walkthrough(args)
@@ -90,9 +88,6 @@ def run(args: argparse.Namespace) -> int:
             raise
         print(f"verl-repro demo: {error}", flush=True)
         return 1
-    except RunDirError as error:
-        print(error, flush=True)
-        return 2
 
 
 def load_problems(path: str | None, limit: int):
@@ -202,9 +197,9 @@ def walkthrough(args: argparse.Namespace) -> int:
             }
         )
     _print_table(rows)
-    from verl_repro.cpu.launcher import claim_run_dir
+    from verl_repro.cli import claim_output_dir
 
-    output_dir = claim_run_dir(args.output_dir, Path("outputs") / "demo-walkthrough")
+    output_dir = claim_output_dir(args.output_dir, Path("outputs") / "demo-walkthrough")
     summary = {
         "model": str(model_path),
         "config": {"num_segments": config.num_segments, "stability_weight": config.stability_weight, "alpha": config.alpha},

@@ -28,6 +28,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from verl_repro import UsageError
 from verl_repro.config import check_field_types
 
 from .ground_truth import BOXED_COMMANDS, closing_brace, ground_truth_answers
@@ -41,7 +42,7 @@ MIN_TIMEOUT_S = 0.1
 milliseconds plus the pipe round trip; below this every sample would time out and score 0."""
 
 
-class RewardConfigError(ValueError):
+class RewardConfigError(UsageError):
     """A reward option is invalid; the message names the full key, e.g. ``reward.reward_kwargs.timeout_s``."""
 
 
