@@ -167,8 +167,8 @@ def test_bad_arguments_are_named():
 @pytest.mark.parametrize(
     "layers, message",
     [
-        ([2], r"layer 2 is outside this 2-layer model: layers must lie in \[-2, 2\)"),  # used to fail deep inside
-        ([5], r"layer 5 is outside this 2-layer model"),
+        ([2], r"layer 2 is outside this 2-layer model: layers must lie in \[-2, 2\)"),
+        ([5], r"layer 5 is outside this 2-layer model"),  # used to be read as the last layer
         ([-3], r"layer -3 is outside this 2-layer model"),
         ([1.5], r"layers must be decoder layer indices \(ints\), got 1\.5"),  # used to be truncated to layer 1
         ([True], r"got True"),
