@@ -2,8 +2,10 @@
 problem, no traceback — and nothing computed first (each case is refused in well under a second
 of work: argument parsing, reading the named files, claiming the output folder).
 
-The subcommands of ``verl-repro`` run in-process; each case names the input and a piece of the
-message the user must see.
+The subcommands of ``verl-repro`` and the two scripts (``scripts/evaluate.py`` and
+``scripts/prepare_data.py``, whose code is ``verl_repro.evaluation.evaluate.main`` and
+``verl_repro.evaluation.datasets.main``) run in-process; each case names the input and a piece of the message
+the user must see.
 """
 
 from __future__ import annotations
@@ -13,6 +15,10 @@ import json
 import pytest
 
 from verl_repro.cli import main
+from verl_repro.evaluation import datasets
+from verl_repro.evaluation import evaluate as evaluation
+
+COMMANDS = {"verl-repro": main, "evaluate.py": evaluation.main, "prepare_data.py": datasets.main}
 
 
 @pytest.fixture
@@ -29,7 +35,23 @@ def files(tmp_path):
     for name, step in (("null_step", "null"), ("half_step", "1.5"), ("inf_step", "Infinity"), ("list_step", "[1]")):
         (tmp_path / f"{name}.jsonl").write_text('{"step": %s, "data": {}}\n' % step)
     (tmp_path / "not_metrics.jsonl").write_text('{"loss": 1}\n')
+    _benchmark(tmp_path / "bench.parquet", [("What is 1 plus 1?", "2"), ("What is 2 plus 2?", "4")])
+    (tmp_path / "empty_bench.parquet").write_bytes(b"")
+    (tmp_path / "sharded").mkdir()
+    (tmp_path / "sharded" / "model_world_size_2_rank_0.pt").write_bytes(b"")
+    (tmp_path / "model").mkdir()
+    (tmp_path / "prepared").mkdir()
+    (tmp_path / "prepared" / "math_500.parquet").write_bytes(b"an earlier set")
+    (tmp_path / "truncated.jsonl").write_text('{"problem": "a", "answer": "1"}\n{"problem": "b", "ans')
+    (tmp_path / "empty_folder").mkdir()
     return tmp_path
+
+
+def _benchmark(path, problems):
+    import pandas as pd
+
+    rows = datasets.verl_rows([datasets.Problem(p, a, str(i)) for i, (p, a) in enumerate(problems)], "b", "test")
+    pd.DataFrame(rows).to_parquet(path)
 
 
 # (argv with {tmp} for the fixture's folder, a piece of the one stderr line)
@@ -87,11 +109,39 @@ CASES = {
     "cpu-run: smoke on a file": (["cpu-run", "--smoke", "{tmp}/a_file.txt"], "--smoke {tmp}/a_file.txt is a file"),
     "cpu-run: used run folder": (["cpu-run", "--run-dir", "{tmp}/used"], "--run-dir {tmp}/used is not empty"),
 }
+EVALUATE = ["evaluate.py", "--model", "{tmp}/model", "--data", "b={tmp}/bench.parquet"]
+CASES.update({
+    # scripts/evaluate.py: each used to be found after sampling everything, or not at all
+    "evaluate: negative max problems": (EVALUATE + ["--max-problems", "-1"], "--max-problems: must be an int >= 1, got '-1'"),
+    "evaluate: zero k": (EVALUATE + ["--ks", "0"], "--ks: must be an int >= 1, got '0'"),
+    "evaluate: zero samples": (EVALUATE + ["--n", "0"], "--n: must be an int >= 1, got '0'"),
+    "evaluate: k past n": (EVALUATE + ["--ks", "4", "--n", "2"], "--ks 4 exceeds --n 2"),
+    "evaluate: zero grading timeout": (EVALUATE + ["--grading-timeout", "0"], "--grading-timeout: must be a finite number >= 0.1"),
+    "evaluate: nan grading timeout": (EVALUATE + ["--grading-timeout", "nan"], "--grading-timeout: must be a finite number >= 0.1, got 'nan'"),
+    "evaluate: zero batch size": (EVALUATE + ["--batch-size", "0"], "--batch-size: must be an int >= 1"),
+    "evaluate: greedy with n samples": (EVALUATE + ["--temperature", "0", "--n", "4"], "--temperature 0 is greedy decoding"),
+    "evaluate: used output folder": (EVALUATE + ["--out", "{tmp}/used"], "--out {tmp}/used is not empty"),
+    "evaluate: missing benchmark": (["evaluate.py", "--model", "{tmp}/model", "--data", "b={tmp}/missing.parquet"], "missing benchmark files: {tmp}/missing.parquet"),
+    "evaluate: unreadable benchmark": (["evaluate.py", "--model", "{tmp}/model", "--data", "b={tmp}/empty_bench.parquet"], "{tmp}/empty_bench.parquet: not a readable parquet file"),
+    "evaluate: no benchmark": (["evaluate.py", "--model", "{tmp}/model"], "no benchmark: give --data NAME=PARQUET"),
+    "evaluate: sharded checkpoint": (["evaluate.py", "--model", "{tmp}/sharded", "--data", "b={tmp}/bench.parquet"], "is a veRL FSDP checkpoint (sharded): merge it"),
+    "evaluate: missing model": (["evaluate.py", "--model", "{tmp}/missing_model", "--data", "b={tmp}/bench.parquet"], "--model {tmp}/missing_model: no such folder"),
+    # scripts/prepare_data.py
+    "prepare: existing set": (["prepare_data.py", "math_500", "--out", "{tmp}/prepared"], "--out {tmp}/prepared/math_500.parquet already exists"),
+    "prepare: truncated jsonl": (["prepare_data.py", "math_500", "--out", "{tmp}/new", "--source", "{tmp}/truncated.jsonl"], "truncated.jsonl:2 is not valid JSON"),
+    "prepare: folder without data": (["prepare_data.py", "math_500", "--out", "{tmp}/new", "--source", "{tmp}/empty_folder"], "files under this folder"),
+    "prepare: hub offline": (["prepare_data.py", "math_500", "--out", "{tmp}/new"], "HuggingFaceH4/MATH-500: cannot load it from the hub"),
+    "prepare: negative max rows": (["prepare_data.py", "math_500", "--out", "{tmp}/new", "--max-rows", "-1"], "--max-rows: must be an int >= 1"),
+    "prepare: template without problem": (["prepare_data.py", "math_500", "--out", "{tmp}/new", "--prompt-template", "x"], "--prompt-template must contain {problem}"),
+    "prepare: missing exclude": (["prepare_data.py", "math_500", "--out", "{tmp}/new", "--exclude", "{tmp}/missing.parquet"], "--exclude {tmp}/missing.parquet is not a file"),
+    "prepare: unknown set": (["prepare_data.py", "math_501", "--out", "{tmp}/new"], "invalid choice: 'math_501'"),
+})
 
 
 def run_command(argv: list[str]) -> int:
+    command, argv = (argv[0], argv[1:]) if argv[0] in COMMANDS else ("verl-repro", argv)
     try:
-        return main(argv)
+        return COMMANDS[command](argv)
     except SystemExit as exit_:  # argparse exits; everything else returns its code
         return exit_.code
 
@@ -107,4 +157,5 @@ def test_a_bad_input_is_one_line_naming_it(name, files, capsys):
     assert code not in (0, None), captured.out
     assert "Traceback" not in captured.err
     assert len(lines) == 1, captured.err
-    assert needle in lines[0] and lines[0].startswith("verl-repro"), lines[0]
+    command = argv[0] if argv[0] in COMMANDS else "verl-repro"
+    assert needle in lines[0] and lines[0].startswith(command), lines[0]
