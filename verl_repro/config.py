@@ -15,6 +15,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional, Sequence
 
+from verl_repro import UsageError
 from verl_repro.algorithms.correlation import CORRELATION_KINDS, TOKEN_SCOPES
 from verl_repro.algorithms.repro import DEFAULT_J_BASE_EPS
 from verl_repro.algorithms.segments import DEFAULT_BOUNDARY_PATTERNS, NO_THINK_END_POLICIES
@@ -27,7 +28,7 @@ CORR_AGGREGATES = ("mean", "sum")
 ANSWER_PLACEHOLDER = "{ground_truth}"
 
 
-class ConfigError(ValueError):
+class ConfigError(UsageError):
     """A configuration value is invalid; the message names the full key, e.g. ``repro.alpha``."""
 
 
@@ -36,18 +37,40 @@ def _require(condition: bool, key: str, message: str, value: Any) -> None:
         raise ConfigError(f"{key} {message}, got {value!r}")
 
 
-def check_number_fields(settings: Any, prefix: str, error: type[ValueError] = ConfigError) -> None:
-    """Every ``float`` field of the dataclass ``settings`` holds a finite number and every ``int``
-    field an int; ``error`` names the key. Runs before the range checks: ``inf`` passes ``>= 0``
-    and becomes NaN advantages (inf·0) or an ``OverflowError`` hours into a run."""
+_ITEM_CHECKS = {"int": (lambda v: isinstance(v, int) and not isinstance(v, bool), "ints"),
+                "str": (lambda v: isinstance(v, str), "strings")}
+
+
+def check_field_types(settings: Any, prefix: str, error: type[ValueError] = ConfigError) -> None:
+    """Every field of the dataclass ``settings`` holds its declared type; ``error`` names the key.
+
+    Runs before the range checks, which would otherwise fail with a bare ``TypeError`` (``None in
+    "..."``) or pass a wrong value silently: ``inf`` passes ``>= 0`` and becomes NaN advantages, and
+    a bare string where a list belongs (``repro.boundary_patterns=abc``) would be read as its
+    characters. ``float``: a finite number (ints are numbers); ``int``: an int; ``bool``: true or
+    false; ``str``: a string; ``list[int]`` / ``list[str]``: a list (never a bare string) of those.
+    """
     for spec in dataclasses.fields(settings):
-        value = getattr(settings, spec.name)
+        key, value = f"{prefix}.{spec.name}", getattr(settings, spec.name)
         kind = spec.type if isinstance(spec.type, str) else getattr(spec.type, "__name__", "")
         number = isinstance(value, (int, float)) and not isinstance(value, bool)
         if kind == "float" and not (number and math.isfinite(value)):
-            raise error(f"{prefix}.{spec.name} must be a finite number, got {value!r}")
+            raise error(f"{key} must be a finite number, got {value!r}")
         if kind == "int" and not (number and isinstance(value, int)):
-            raise error(f"{prefix}.{spec.name} must be an int, got {value!r}")
+            raise error(f"{key} must be an int, got {value!r}")
+        if kind == "bool" and not isinstance(value, bool):
+            raise error(f"{key} must be true or false, got {value!r}")
+        if kind == "str" and not isinstance(value, str):
+            raise error(f"{key} must be a string, got {value!r} ({type(value).__name__}); quote it to pass text")
+        if kind.startswith("list[") and kind[5:-1] in _ITEM_CHECKS:
+            item_ok, items = _ITEM_CHECKS[kind[5:-1]]
+            if isinstance(value, str):
+                raise error(f"{key} must be a list of {items}, got the bare string {value!r}; for one entry write {key}=[{value!r}]")
+            if not isinstance(value, (list, tuple)):
+                raise error(f"{key} must be a list of {items}, got {value!r}")
+            wrong = [item for item in value if not item_ok(item)]
+            if wrong:
+                raise error(f"{key} must be a list of {items}, got {list(value)!r} ({wrong[0]!r} is not)")
 
 
 @dataclass
@@ -83,7 +106,7 @@ class CorrConfig:
         from verl_repro.algorithms.correlation import CORRELATION_UNITS
         from verl_repro.gradients import FAST_MATRICES, MATRICES, METHODS, NORMS
 
-        check_number_fields(self, prefix)
+        check_field_types(self, prefix)
         _require(self.coef >= 0, f"{prefix}.coef", "must be >= 0", self.coef)
         _require(self.kind in CORRELATION_KINDS, f"{prefix}.kind", f"must be one of {CORRELATION_KINDS}", self.kind)
         _require(self.scope in TOKEN_SCOPES, f"{prefix}.scope", f"must be one of {TOKEN_SCOPES}", self.scope)
@@ -147,7 +170,7 @@ class ReproConfig:
     corr: CorrConfig = field(default_factory=CorrConfig)
 
     def validate(self, prefix: str = "repro") -> "ReproConfig":
-        check_number_fields(self, prefix)
+        check_field_types(self, prefix)
         _require(isinstance(self.num_segments, int) and self.num_segments > 0, f"{prefix}.num_segments", "must be a positive int", self.num_segments)
         _require(0.0 <= self.stability_weight <= 1.0, f"{prefix}.stability_weight", "must be in [0, 1]", self.stability_weight)
         _require(0.0 <= self.stability_ema < 1.0, f"{prefix}.stability_ema", "must be in [0, 1) (0 disables smoothing)", self.stability_ema)
@@ -193,8 +216,19 @@ class ReproConfig:
         return _from_mapping(cls, values, prefix).validate(prefix)
 
 
+def _as_plain(value: Any) -> Any:
+    """An OmegaConf list or dict node as a plain list / dict (a scalar unchanged)."""
+    if type(value).__name__ in ("ListConfig", "DictConfig"):
+        from omegaconf import OmegaConf
+
+        return OmegaConf.to_container(value, resolve=True)
+    return value
+
+
 def _from_mapping(cls, values: Mapping[str, Any] | None, prefix: str):
-    values = {} if values is None else dict(values.items())
+    values = {} if values is None else _as_plain(values)
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"{prefix} must be a group of keys (e.g. {prefix}.<key>=...), got {values!r}")
     known = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - set(known))
     if unknown:
@@ -203,12 +237,8 @@ def _from_mapping(cls, values: Mapping[str, Any] | None, prefix: str):
     for name, value in values.items():
         if name == "corr":
             kwargs[name] = _from_mapping(CorrConfig, value, f"{prefix}.corr")
-        elif name in ("boundary_patterns", "matrices"):
-            kwargs[name] = [str(p) for p in value]
-        elif name == "layers":
-            kwargs[name] = list(value)
-        else:
-            kwargs[name] = value
+        else:  # types are checked by validate(), naming the key: nothing is converted here
+            kwargs[name] = list(value) if isinstance(value, tuple) else value
     return cls(**kwargs)
 
 
@@ -255,7 +285,29 @@ def add_setting_arguments(parser, keys: Sequence[str], cls=ReproConfig, prefix: 
         if isinstance(getattr(defaults, key), list):
             parser.add_argument(option, nargs="+", default=list(default), metavar="TEXT", help=help_text)
         else:
-            parser.add_argument(option, type=type(getattr(defaults, key)), default=default, help=help_text)
+            parser.add_argument(option, type=_setting_value(cls, key, type(getattr(defaults, key))), default=default, help=help_text)
+
+
+def _setting_value(cls, key: str, kind: type):
+    """The ``type=`` of one setting's option: the text read as ``kind``, then checked by the
+    dataclass's own ``validate`` (its ranges, written once), so a bad value stops the tool at parse
+    with argparse's one line naming the option."""
+    import argparse
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {'an int' if kind is int else 'a number' if kind is float else kind.__name__}, got {text!r}") from None
+        try:
+            cls(**{key: value}).validate()
+        except ConfigError as refused:
+            # argparse names the option; the key's own name would only repeat it.
+            raise argparse.ArgumentTypeError(str(refused).split(f".{key} ", 1)[-1]) from None
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
 
 
 def settings_from_arguments(args: Any, keys: Sequence[str]) -> dict[str, Any]:

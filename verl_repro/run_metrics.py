@@ -14,6 +14,8 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from verl_repro import UsageError
+
 
 @dataclass(frozen=True)
 class Figure:
@@ -39,26 +41,61 @@ FIGURES: tuple[Figure, ...] = (
 FIGURES_BY_NAME = {figure.name: figure for figure in FIGURES}
 
 
-def read_metrics(path: str | Path) -> dict[int, dict[str, float]]:
-    """``{step: {key: value}}`` of a veRL file-logger jsonl. A half-written last line (the run is
-    still going) is skipped; a later line for the same step (a resumed run) replaces the earlier."""
+class MetricsFileError(UsageError):
+    """A metrics file that is not veRL's: the message names the file, the line and what is wrong."""
+
+
+def _step_number(value, where: str) -> int:
+    """A step is a whole number: ``3`` (or ``3.0``). A fractional step would merge with its floor,
+    and null, ``Infinity`` or a list are no step at all: each is refused, naming the line."""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not number or not math.isfinite(value) or value != int(value):
+        raise MetricsFileError(f"{where}: the step must be a whole number, got {json.dumps(value)}")
+    return int(value)
+
+
+def _metric_value(value) -> float:
+    try:
+        return float(value)
+    except OverflowError:  # an int past float range: as the infinity it is nearest to
+        return math.inf if value > 0 else -math.inf
+
+
+def parse_metrics(path: str | Path) -> tuple[dict[int, dict[str, float]], int]:
+    """``({step: {key: value}}, skipped lines)`` of a veRL file-logger jsonl.
+
+    A line that is not JSON (the half-written last line of a running run, or corruption) is
+    skipped and counted; a later line for the same step (a resumed run) replaces the earlier. A
+    JSON line that is not ``{"step": N, "data": {...}}``, or whose step is not a whole number,
+    raises :class:`MetricsFileError`. Non-numeric values are left out; numbers keep their value
+    (``1e400`` is ``inf``, which no figure shows).
+    """
     path = Path(path)
     metrics: dict[int, dict[str, float]] = {}
+    skipped = 0
     if not path.exists():
-        return metrics
+        return metrics, skipped
     for line_number, line in enumerate(path.read_text(errors="replace").splitlines(), start=1):
         if not line.strip():
             continue
         try:
             record = json.loads(line)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
+            skipped += 1
             continue
+        where = f"{path}:{line_number}"
         if not isinstance(record, dict) or "step" not in record or not isinstance(record.get("data"), dict):
-            raise ValueError(f"{path}:{line_number} is not a veRL metrics line ({{'step': N, 'data': {{...}}}})")
-        metrics[int(record["step"])] = {
-            key: float(value) for key, value in record["data"].items() if isinstance(value, (int, float))
+            raise MetricsFileError(f"{where} is not a veRL metrics line ({{'step': N, 'data': {{...}}}})")
+        metrics[_step_number(record["step"], where)] = {
+            key: _metric_value(value) for key, value in record["data"].items()
+            if isinstance(value, (int, float)) and not isinstance(value, bool)
         }
-    return metrics
+    return metrics, skipped
+
+
+def read_metrics(path: str | Path) -> dict[int, dict[str, float]]:
+    """``{step: {key: value}}`` of a veRL file-logger jsonl (:func:`parse_metrics` without the count)."""
+    return parse_metrics(path)[0]
 
 
 def figure_value(data: dict[str, float], figure: Figure | str) -> float | None:

@@ -316,7 +316,7 @@ def test_nuclear_norm_of_a_gradient():
     assert parameter_gradient_norm([matrix, vector], "nuc") == pytest.approx(25.0)
 
 
-def test_bad_inputs_fail_clearly(tiny_model_dir, tmp_path):
+def test_bad_inputs_fail_clearly(tiny_model_dir, tmp_path, capsys):
     from verl_repro.analysis.inversion import load_rows
 
     with pytest.raises(FileNotFoundError, match="--data"):
@@ -325,11 +325,23 @@ def test_bad_inputs_fail_clearly(tiny_model_dir, tmp_path):
     with pytest.raises(ValueError, match="bad.jsonl:2"):
         load_rows(tmp_path / "bad.jsonl")
     _write_jsonl(tmp_path / "noprompt.jsonl", [{"response": "x"}])
-    with pytest.raises(ValueError, match="row 0: no prompt"):
-        main(["inversion", "--model", str(tiny_model_dir), "--data", str(tmp_path / "noprompt.jsonl"), "--output-dir", str(tmp_path / "o"), "--no-progress"])
+    assert main(["inversion", "--model", str(tiny_model_dir), "--data", str(tmp_path / "noprompt.jsonl"), "--no-progress"]) == 2
+    assert capsys.readouterr().err == "verl-repro inversion: error: row 0: no prompt (looked for prompt, input, question, problem)\n"
     _write_jsonl(tmp_path / "ok.jsonl", _rows()[:1])
-    with pytest.raises(ValueError, match="--fingerprint-params"):
-        main([
-            "inversion", "--model", str(tiny_model_dir), "--data", str(tmp_path / "ok.jsonl"), "--output-dir",
-            str(tmp_path / "o"), "--fingerprint-params", "no_such_param", "--no-progress",
-        ])
+    assert main([
+        "inversion", "--model", str(tiny_model_dir), "--data", str(tmp_path / "ok.jsonl"), "--output-dir",
+        str(tmp_path / "o"), "--fingerprint-params", "no_such_param", "--no-progress",
+    ]) == 2
+    assert capsys.readouterr().err.endswith("error: --fingerprint-params 'no_such_param' matches no parameter of the model\n")
+    assert not any((tmp_path / "o").iterdir())  # refused before any sampling: nothing written
+
+
+def test_a_rerun_never_mixes_with_an_earlier_one(tiny_model_dir, tmp_path, capsys):
+    """A rerun without the fingerprint used to leave the old fingerprint.png beside the new summary."""
+    _write_jsonl(tmp_path / "ok.jsonl", _rows()[:1])
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "fingerprint.png").write_bytes(b"an earlier run")
+    assert main(["inversion", "--model", str(tiny_model_dir), "--data", str(tmp_path / "ok.jsonl"), "--output-dir", str(out),
+                 "--fingerprint-tokens", "0", "--no-progress"]) == 2
+    assert "--output-dir" in capsys.readouterr().err and (out / "fingerprint.png").read_bytes() == b"an earlier run"

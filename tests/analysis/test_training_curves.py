@@ -5,11 +5,13 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import re
 
 import pytest
 
 from verl_repro.analysis.training_curves import PANELS, load_runs, plot_training_curves, run_label
-from verl_repro.run_metrics import figure_value, read_metrics, series
+from verl_repro import UsageError
+from verl_repro.run_metrics import figure_value, parse_metrics, read_metrics, series
 
 
 def _write(path, steps):
@@ -80,18 +82,54 @@ def test_each_panel_has_one_line_per_run_that_logs_it(tmp_path, monkeypatch):
 
 
 def test_bad_inputs_are_one_line_errors(tmp_path):
-    with pytest.raises(SystemExit, match="does not exist"):
+    with pytest.raises(UsageError, match="does not exist"):
         load_runs([tmp_path / "missing.jsonl"])
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
-    with pytest.raises(SystemExit, match="no training step"):
+    with pytest.raises(UsageError, match="no training step"):
         load_runs([empty])
     wrong = tmp_path / "wrong.jsonl"
     wrong.write_text('{"loss": 1}\n')
-    with pytest.raises(SystemExit, match="wrong.jsonl:1 is not a veRL metrics line"):
+    with pytest.raises(UsageError, match="wrong.jsonl:1 is not a veRL metrics line"):
         load_runs([wrong])
-    with pytest.raises(SystemExit, match="2 --labels for 1"):
+    with pytest.raises(UsageError, match="2 --labels for 1"):
         load_runs([empty], ["a", "b"])
+    run_dir = _write(tmp_path / "run" / "metrics.jsonl", GRPO).parent
+    with pytest.raises(UsageError, match=r"run is a folder, not a metrics file; did you mean .*run/metrics\.jsonl\?"):
+        load_runs([run_dir])
+
+
+@pytest.mark.parametrize(
+    "step, shown",
+    [("null", "null"), ("Infinity", "Infinity"), ("NaN", "NaN"), ("[1]", "[1]"), ('"2"', '"2"'), ("true", "true"),
+     ("1.5", "1.5")],  # 1.5 used to be read as step 1, silently replacing it
+)
+def test_a_step_is_a_whole_number(tmp_path, step, shown):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1, "data": {"critic/score/mean": 0.5}}\n{"step": %s, "data": {}}\n' % step)
+    with pytest.raises(UsageError, match=r"metrics\.jsonl:2: the step must be a whole number, got " + re.escape(shown) + "$"):
+        parse_metrics(path)
+
+
+def test_corrupt_lines_are_counted_and_huge_values_kept_as_numbers(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1.0, "data": {"critic/score/mean": 0.5, "big": 1e400, "huge_int": %d}}\n'
+                    'garbage\n{"step": 2, "data": {"critic/score/mean": 1e300}}\n{"step": 3, "da' % 10**400)
+    metrics, skipped = parse_metrics(path)
+    assert sorted(metrics) == [1, 2] and skipped == 2  # "garbage" and the half-written last line
+    assert metrics[1]["big"] == float("inf") and metrics[1]["huge_int"] == float("inf")
+    assert series(metrics, "reward") == ([1, 2], [0.5, 1e300])
+
+
+def test_plot_refuses_a_name_it_would_not_write_and_says_what_it_wrote(tmp_path, capsys):
+    from verl_repro.cli import main
+
+    grpo = _write(tmp_path / "grpo" / "metrics.jsonl", GRPO + [(3, {"critic/score/mean": 1e300})])
+    grpo.open("a").write("not json\n")
+    assert main(["plot", str(grpo), "--output", str(tmp_path / "curves")]) == 2  # matplotlib would write curves.png
+    assert capsys.readouterr().err == f"verl-repro plot: error: --output must name a .png file, got '{tmp_path / 'curves'}'\n"
+    assert main(["plot", str(grpo), "--output", str(tmp_path / "curves.png")]) == 0
+    assert capsys.readouterr().out == f"wrote {tmp_path / 'curves.png'} (grpo: 3 steps, 1 unreadable lines skipped)\n"
 
 
 def test_a_run_keeps_its_colour_in_every_panel(tmp_path, monkeypatch):

@@ -217,17 +217,18 @@ def test_watchdog_ends_the_session_only_without_the_done_byte(tmp_path):
 
 
 def test_run_dirs_are_fresh_numbered_folders_and_a_used_one_is_refused(tmp_path):
-    from verl_repro.cpu.launcher import RunDirError, claim_run_dir
+    from verl_repro import UsageError
+    from verl_repro.cli import claim_output_dir
 
-    first = claim_run_dir(None, tmp_path / "runs")
-    second = claim_run_dir(None, tmp_path / "runs")
+    first = claim_output_dir(None, tmp_path / "runs")
+    second = claim_output_dir(None, tmp_path / "runs")
     assert (first.name, second.name) == ("001", "002")
     assert (tmp_path / "runs" / "latest").resolve() == second.resolve()
-    explicit = claim_run_dir(tmp_path / "mine", tmp_path / "runs")
+    explicit = claim_output_dir(tmp_path / "mine", tmp_path / "runs", "--run-dir")
     assert explicit.is_dir()
     (explicit / "metrics.jsonl").write_text("{}\n")
-    with pytest.raises(RunDirError, match="is not empty"):
-        claim_run_dir(tmp_path / "mine", tmp_path / "runs")
+    with pytest.raises(UsageError, match=r"^--run-dir .*mine is not empty; results never overwrite earlier ones"):
+        claim_output_dir(tmp_path / "mine", tmp_path / "runs", "--run-dir")
     assert (explicit / "metrics.jsonl").read_text() == "{}\n"
 
 

@@ -194,7 +194,7 @@ def test_demo_runs_baseline_and_methods_then_prints_the_table_and_draws_the_curv
 
     # the same directory again is refused, nothing overwritten
     assert main(["demo", "--model", str(tiny_model_dir), "--output-dir", str(out)]) == 2
-    assert "is not empty" in capsys.readouterr().out
+    assert "is not empty" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("fault, problem", [

@@ -164,6 +164,44 @@ def test_bad_arguments_are_named():
         logit_gradient_norms(model, input_ids, target_ids[:, :2], mask)
 
 
+@pytest.mark.parametrize(
+    "layers, message",
+    [
+        ([2], r"layer 2 is outside this 2-layer model: layers must lie in \[-2, 2\)"),
+        ([5], r"layer 5 is outside this 2-layer model"),  # used to be read as the last layer
+        ([-3], r"layer -3 is outside this 2-layer model"),
+        ([1.5], r"layers must be decoder layer indices \(ints\), got 1\.5"),  # used to be truncated to layer 1
+        ([True], r"got True"),
+    ],
+)
+def test_layers_outside_the_model_are_refused(layers, message):
+    model = tiny_model("qwen2")
+    input_ids, target_ids, mask = batch(length=4)
+    with pytest.raises(ValueError, match=message):
+        logit_gradient_norms(model, input_ids, target_ids, mask, layers=layers, method="exact")
+    # the two ends of the range are the first and the last layer
+    first = logit_gradient_norms(model, input_ids, target_ids, mask, layers=[-2], matrices=("q_proj",), method="exact")
+    assert torch.equal(first, logit_gradient_norms(model, input_ids, target_ids, mask, layers=[0], matrices=("q_proj",), method="exact"))
+
+
+def test_targets_outside_the_vocabulary_are_refused_where_measured():
+    model = tiny_model("qwen2")
+    input_ids, target_ids, mask = batch(length=4)
+    vocab_size = model.get_output_embeddings().weight.shape[0]
+    for bad in (-100, -1, vocab_size):  # -100 used to read the logit 100th from the end
+        wrong = target_ids.clone()
+        wrong[0, 1] = bad
+        with pytest.raises(ValueError, match=rf"target_ids must lie in \[0, {vocab_size}\) on measured tokens; found {bad} at \[0, 1\]"):
+            logit_gradient_norms(model, input_ids, wrong, mask)
+        # the same id where nothing is measured is no error, and changes nothing
+        unmeasured = mask.clone()
+        unmeasured[0, 1] = False
+        expected = logit_gradient_norms(model, input_ids, target_ids, mask, measure_mask=unmeasured.bool())
+        assert torch.equal(logit_gradient_norms(model, input_ids, wrong, mask, measure_mask=unmeasured.bool()), expected)
+    with pytest.raises(TypeError, match="integer"):
+        logit_gradient_norms(model, input_ids, target_ids.float(), mask)
+
+
 def test_float32_model_agrees_with_its_float64_copy():
     model = tiny_model("qwen3")
     input_ids, target_ids, mask = batch()

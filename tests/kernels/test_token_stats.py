@@ -459,13 +459,13 @@ def test_dispatch_rejects_bad_input():
     labels = torch.tensor([0, 1, 2], device=DEVICE)
     # 0 and negative flip or break the distribution; inf flattens it to uniform; NaN poisons it
     for temperature in (0.0, -1.0, float("inf"), float("nan")):
-        with pytest.raises(ValueError, match="temperature must be finite and > 0"):
+        with pytest.raises(ValueError, match="^temperature must be a finite number > 0, got"):
             token_stats_from_logits(logits, labels, temperature=temperature)
     for bad in (float("nan"), float("inf"), 0.0, -0.5):
         per_token = torch.tensor([1.0, bad, 0.7], device=DEVICE)
-        with pytest.raises(ValueError, match=r"temperature must be finite and > 0 everywhere; found"):
+        with pytest.raises(ValueError, match=r"^every temperature must be a finite number > 0, got"):
             token_stats_from_logits(logits, labels, temperature=per_token)
-        with pytest.raises(ValueError, match=r"temperature must be finite and > 0 everywhere; found"):
+        with pytest.raises(ValueError, match=r"^every temperature must be a finite number > 0, got"):
             token_stats_from_hidden(torch.randn(3, 4, device=DEVICE), torch.randn(10, 4, device=DEVICE), labels,
                                     temperature=per_token)
     with pytest.raises(ValueError, match=r"weight must be \[V, H\]"):

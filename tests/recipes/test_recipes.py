@@ -149,7 +149,7 @@ def test_dry_run_reports_every_bad_value_by_key():
     assert "/nonexistent/dapo_math_17k.parquet   (missing" in out
     assert "[FAIL]      veRL validate_config" in out and "divisible" in out  # 256 x 8 samples over 3 GPUs, fixed batch sizes
     assert "repro.alpha must be >= 0" in out
-    assert "reward.reward_kwargs.timeout_s must be > 0" in out
+    assert "reward.reward_kwargs.timeout_s must be >= 0.1 s" in out
     assert "dry run FAILED" in out
 
 
@@ -162,6 +162,26 @@ def test_dry_run_refuses_non_finite_settings_as_the_driver_does(capsys):
     assert "[ok]        veRL validate_config" in out  # veRL's own checks are reported on their own
     assert launch.main(["dry-run", "r1_distill_1.5b_corrpo", "repro.corr.coef=inf"]) == 1
     assert "repro.corr.coef must be a finite number, got inf" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "recipe, override, message",
+    [
+        ("r1_distill_1.5b_repro_grpo", "repro.boundary_patterns=abc", "repro.boundary_patterns must be a list of strings, got the bare string 'abc'"),
+        ("r1_distill_1.5b_repro_grpo", "repro.think_end_token=123", "repro.think_end_token must be a string, got 123 (int)"),
+        ("r1_distill_1.5b_repro_grpo", "repro.answer_template=null", "repro.answer_template must be a string, got None"),
+        ("r1_distill_1.5b_corrpo", "repro.corr.layers=5", "repro.corr.layers must be a list of ints, got 5"),
+        ("r1_distill_1.5b_repro_grpo", "reward.reward_kwargs.timeout_s=1e-6", "reward.reward_kwargs.timeout_s must be >= 0.1 s"),
+    ],
+    ids=["bare_string_list", "int_token", "null_template", "int_layers", "unmeetable_deadline"],
+)
+def test_dry_run_names_the_key_of_a_wrong_type(capsys, recipe, override, message):
+    """Each used to pass the dry run silently or end in a bare TypeError."""
+    launch = load_launch_module()
+    assert launch.main(["dry-run", recipe, override]) == 1
+    out = capsys.readouterr().out
+    assert message in out and "dry run FAILED" in out
+    assert "TypeError" not in out
 
 
 def test_dry_run_unknown_key_and_trainer_mode_mismatch():

@@ -172,6 +172,16 @@ def test_temperature_matches_naive_expansion(random_causal_lm):
         torch.testing.assert_close(shared, naive, rtol=0, atol=FLOAT32_TOLERANCE)
 
 
+@pytest.mark.parametrize("temperature", [-1.0, 0.0, float("inf"), float("nan"), "hot"])
+@pytest.mark.parametrize("mode", ["naive", "prefix_shared"])
+def test_score_j_refuses_a_temperature_without_a_distribution(random_causal_lm, mode, temperature):
+    """-1 used to return plausible J of the flipped distribution; inf that of the uniform one."""
+    model = random_causal_lm("qwen2", seed=5)
+    with pytest.raises(ValueError, match="^temperature must be a finite number > 0, got"):
+        scoring_cuts.score_j(model, [[1, 2, 3]], torch.tensor([[4, 5, 6, 7]]), torch.tensor([[2]]), torch.ones(1, 1, dtype=torch.bool),
+                             [[8, 9]], mode=mode, temperature=temperature)
+
+
 def test_sliding_window_model_falls_back_with_reason(caplog, random_causal_lm):
     model = random_causal_lm("qwen2", seed=8, use_sliding_window=True, sliding_window=4, max_window_layers=0)
     reason = attention_support_error(model)

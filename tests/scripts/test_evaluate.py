@@ -98,6 +98,22 @@ def test_verl_checkpoint_is_refused_with_the_merge_command(tmp_path):
     (tmp_path / "model_world_size_8_rank_0.pt").write_bytes(b"")
     with pytest.raises(ValueError, match="verl.model_merger merge --backend fsdp"):
         ev.check_model_path(str(tmp_path))
+    with pytest.raises(ValueError, match="no such folder"):
+        ev.check_model_path(str(tmp_path / "missing"))
+
+
+def test_a_k_past_n_and_a_non_positive_problem_limit_are_refused(tmp_path):
+    correct = np.array([[True, False], [False, False]])
+    zeros = np.zeros((2, 2))
+    # ks 4 with n = 2 used to drop the pass@4 column without a word
+    with pytest.raises(ValueError, match=r"pass@k needs 1 <= k <= n = 2 samples per problem, got ks=\[1, 4\]"):
+        ev.summarize("a", correct, zeros, zeros, zeros, zeros, ks=[1, 4])
+    assert set(ev.summarize("a", correct, zeros, zeros, zeros, zeros).pass_at_k) == {1, 2}
+    path = _benchmark(tmp_path / "b.parquet", [("Q1", "1"), ("Q2", "2"), ("Q3", "3")], "b")
+    assert len(ev.load_benchmark(path, 2)[0]) == 2
+    for bad in (0, -1):  # -1 used to evaluate 2 of 3 problems and report them as the benchmark
+        with pytest.raises(ValueError, match="max_problems must be >= 1"):
+            ev.load_benchmark(path, bad)
 
 
 def test_cli_on_the_tiny_model_with_hf_generate(tiny_model_dir, tmp_path):

@@ -197,7 +197,7 @@ def test_hub_ids_configs_and_splits(monkeypatch):
 def test_wrong_columns_name_the_missing_column(tmp_path):
     bad = tmp_path / "bad.parquet"
     pd.DataFrame([{"problem": "x", "solution": "y"}]).to_parquet(bad)
-    with pytest.raises(KeyError, match="'answer' missing"):
+    with pytest.raises(ValueError, match="'answer' missing"):
         rd.prepare("aime_2024", tmp_path / "out", source=bad)
 
 
@@ -288,3 +288,49 @@ def test_bad_inputs_are_one_line_errors(tmp_path):
 def test_max_rows_keeps_exactly_that_many(sources, tmp_path):
     path, stats = rd.prepare("aime_2025", tmp_path, source=sources["aime_2025"], max_rows=2)
     assert stats.written == 2 and len(_read(path)) == 2
+
+
+def test_a_decimal_answer_column_is_usable(tmp_path):
+    """A pyarrow decimal128 answer column used to be read as unusable: 0 rows written, exit 0."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from decimal import Decimal
+
+    source = tmp_path / "decimals.parquet"
+    table = pa.table({"problem": ["Half of 5?", "Tiny?"],
+                      "answer": pa.array([Decimal("2.50"), Decimal("0.00002")], type=pa.decimal128(10, 5))})
+    pq.write_table(table, source)
+    path, stats = rd.prepare("math_500", tmp_path / "out", source=source)
+    assert [r["reward_model"]["ground_truth"] for r in _read(path)] == ["2.5", "0.00002"] and stats.written == 2
+
+
+def test_nothing_usable_is_an_error_not_an_empty_set(tmp_path):
+    source = tmp_path / "no_answers.jsonl"
+    source.write_text(json.dumps({"problem": "Q?", "answer": None}) + "\n")
+    with pytest.raises(ValueError, match=r"no usable row: 1 loaded, 1 without a problem or a usable answer"):
+        rd.prepare("math_500", tmp_path / "out", source=source)
+    assert not (tmp_path / "out" / "math_500.parquet").exists()
+
+
+def test_cli_never_overwrites_and_names_broken_sources(sources, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert rd.main(["aime_2024", "--out", str(out), "--source", str(sources["aime_2024"])]) == 0
+    first = (out / "aime_2024.parquet").read_bytes()
+    capsys.readouterr()
+    assert rd.main(["aime_2024", "--out", str(out), "--source", str(sources["aime_2024"])]) == 2
+    assert capsys.readouterr().err == (f"prepare_data.py: error: --out {out / 'aime_2024.parquet'} already exists; results "
+                                       "never overwrite earlier ones: name a new path or remove it\n")
+    assert (out / "aime_2024.parquet").read_bytes() == first
+    truncated = tmp_path / "truncated.jsonl"
+    truncated.write_text('{"problem": "a", "answer": "1"}\n{"problem": "b", "ans')
+    assert rd.main(["math_500", "--out", str(out), "--source", str(truncated)]) == 2
+    assert capsys.readouterr().err == f"prepare_data.py: error: math_500: {truncated}:2 is not valid JSON (Unterminated string starting at); a truncated download?\n"
+    corrupt = tmp_path / "corrupt.parquet"
+    corrupt.write_bytes(b"PAR1 not really")
+    assert rd.main(["math_500", "--out", str(out), "--source", str(corrupt)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"prepare_data.py: error: math_500: {corrupt}: not readable as parquet rows (") and err.count("\n") == 1
+    empty_folder = tmp_path / "empty_folder"
+    empty_folder.mkdir()
+    assert rd.main(["math_500", "--out", str(out), "--source", str(empty_folder)]) == 2
+    assert "no ['.csv', '.json', '.jsonl', '.parquet'] files under this folder" in capsys.readouterr().err

@@ -80,7 +80,7 @@ def test_our_estimator_without_the_repro_group_names_the_option(base_config):
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"timeout_s": 0}, r"reward\.reward_kwargs\.timeout_s must be > 0, got 0"),
+        ({"timeout_s": 0}, r"reward\.reward_kwargs\.timeout_s must be >= 0\.1 s .*, got 0"),
         ({"timeout_s": float("inf")}, r"reward\.reward_kwargs\.timeout_s must be a finite number, got inf"),
         ({"correct_reward": float("nan")}, r"reward\.reward_kwargs\.correct_reward must be a finite number, got nan"),
         ({"timeout_seconds": 3}, r"reward\.reward_kwargs\.timeout_seconds is not a known key"),
@@ -239,7 +239,7 @@ def smoke_workspace(tmp_path_factory):
     [
         # a bad reward option used to load the model, run step 1 and die with a replay-buffer error
         (["reward.reward_manager.name=repro_math", "reward.custom_reward_function.path=null",
-          "+reward.reward_kwargs.timeout_s=0"], "reward.reward_kwargs.timeout_s must be > 0, got 0"),
+          "+reward.reward_kwargs.timeout_s=0"], "reward.reward_kwargs.timeout_s must be >= 0.1 s"),
         # an infinite alpha used to train with NaN losses and exit 0
         (["+repro=default", "algorithm.adv_estimator=repro_grpo", "repro.alpha=inf"], "repro.alpha must be a finite number, got inf"),
         # our estimator under the stock trainer used to fail only after a full rollout

@@ -14,6 +14,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Sequence
 
+from verl_repro import UsageError
+
 DEFAULT_BACKTRACKING_PHRASES: tuple[str, ...] = (
     "wait",
     "alternatively",
@@ -57,9 +59,9 @@ class BacktrackingCounter:
     def __post_init__(self) -> None:
         phrases = tuple(_normalize(p) for p in self.phrases)
         if not phrases or not all(phrases):
-            raise ValueError(f"--backtracking-phrases must be non-empty phrases, got {list(self.phrases)!r}")
+            raise UsageError(f"--backtracking-phrases must be non-empty phrases, got {list(self.phrases)!r}")
         if self.scope not in SCOPES:
-            raise ValueError(f"--backtracking-scope must be one of {SCOPES}, got {self.scope!r}")
+            raise UsageError(f"--backtracking-scope must be one of {SCOPES}, got {self.scope!r}")
         object.__setattr__(self, "phrases", tuple(dict.fromkeys(phrases)))
         # Longest first, so the regex alternation prefers "but actually" over "actually".
         alternatives = [r"\s+".join(map(re.escape, p.split())) for p in sorted(self.phrases, key=len, reverse=True)]

@@ -25,6 +25,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from verl_repro import UsageError
 from verl_repro.rewards.ground_truth import ground_truth_text
 
 PROMPT_KEYS = ("prompt", "input", "question", "problem")
@@ -113,7 +114,7 @@ def read_rows(path: str | Path, flag: str = "--data") -> list[tuple[str, dict]]:
             try:
                 rows.append((f"{path}:{number}", json.loads(line)))
             except json.JSONDecodeError as exc:
-                raise ValueError(f"{flag} {path}:{number} is not valid JSON: {exc}") from exc
+                raise UsageError(f"{flag} {path}:{number} is not valid JSON: {exc}") from exc
     return rows
 
 
@@ -124,13 +125,13 @@ def _first(row: dict, keys: Sequence[str]) -> tuple[str | None, Any]:
 def to_trajectory(source: str, row: dict, need_response: bool = True) -> Trajectory:
     """One row of any supported schema → :class:`Trajectory` (errors name the row and the keys)."""
     if not isinstance(row, dict):
-        raise ValueError(f"{source}: expected a JSON object, got {type(row).__name__}")
+        raise UsageError(f"{source}: expected a JSON object, got {type(row).__name__}")
     prompt_key, prompt = _first(row, PROMPT_KEYS)
     if prompt is None:
-        raise ValueError(f"{source}: no prompt (looked for {', '.join(PROMPT_KEYS)})")
+        raise UsageError(f"{source}: no prompt (looked for {', '.join(PROMPT_KEYS)})")
     _, response = _first(row, RESPONSE_KEYS)
     if need_response and not isinstance(response, str):
-        raise ValueError(f"{source}: no response text (looked for {', '.join(RESPONSE_KEYS)})")
+        raise UsageError(f"{source}: no response text (looked for {', '.join(RESPONSE_KEYS)})")
     _, ground_truth = _first(row, GROUND_TRUTH_KEYS)
     if ground_truth is None and isinstance(row.get("reward_model"), dict):
         ground_truth = row["reward_model"].get("ground_truth")
@@ -149,11 +150,11 @@ def load_trajectories(path: str | Path, *, need_response: bool = True, step: str
     if step is not None:
         steps = [t.meta.get("step") for t in trajectories]
         if all(s is None for s in steps):
-            raise ValueError(f"--step {step}: the rows of {path} have no 'step' field")
+            raise UsageError(f"--step {step}: the rows of {path} have no 'step' field")
         wanted = max(s for s in steps if s is not None) if step == "last" else int(step)
         trajectories = [t for t in trajectories if t.meta.get("step") == wanted]
         if not trajectories:
-            raise ValueError(f"--step {step}: no rows of step {wanted} in {path}")
+            raise UsageError(f"--step {step}: no rows of step {wanted} in {path}")
     return trajectories[:limit] if limit else trajectories
 
 

@@ -12,6 +12,7 @@ from typing import Sequence
 import torch
 
 from verl_repro.algorithms.padding import pad_token_lists
+from verl_repro.kernels import check_temperature
 
 
 @torch.no_grad()
@@ -73,8 +74,8 @@ def sample_responses(
         a response ends with its first end-of-sequence token (kept, as vLLM returns it) or after
         ``max_new_tokens`` tokens.
     """
-    if not greedy and temperature <= 0:
-        raise ValueError(f"sampling temperature must be > 0, got {temperature!r}")
+    if not greedy:
+        check_temperature(temperature, "sampling temperature")
     device = next(model.parameters()).device
     eos_ids = torch.as_tensor([eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id), dtype=torch.long)
     chunks_ids, chunks_mask = [], []

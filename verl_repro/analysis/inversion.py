@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,34 +54,49 @@ from verl_repro.analysis.frontend import (
     render_prompt,
     to_trajectory,
 )
+from verl_repro import UsageError
+from verl_repro.cli import claim_output_dir, count, number
 from verl_repro.config import CORRELATION_KINDS, TOKEN_SCOPES, CorrConfig
 
 DEFAULT_FINGERPRINT_PARAMS = r"self_attn\.(q_proj|k_proj|v_proj|o_proj)\.weight$"
 FINGERPRINT_NORMS = ("fro", "nuc")
 
 
+DEFAULT_OUTPUT_PARENT = "outputs/inversion"
+
+
+def _regex(text: str) -> str:
+    import re
+
+    try:
+        re.compile(text)
+    except re.error as error:
+        raise argparse.ArgumentTypeError(f"not a regular expression ({error}): {text!r}") from None
+    return text
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = CorrConfig()
     parser.add_argument("--model", default=None, help="HF checkpoint path (default: embedded SmolLM2-135M-Instruct)")
     parser.add_argument("--data", default=None, help="jsonl / parquet of prompts (+ responses); default: the bundled demo problems, sampled")
-    parser.add_argument("--output-dir", default="outputs/inversion")
-    parser.add_argument("--limit", type=int, default=None, help="use the first N rows")
-    parser.add_argument("--samples-per-prompt", type=int, default=4, help="responses sampled per prompt without a response")
-    parser.add_argument("--max-new-tokens", type=int, default=256)
-    parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature, and τ of the statistics (as veRL's old-log-prob pass)")
-    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--output-dir", default=None, help=f"must be empty (default: a new numbered folder under {DEFAULT_OUTPUT_PARENT}/)")
+    parser.add_argument("--limit", type=count(optional_limit=True), default=None, help="use the first N rows (default: all)")
+    parser.add_argument("--samples-per-prompt", type=count(), default=4, help="responses sampled per prompt without a response")
+    parser.add_argument("--max-new-tokens", type=count(), default=256)
+    parser.add_argument("--temperature", type=number(above=0), default=1.0, help="sampling temperature, and τ of the statistics (as veRL's old-log-prob pass)")
+    parser.add_argument("--top-p", type=number(above=0, maximum=1), default=1.0)
     parser.add_argument("--greedy", action="store_true", help="decode greedily instead of sampling (statistics still at --temperature)")
-    parser.add_argument("--generation-batch-size", type=int, default=8, help="prompts per generate call")
+    parser.add_argument("--generation-batch-size", type=count(), default=8, help="prompts per generate call")
     parser.add_argument("--kind", choices=CORRELATION_KINDS, default=defaults.kind, help="correlation for the headline ρ (both are reported)")
     parser.add_argument("--scope", choices=TOKEN_SCOPES, default=defaults.scope, help="repro.corr.scope")
-    parser.add_argument("--min-tokens", type=int, default=defaults.min_tokens, help="repro.corr.min_tokens")
+    parser.add_argument("--min-tokens", type=count(minimum=3), default=defaults.min_tokens, help="repro.corr.min_tokens")
     parser.add_argument("--think-end-token", default="</think>")
     parser.add_argument("--matrices", default=",".join(defaults.matrices), help="repro.corr.matrices of the param_grad signal (comma-separated)")
     parser.add_argument("--norm", choices=("nuc", "fro"), default=defaults.norm, help="repro.corr.norm of the param_grad signal")
     parser.add_argument("--aggregate", choices=("mean", "sum"), default=defaults.aggregate, help="repro.corr.aggregate of the param_grad signal")
-    parser.add_argument("--fingerprint-params", default=DEFAULT_FINGERPRINT_PARAMS, help="regex over parameter names (re.search)")
+    parser.add_argument("--fingerprint-params", type=_regex, default=DEFAULT_FINGERPRINT_PARAMS, help="regex over parameter names (re.search)")
     parser.add_argument("--fingerprint-norm", choices=FINGERPRINT_NORMS, default="fro", help="matrix norm of each parameter's gradient")
-    parser.add_argument("--fingerprint-tokens", type=int, default=64, help="most frequent unique tokens fingerprinted; 0 disables")
+    parser.add_argument("--fingerprint-tokens", type=count(minimum=0), default=64, help="most frequent unique tokens fingerprinted; 0 disables")
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     parser.add_argument("--dtype", choices=("float32", "float64", "bfloat16", "float16"), default="float32",
                         help="model dtype; float64 (CPU, small models) makes the statistics exact to float32 rounding")
@@ -237,7 +253,7 @@ def fingerprint(model, samples: list[Sample], occurrences: list[tuple[int, int]]
             names.append(name)
             params.append(param)
     if not params:
-        raise ValueError(f"--fingerprint-params {param_pattern!r} matches no parameter of the model")
+        raise UsageError(f"--fingerprint-params {param_pattern!r} matches no parameter of the model")
     device = params[0].device
     by_sample: dict[int, list[tuple[int, int]]] = {}
     for order, (index, position) in enumerate(occurrences):
@@ -311,26 +327,23 @@ def run(args: argparse.Namespace) -> int:
     from verl_repro.analysis.hf_scoring import response_token_stats
 
     matrices = [m.strip() for m in args.matrices.split(",") if m.strip()]
-    try:
-        CorrConfig(kind=args.kind, scope=args.scope, min_tokens=args.min_tokens, matrices=matrices, norm=args.norm,
-                   aggregate=args.aggregate).validate()
-    except ValueError as error:
-        raise SystemExit(f"verl-repro inversion: {error}") from error
-    if args.samples_per_prompt < 1:
-        raise SystemExit("--samples-per-prompt must be >= 1")
-    if args.temperature <= 0:
-        raise SystemExit("--temperature must be > 0")
+    CorrConfig(kind=args.kind, scope=args.scope, min_tokens=args.min_tokens, matrices=matrices, norm=args.norm,
+               aggregate=args.aggregate).validate()
     progress = not args.no_progress
     timings: dict[str, float] = {}
     started = time.perf_counter()
     torch.manual_seed(args.seed)
 
-    # 1. model and data
-    model, tokenizer, model_path = load_model(args.model, device=args.device, dtype=args.dtype, progress=progress)
-    device = next(model.parameters()).device
+    # 1. data, the output folder, the model: everything that can be refused before any work
     records = load_rows(args.data)[: args.limit]
     if not records:
-        raise SystemExit(f"--data {args.data}: no rows")
+        raise UsageError(f"--data {args.data}: no rows")
+    output_dir = claim_output_dir(args.output_dir, DEFAULT_OUTPUT_PARENT)
+    print(f"verl-repro inversion: results in {output_dir}", flush=True)
+    model, tokenizer, model_path = load_model(args.model, device=args.device, dtype=args.dtype, progress=progress)
+    device = next(model.parameters()).device
+    if args.fingerprint_tokens > 0 and not any(re.search(args.fingerprint_params, name) for name, _ in model.named_parameters()):
+        raise UsageError(f"--fingerprint-params {args.fingerprint_params!r} matches no parameter of the model")
     think_end_id: Optional[int] = None
     try:
         from verl_repro.algorithms import think_end_token_id
@@ -489,8 +502,6 @@ def run(args: argparse.Namespace) -> int:
     timings["fingerprint"] = time.perf_counter() - phase
 
     # 6. summary and plots
-    output_dir = Path(args.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
     plot_paths = figures.plot_inversion(output_dir, flat_entropy.numpy(), flat_grad.numpy(), responses, args.kind, fingerprint_points, args.fingerprint_norm)
     timings["total"] = time.perf_counter() - started
     summary = {

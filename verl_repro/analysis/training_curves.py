@@ -14,7 +14,8 @@ import argparse
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from verl_repro.run_metrics import FIGURES_BY_NAME, read_metrics, series
+from verl_repro import UsageError
+from verl_repro.run_metrics import FIGURES_BY_NAME, parse_metrics, series
 
 PANELS = ("reward", "accuracy", "response_length", "entropy", "process_adv", "rho")
 FIGURE_FILE = "training_curves.png"
@@ -57,34 +58,42 @@ def plot_training_curves(runs: Mapping[str, Mapping[int, Mapping[str, float]]], 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("metrics", nargs="+", help="veRL metrics files (metrics.jsonl of a cpu-run or a cluster run's file logger)")
     parser.add_argument("--labels", nargs="+", help="one label per file (default: each file's folder name)")
-    parser.add_argument("--output", default=FIGURE_FILE, help=f"PNG to write (default: ./{FIGURE_FILE})")
+    parser.add_argument("--output", default=FIGURE_FILE, help=f"PNG to write (default: ./{FIGURE_FILE}); an existing one is replaced")
     parser.add_argument("--title", default="")
 
 
-def load_runs(paths: Sequence[str | Path], labels: Sequence[str] | None = None) -> dict[str, dict[int, dict[str, float]]]:
-    """``{label: metrics}`` of the files; a missing or empty file is an error naming it."""
+def load_runs(paths: Sequence[str | Path], labels: Sequence[str] | None = None) -> tuple[dict[str, dict[int, dict[str, float]]], dict[str, int]]:
+    """``({label: metrics}, {label: skipped lines})`` of the files; a missing, empty or foreign file
+    is a :class:`~verl_repro.UsageError` naming it."""
     if labels is not None and len(labels) != len(paths):
-        raise SystemExit(f"verl-repro plot: {len(labels)} --labels for {len(paths)} metrics files")
+        raise UsageError(f"{len(labels)} --labels for {len(paths)} metrics files: give one label per file")
     runs: dict[str, dict[int, dict[str, float]]] = {}
+    skipped: dict[str, int] = {}
     for index, path in enumerate(paths):
+        if Path(path).is_dir():
+            hint = f"; did you mean {Path(path) / 'metrics.jsonl'}?" if (Path(path) / "metrics.jsonl").is_file() else ""
+            raise UsageError(f"{path} is a folder, not a metrics file{hint}")
         if not Path(path).is_file():
-            raise SystemExit(f"verl-repro plot: {path} does not exist")
-        try:
-            metrics = read_metrics(path)
-        except ValueError as error:
-            raise SystemExit(f"verl-repro plot: {error}") from None
+            raise UsageError(f"{path} does not exist")
+        metrics, bad_lines = parse_metrics(path)
         if not metrics:
-            raise SystemExit(f"verl-repro plot: {path} has no training step")
+            raise UsageError(f"{path} has no training step" + (f" ({bad_lines} lines are not JSON)" if bad_lines else ""))
         label = labels[index] if labels is not None else run_label(path)
         while label in runs:  # two runs of the same folder name stay apart
             label += "'"
         runs[label] = metrics
-    return runs
+        skipped[label] = bad_lines
+    return runs, skipped
 
 
 def run(args: argparse.Namespace) -> int:
-    runs = load_runs(args.metrics, args.labels)
+    if Path(args.output).suffix.lower() != ".png":
+        raise UsageError(f"--output must name a .png file, got {args.output!r}")
+    if Path(args.output).is_dir():
+        raise UsageError(f"--output {args.output} is a folder: name the .png file to write")
+    runs, skipped = load_runs(args.metrics, args.labels)
     path = plot_training_curves(runs, args.output, args.title)
-    steps = ", ".join(f"{label}: {len(metrics)} steps" for label, metrics in runs.items())
-    print(f"wrote {path} ({steps})")
+    steps = ", ".join(f"{label}: {len(metrics)} steps" + (f", {skipped[label]} unreadable lines skipped" if skipped[label] else "")
+                      for label, metrics in runs.items())
+    print(f"wrote {path.resolve()} ({steps})")
     return 0

@@ -52,6 +52,8 @@ from verl_repro.analysis.frontend import (
     render_prompt,
 )
 from verl_repro.analysis.summary import compare_table, markdown_table, summarize
+from verl_repro import UsageError
+from verl_repro.cli import claim_output_dir, count, number
 from verl_repro.config import SCORING_MODES, add_setting_arguments, settings_from_arguments
 from verl_repro.scoring import score_j
 
@@ -221,6 +223,13 @@ def analyze(model, tokenizer, batch: TokenizedBatch, *, config, backtracking, te
 
 # The repro.* settings this tool exposes (their defaults and help: verl_repro.config.ReproConfig).
 REPRO_KEYS = ("num_segments", "stability_weight", "stability_ema", "answer_template", "max_answer_tokens", "boundary_patterns", "no_think_end")
+DEFAULT_OUTPUT_PARENT = "outputs/analyze"
+
+
+def _step_choice(text: str) -> str:
+    if text != "last" and not text.lstrip("-").isdigit():
+        raise argparse.ArgumentTypeError(f"must be a step number or 'last', got {text!r}")
+    return text
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -232,16 +241,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--compare", nargs=2, default=None, metavar=("RUN_A", "RUN_B"),
                         help="two checkpoints (or two earlier analyze output directories) side by side")
     source.add_argument("--labels", nargs=2, default=None, metavar=("LABEL_A", "LABEL_B"), help="names of the compared runs")
-    source.add_argument("--step", default=None, help="veRL dumps: analyze one training step (an int, or 'last')")
-    source.add_argument("--limit", type=int, default=None, help="at most this many trajectories / prompts")
+    source.add_argument("--step", type=_step_choice, default=None, help="veRL dumps: analyze one training step (an int, or 'last')")
+    source.add_argument("--limit", type=count(optional_limit=True), default=None, help="at most this many trajectories / prompts (default: all)")
     source.add_argument("--prompt-format", choices=PROMPT_FORMATS, default="auto",
                         help="string prompts: raw text (default for trajectories) or wrapped in the chat template (default for --prompts)")
     source.add_argument("--system-prompt", default=None, help="system message for --prompt-format chat")
     source.add_argument("--prompt-suffix", default=None, help="appended to string prompts for --prompt-format chat")
     sampling = parser.add_argument_group("sampling (--prompts)")
-    sampling.add_argument("--samples-per-prompt", type=int, default=3)
-    sampling.add_argument("--max-new-tokens", type=int, default=256)
-    sampling.add_argument("--temperature", type=float, default=1.0,
+    sampling.add_argument("--samples-per-prompt", type=count(), default=3)
+    sampling.add_argument("--max-new-tokens", type=count(), default=256)
+    sampling.add_argument("--temperature", type=number(above=0), default=1.0,
                           help="rollout temperature: samples with it, and top-k ranks the entropy of softmax(logits / T) as veRL's old-log-prob pass does")
     sampling.add_argument("--seed", type=int, default=0)
     repro = parser.add_argument_group("RePro (repro.* keys)")
@@ -254,13 +263,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     other.add_argument("--backtracking-scope", choices=("thinking", "all"), default="thinking")
     other.add_argument("--require-think-end", choices=("auto", "yes", "no"), default="auto",
                        help="grading: only text after </think> counts (auto: when the tokenizer has </think>)")
-    other.add_argument("--grid-points", type=int, default=11, help="points of the normalized step grid")
-    other.add_argument("--batch-size", type=int, default=16, help="trajectories per scoring chunk")
-    other.add_argument("--tokens-per-pass", type=int, default=16384, help="tokens per J̃ scoring forward (naive: padded)")
+    other.add_argument("--grid-points", type=count(minimum=2), default=11, help="points of the normalized step grid")
+    other.add_argument("--batch-size", type=count(), default=16, help="trajectories per scoring chunk")
+    other.add_argument("--tokens-per-pass", type=count(), default=16384, help="tokens per J̃ scoring forward (naive: padded)")
     other.add_argument("--device", default="auto", help="auto | cpu | cuda[:i]")
     other.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto")
     other.add_argument("--no-progress", action="store_true")
-    other.add_argument("--output-dir", default="outputs/analyze")
+    other.add_argument("--output-dir", default=None,
+                       help=f"must be empty (default: a new numbered folder under {DEFAULT_OUTPUT_PARENT}/)")
 
 
 def _settings(args):
@@ -269,8 +279,6 @@ def _settings(args):
 
     config = ReproConfig(**settings_from_arguments(args, REPRO_KEYS)).validate()
     counter = BacktrackingCounter(parse_phrases(args.backtracking_phrases), args.backtracking_scope, config.think_end_token)
-    if args.grid_points < 2:
-        raise ValueError(f"--grid-points must be >= 2, got {args.grid_points}")
     return config, counter
 
 
@@ -321,20 +329,22 @@ def analyze_run(model_path, args, trajectories_path: str | None, output_dir: Pat
     started = time.time()
     config, counter = _settings(args)
     progress = not args.no_progress
+    if trajectories_path is not None:  # the rows first: a bad file costs no model load
+        trajectories = load_trajectories(trajectories_path, step=args.step, limit=args.limit)
+    elif args.prompts is not None:
+        problems = load_trajectories(args.prompts, need_response=False, limit=args.limit, flag="--prompts")
+    else:
+        problems = bundled_problems(args.limit)
     model, tokenizer, model_path = load_model(model_path, device=args.device, dtype=args.dtype, progress=progress)
     if trajectories_path is not None:
-        trajectories = load_trajectories(trajectories_path, step=args.step, limit=args.limit)
         prompt_format = "raw" if args.prompt_format == "auto" else args.prompt_format
         batch = _tokenize_trajectories(tokenizer, trajectories, prompt_format, args.system_prompt, args.prompt_suffix or "")
         source = {"trajectories": str(trajectories_path)}
     else:
         system_prompt, suffix = args.system_prompt, args.prompt_suffix
         if args.prompts is None:
-            problems = bundled_problems(args.limit)
             system_prompt = SYSTEM_PROMPT if system_prompt is None else system_prompt
             suffix = USER_SUFFIX if suffix is None else suffix
-        else:
-            problems = load_trajectories(args.prompts, need_response=False, limit=args.limit, flag="--prompts")
         prompt_format = "chat" if args.prompt_format == "auto" else args.prompt_format
         batch = _sample(model, tokenizer, problems, args, prompt_format, system_prompt, suffix or "", progress)
         source = {"prompts": args.prompts or "bundled demo problems", "samples_per_prompt": args.samples_per_prompt,
@@ -391,11 +401,28 @@ def _label_of(spec: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(spec).resolve().name) or "run"
 
 
+def _check_inputs(args: argparse.Namespace) -> None:
+    """Everything an analyze run can refuse, before a model is loaded or a folder created."""
+    if args.trajectories and len(args.trajectories) > (2 if args.compare else 1):
+        raise UsageError(f"--trajectories takes {'one or two paths with --compare' if args.compare else 'one path'}, "
+                         f"got {len(args.trajectories)}")
+    if args.labels and not args.compare:
+        raise UsageError("--labels names the runs of --compare; give --compare RUN_A RUN_B")
+    _settings(args)  # repro.* keys and the backtracking phrases (an @file must exist)
+    for path in args.trajectories or []:  # read now, so that a bad row of the second run stops the first
+        load_trajectories(path, step=args.step, limit=args.limit)
+    if args.prompts is not None:
+        load_trajectories(args.prompts, need_response=False, limit=args.limit, flag="--prompts")
+    for spec in args.compare or []:
+        if not Path(spec).exists() and Path(spec).is_absolute():
+            raise UsageError(f"--compare {spec} does not exist (a checkpoint or an earlier analyze output folder)")
+
+
 def run(args: argparse.Namespace) -> int:
     started = time.time()
-    output_dir = Path(args.output_dir)
-    if args.trajectories and len(args.trajectories) > (2 if args.compare else 1):
-        raise SystemExit(f"--trajectories takes {'one or two paths with --compare' if args.compare else 'one path'}, got {len(args.trajectories)}")
+    _check_inputs(args)
+    output_dir = claim_output_dir(args.output_dir, DEFAULT_OUTPUT_PARENT)
+    print(f"verl-repro analyze: results in {output_dir}", flush=True)
     if args.compare is None:
         trajectories = args.trajectories[0] if args.trajectories else None
         summary, _ = analyze_run(args.model, args, trajectories, output_dir)

@@ -24,6 +24,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Callable, Iterator, Optional
 
+from verl_repro import UsageError
+from verl_repro.cli import claim_output_dir
 from verl_repro.cpu import watchdog as watchdog_module
 from verl_repro.cpu.registration import PLATFORM_ENV
 from verl_repro.cpu.watchdog import end_session
@@ -180,47 +182,6 @@ def cpu_environment(base: dict[str, str] | None = None) -> dict[str, str]:
 
 METRICS_FILE = "metrics.jsonl"
 LOG_FILE = "verl.log"
-
-
-class RunDirError(SystemExit):
-    """A run directory that is not empty: runs never overwrite each other."""
-
-
-def claim_run_dir(requested: str | Path | None, default_parent: str | Path) -> Path:
-    """The directory a new run writes to, created empty.
-
-    ``requested`` (``--run-dir``) must be absent or empty, else :class:`RunDirError`. Without it,
-    the run gets the next numbered folder ``default_parent/001``, ``002``, ... and
-    ``default_parent/latest`` points at it.
-    """
-    if requested is not None:
-        run_dir = Path(requested)
-        if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
-            raise RunDirError(
-                f"verl-repro: {run_dir} is not empty; a run never overwrites another: pick a new directory "
-                "(or leave the option out for a fresh numbered one)"
-            )
-        run_dir.mkdir(parents=True, exist_ok=True)
-        return run_dir
-    parent = Path(default_parent)
-    parent.mkdir(parents=True, exist_ok=True)
-    taken = [int(p.name) for p in parent.iterdir() if p.name.isdigit()]
-    number = max(taken, default=0) + 1
-    while True:
-        run_dir = parent / f"{number:03d}"
-        try:
-            run_dir.mkdir()  # atomic: two runs started together never share a folder
-            break
-        except FileExistsError:
-            number += 1
-    latest = parent / "latest"
-    try:
-        if latest.is_symlink() or not latest.exists():
-            latest.unlink(missing_ok=True)
-            latest.symlink_to(run_dir.name)
-    except OSError:  # a file system without symlinks: the printed path is enough
-        pass
-    return run_dir
 
 
 # ----------------------------------------------------------------------------- running main_ppo
@@ -406,13 +367,15 @@ def total_steps_of(command: list[str]) -> Optional[int]:
 
 def run(args: argparse.Namespace) -> int:
     overrides = list(getattr(args, "extra_args", []) or [])
+    if args.smoke and Path(args.smoke).exists() and not Path(args.smoke).is_dir():
+        raise UsageError(f"--smoke {args.smoke} is a file: give a folder (created when missing) for the tiny model and data")
     default_parent = Path(args.smoke) / "runs" if args.smoke else Path("outputs") / "cpu-run"
     if args.print_command:
         run_dir = Path(args.run_dir) if args.run_dir else default_parent / "NNN"
         command = build_command(overrides, smoke_dir=args.smoke, prepare=False, run_dir=run_dir)
         print(f"{PLATFORM_ENV}=cpu " + " ".join(command))
         return 0
-    run_dir = claim_run_dir(args.run_dir, default_parent).resolve()
+    run_dir = claim_output_dir(args.run_dir, default_parent, "--run-dir").resolve()
     command = build_command(overrides, smoke_dir=args.smoke, run_dir=run_dir)
     (run_dir / "command.txt").write_text(f"{PLATFORM_ENV}=cpu " + " ".join(command) + "\n")
     print(f"verl-repro cpu-run: veRL main_ppo on this CPU; run directory {run_dir}", flush=True)

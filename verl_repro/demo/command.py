@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 from verl_repro.analysis import figures
+from verl_repro.cli import count, number
 from verl_repro.config import SCORING_MODES, add_setting_arguments, settings_from_arguments
 from verl_repro.analysis.frontend import (
     SYSTEM_PROMPT,
@@ -54,19 +55,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     training = parser.add_argument_group("training (the default)")
     training.add_argument("--methods", nargs="+", choices=sorted(METHODS), default=list(METHODS),
                           help="trained against the GRPO baseline (default: all)")
-    training.add_argument("--steps", type=int, default=defaults.steps, help="training steps per method")
-    training.add_argument("--prompts-per-step", type=int, default=defaults.prompts_per_step, help="data.train_batch_size")
-    training.add_argument("--group-size", type=int, default=defaults.group_size, help="responses per problem (rollout.n)")
-    training.add_argument("--max-response-length", type=int, default=defaults.max_response_length)
-    training.add_argument("--lr", type=float, default=defaults.lr, help="actor learning rate")
+    training.add_argument("--steps", type=count(), default=defaults.steps, help="training steps per method")
+    training.add_argument("--prompts-per-step", type=count(), default=defaults.prompts_per_step, help="data.train_batch_size")
+    training.add_argument("--group-size", type=count(minimum=2), default=defaults.group_size, help="responses per problem (rollout.n; >= 2: a group of one has no relative advantage)")
+    training.add_argument("--max-response-length", type=count(), default=defaults.max_response_length)
+    training.add_argument("--lr", type=number(above=0), default=defaults.lr, help="actor learning rate")
     training.add_argument("--verbose", action="store_true", help="show veRL's whole console output (always in each run's verl.log)")
     walk = parser.add_argument_group("--walkthrough (one batch in detail, without veRL)")
     walk.add_argument("--walkthrough", action="store_true", help="print RePro's and CorR-PO's figures for each response of one batch")
     walk.add_argument("--problems", default=None, help="jsonl with question/answer (default: the training demo's problems)")
-    walk.add_argument("--num-problems", type=int, default=4)
-    walk.add_argument("--samples-per-prompt", type=int, default=3, help="GRPO group size n")
-    walk.add_argument("--max-new-tokens", type=int, default=48)
-    walk.add_argument("--temperature", type=float, default=0.8)
+    walk.add_argument("--num-problems", type=count(), default=4)
+    walk.add_argument("--samples-per-prompt", type=count(minimum=2), default=3, help="GRPO group size n (>= 2)")
+    walk.add_argument("--max-new-tokens", type=count(), default=48)
+    walk.add_argument("--temperature", type=number(above=0), default=0.8)
     # boundary_patterns: SmolLM2 writes one step per line and keeps newlines apart from the text.
     add_setting_arguments(walk, WALKTHROUGH_KEYS, boundary_patterns=["\n"])
     walk.add_argument("--scoring-mode", choices=("auto", *SCORING_MODES), default="auto")
@@ -74,8 +75,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from verl_repro.cpu.launcher import RunDirError
-
     try:
         if args.walkthrough:
             return walkthrough(args)
@@ -92,9 +91,6 @@ def run(args: argparse.Namespace) -> int:
             raise
         print(f"verl-repro demo: {error}", flush=True)
         return 1
-    except RunDirError as error:
-        print(error, flush=True)
-        return 2
 
 
 def load_problems(path: str | None, limit: int):
@@ -120,10 +116,14 @@ def walkthrough(args: argparse.Namespace) -> int:
     started = time.time()
     torch.manual_seed(args.seed)
     config = ReproConfig(**settings_from_arguments(args, WALKTHROUGH_KEYS), no_think_end="use_end").validate()
+    # Everything that can be refused, before the model loads: the problems and the output folder.
+    problems = load_problems(args.problems, args.num_problems)
+    from verl_repro.cli import claim_output_dir
+
+    output_dir = claim_output_dir(args.output_dir, Path("outputs") / "demo-walkthrough")
     model, tokenizer, model_path = load_model(args.model, device="cpu", dtype="float32")
     pad_id = pad_token_id(tokenizer)
 
-    problems = load_problems(args.problems, args.num_problems)
     n = args.samples_per_prompt
     prompt_ids = encode(tokenizer, [render_prompt(tokenizer, p.prompt, "chat", SYSTEM_PROMPT, USER_SUFFIX) for p in problems])
 
@@ -204,9 +204,6 @@ def walkthrough(args: argparse.Namespace) -> int:
             }
         )
     _print_table(rows)
-    from verl_repro.cpu.launcher import claim_run_dir
-
-    output_dir = claim_run_dir(args.output_dir, Path("outputs") / "demo-walkthrough")
     summary = {
         "model": str(model_path),
         "config": {"num_segments": config.num_segments, "stability_weight": config.stability_weight, "alpha": config.alpha},

@@ -298,11 +298,12 @@ def closing_table(summaries: dict[str, dict]) -> str:
 def run_training_demo(output_dir: Optional[str], settings: DemoSettings, methods: Sequence[str], model: Optional[str],
                       verbose: bool = False) -> int:
     from verl_repro.analysis.training_curves import FIGURE_FILE, plot_training_curves
-    from verl_repro.cpu.launcher import build_command, claim_run_dir, run_quietly, shared_ray_cluster
+    from verl_repro.cli import claim_output_dir
+    from verl_repro.cpu.launcher import build_command, run_quietly, shared_ray_cluster
 
     started = time.monotonic()
     runs = [BASELINE] + [METHODS[name] for name in methods]
-    out = claim_run_dir(output_dir, Path("outputs") / "demo").resolve()
+    out = claim_output_dir(output_dir, Path("outputs") / "demo").resolve()
     print(f"verl-repro demo: {len(runs)} short training runs of veRL's main_ppo on this CPU, results in {out}")
     print(f"  {settings.steps} steps x {settings.prompts_per_step} problems x {settings.group_size} responses "
           f"(<= {settings.max_response_length} tokens), the same settings and data for every method")

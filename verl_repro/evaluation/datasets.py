@@ -27,12 +27,16 @@ from __future__ import annotations
 import dataclasses
 import glob
 import json
+import logging
 import os
 import re
 import unicodedata
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
+
+from verl_repro import UsageError
 
 R1_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
 PROBLEM_PLACEHOLDER = "{problem}"
@@ -85,7 +89,7 @@ def answer_text(value: Any) -> str | tuple[str, ...]:
 
 def _column(row: dict, key: str) -> Any:
     if key not in row:
-        raise KeyError(f"column {key!r} missing; the file has columns {sorted(row)}")
+        raise UsageError(f"column {key!r} missing; the file has columns {sorted(row)}")
     return row[key]
 
 
@@ -168,9 +172,35 @@ def _local_files(directory: Path, split: str) -> list[str]:
         if Path(path).suffix in LOCAL_EXTENSIONS and "/." not in path
     )
     if not files:
-        raise FileNotFoundError(f"no {sorted(LOCAL_EXTENSIONS)} files under {directory}")
+        raise UsageError(f"{directory}: no {sorted(LOCAL_EXTENSIONS)} files under this folder")
     with_split = [p for p in files if re.search(rf"(^|[/_.-]){re.escape(split)}([_.-]|$)", os.path.relpath(p, directory))]
     return with_split or files
+
+
+@contextmanager
+def _datasets_quiet_on_failure():
+    """datasets logs a failed read as an error of its own before raising; the one line this package
+    prints names the file and the cause, so datasets' log is held back while it reads."""
+    logger = logging.getLogger("datasets")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _check_json_lines(file: str) -> None:
+    """Every line of a jsonl is a JSON object: a truncated or corrupt line is named here, by number
+    (datasets would log a parse error and raise one that names no line)."""
+    with open(file, encoding="utf-8", errors="replace") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                json.loads(line)
+            except json.JSONDecodeError as error:
+                raise UsageError(f"{file}:{number} is not valid JSON ({error.msg}); a truncated download?") from None
 
 
 def _load_local(path: Path, split: str) -> list[dict]:
@@ -181,10 +211,16 @@ def _load_local(path: Path, split: str) -> list[dict]:
     for file in files:
         builder = LOCAL_EXTENSIONS.get(Path(file).suffix)
         if builder is None:
-            raise ValueError(f"{file}: unsupported file type; use one of {sorted(LOCAL_EXTENSIONS)}")
+            raise UsageError(f"{file}: unsupported file type; use one of {sorted(LOCAL_EXTENSIONS)}")
         if os.path.getsize(file) == 0:  # datasets' json builder dies with a bare StopIteration on it
-            raise ValueError(f"{file}: the file is empty")
-        dataset = datasets.load_dataset(builder, data_files=file, split="train")
+            raise UsageError(f"{file}: the file is empty")
+        if Path(file).suffix == ".jsonl":
+            _check_json_lines(file)
+        try:
+            with _datasets_quiet_on_failure():
+                dataset = datasets.load_dataset(builder, data_files=file, split="train")
+        except Exception as error:  # a json that is no table, a corrupt parquet: datasets' errors do not say which file
+            raise UsageError(f"{file}: not readable as {builder} rows ({_first_line(error)})") from error
         config = Path(file).stem
         rows.extend(dict(row, _config=config) for row in dataset)
     return rows
@@ -210,15 +246,24 @@ def load_rows(spec: SourceSpec, source: str | os.PathLike | None = None) -> list
     if source is not None and Path(source).expanduser().exists():
         return _load_local(Path(source).expanduser(), spec.split)
     if source is not None and looks_like_path(source):
-        raise FileNotFoundError(f"--source {os.fspath(source)}: no such file or directory (a hub id is written owner/name)")
+        raise UsageError(f"--source {os.fspath(source)}: no such file or directory (a hub id is written owner/name)")
     import datasets
 
     hub_id = str(source) if source is not None else spec.hub_id
     rows: list[dict] = []
     for config in spec.configs:
-        dataset = datasets.load_dataset(hub_id, config, split=spec.split)
+        try:
+            dataset = datasets.load_dataset(hub_id, config, split=spec.split)
+        except Exception as error:  # offline, a wrong id, no access: one line, and what to do
+            raise UsageError(f"{hub_id}: cannot load it from the hub ({_first_line(error)}); "
+                             "without network access, download it and pass --source PATH") from error
         rows.extend(dict(row, _config=config or "") for row in dataset)
     return rows
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0] if lines else ''}".rstrip(": ")
 
 
 # ----------------------------------------------------------------------------- cleaning
@@ -268,7 +313,7 @@ def clean(problems: Iterable[Problem], exclude: set[str] = frozenset(), stats: P
 def verl_rows(problems: list[Problem], data_source: str, split: str, prompt_template: str = DEFAULT_PROMPT_TEMPLATE) -> list[dict]:
     """veRL RL-dataset rows (see the module docstring) with the recipes' R1-style prompt."""
     if PROBLEM_PLACEHOLDER not in prompt_template:
-        raise ValueError(f"prompt template must contain {PROBLEM_PLACEHOLDER}, got {prompt_template!r}")
+        raise UsageError(f"the prompt template must contain {PROBLEM_PLACEHOLDER}, got {prompt_template!r}")
     if any(isinstance(record.answer, tuple) for record in problems):
         # Several accepted answers somewhere: every row stores a list (one parquet type per column).
         problems = [
@@ -329,6 +374,9 @@ def prepare(
     if max_rows is not None:
         problems = problems[:max_rows]
     rows = verl_rows(problems, name, "train" if spec.role == "train" else "test", prompt_template)
+    if not rows:  # a set of nothing must not pass as prepared
+        raise UsageError(f"no usable row: {stats.loaded} loaded, {stats.missing_problem_or_answer} without a problem "
+                         f"or a usable answer, {stats.duplicates} duplicates, {stats.contaminated} in excluded sets")
     stats.written = len(rows)
     out_path = Path(out_dir) / f"{name}.parquet"
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -339,3 +387,93 @@ def prepare(
 def stats_json(name: str, path: Path, stats: PrepareStats) -> str:
     fields = {k: v for k, v in stats.__dict__.items() if k != "extra"}
     return json.dumps({"data_set": name, "path": str(path), **fields, **stats.extra})
+
+
+# ----------------------------------------------------------------------------- command line
+
+USAGE = """Prepare the recipes' data as veRL parquet.
+
+    python scripts/prepare_data.py all --out ~/data/verl_repro          # every set below, from the hub
+    python scripts/prepare_data.py aime_2024 math_500 --out DIR          # some sets
+    python scripts/prepare_data.py deepscaler --source ./deepscaler.json --out DIR   # a local copy
+    python scripts/prepare_data.py test dapo_math_17k --source aime_2025=./AIME2025 --out DIR
+
+Names: training sets dapo_math_17k, deepscaler, math_train; test sets aime_2024, aime_2025,
+amc_2023, math_500; groups train, test, all. Test sets are written first, and training sets drop
+any problem that appears in a test set already in --out (--no-decontaminate keeps them). A set
+already in --out is never overwritten. One JSON line per set reports the counts.
+"""
+
+
+def parse_args(argv: Sequence[str] | None):
+    """The options of ``scripts/prepare_data.py``, every one checked before any data set loads."""
+    import argparse
+
+    from verl_repro.cli import ArgumentParser, check_new_file, count
+
+    groups = {"train": TRAIN_SETS, "test": TEST_SETS, "all": TEST_SETS + TRAIN_SETS}
+    epilog = "\n".join(f"  {name:<14} {spec.hub_id:<42} {spec.description}" for name, spec in SOURCES.items())
+    parser = ArgumentParser(prog="prepare_data.py", description=USAGE, epilog="data sets:\n" + epilog,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("names", nargs="+", metavar="NAME", choices=sorted(SOURCES) + sorted(groups))
+    parser.add_argument("--out", required=True, type=Path, help="output directory for <name>.parquet (existing sets are refused)")
+    parser.add_argument(
+        "--source", action="append", default=[], metavar="[NAME=]PATH_OR_HUB_ID",
+        help="local file / directory or hub id to read instead of the default hub id (NAME= needed with several sets)",
+    )
+    parser.add_argument("--prompt-template", default=DEFAULT_PROMPT_TEMPLATE, help=f"must contain {PROBLEM_PLACEHOLDER}")
+    parser.add_argument("--exclude", action="append", default=[], type=Path, help="parquet whose problems are dropped (repeatable)")
+    parser.add_argument("--no-decontaminate", action="store_true", help="keep training problems that appear in test sets in --out")
+    parser.add_argument("--max-rows", type=count(optional_limit=True), default=None, help="keep at most this many rows per set (after dedup)")
+    args = parser.parse_args(argv)
+
+    names: list[str] = []
+    for name in args.names:
+        for expanded in groups.get(name, (name,)):
+            if expanded not in names:
+                names.append(expanded)
+    # Test sets first, so training sets can be decontaminated against them.
+    args.names = [n for n in names if n in TEST_SETS] + [n for n in names if n in TRAIN_SETS]
+
+    sources: dict[str, str] = {}
+    for item in args.source:
+        name, sep, value = item.partition("=")
+        if sep and name in SOURCES:
+            sources[name] = value
+        elif len(args.names) == 1:
+            sources[args.names[0]] = item
+        else:
+            parser.error(f"--source {item!r}: with several data sets write NAME=PATH (NAME one of {args.names})")
+    unknown = sorted(set(sources) - set(args.names))
+    if unknown:
+        parser.error(f"--source given for {unknown}, which is not being prepared")
+    args.sources = sources
+    if PROBLEM_PLACEHOLDER not in args.prompt_template:
+        parser.error(f"--prompt-template must contain {PROBLEM_PLACEHOLDER}, got {args.prompt_template!r}")
+    for path in args.exclude:
+        if not path.is_file():
+            parser.error(f"--exclude {path} is not a file")
+    for name in args.names:  # a set already prepared is never overwritten, and is refused before any set loads
+        check_new_file(args.out / f"{name}.parquet", "--out")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``scripts/prepare_data.py``: one JSON line per prepared set; a bad input is one line on stderr."""
+    from verl_repro.cli import report_usage_errors
+
+    return report_usage_errors("prepare_data.py", lambda: _run(parse_args(argv)))
+
+
+def _run(args) -> int:
+    for name in args.names:
+        exclude = list(args.exclude)
+        if name in TRAIN_SETS and not args.no_decontaminate:
+            exclude += [args.out / f"{test}.parquet" for test in TEST_SETS if (args.out / f"{test}.parquet").exists()]
+        try:
+            path, stats = prepare(name, args.out, source=args.sources.get(name), prompt_template=args.prompt_template,
+                                  exclude=exclude, max_rows=args.max_rows)
+        except UsageError as error:  # which set it was, in front of what went wrong
+            raise UsageError(f"{name}: {error}") from error
+        print(stats_json(name, path, stats), flush=True)
+    return 0

@@ -26,6 +26,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from verl_repro import UsageError
 from verl_repro.rewards import MathRewardConfig, MathVerifier
 
 
@@ -86,7 +87,9 @@ def summarize(name: str, correct: np.ndarray, num_tokens: np.ndarray, has_think_
               answer_found: np.ndarray, timed_out: np.ndarray, ks: Sequence[int] | None = None) -> BenchmarkResult:
     """Metrics from per-sample arrays, each ``[P, n]`` (bool / int / float), P problems x n samples."""
     problems, n = correct.shape
-    ks = [k for k in (ks or default_ks(n)) if k <= n]
+    ks = list(ks) if ks else default_ks(n)
+    if any(not 1 <= k <= n for k in ks):  # a k past n used to drop its column without a word
+        raise ValueError(f"pass@k needs 1 <= k <= n = {n} samples per problem, got ks={ks}")
     per_problem = correct.sum(axis=1).astype(np.int64)
     return BenchmarkResult(
         name=name,
@@ -174,20 +177,24 @@ def resolve_backend(backend: str) -> str:
 
 
 def check_model_path(model: str) -> None:
-    """Refuse a veRL FSDP checkpoint directory with the command that converts it to an HF model."""
+    """Refuse, before any work, a model that cannot load: a veRL FSDP checkpoint folder (with the
+    command that converts it), or a local path that does not exist (a hub id is ``org/name``)."""
     path = Path(model).expanduser()
     if path.is_dir() and list(path.glob("model_world_size_*_rank_*.pt")):
-        raise ValueError(
-            f"{model} is a veRL FSDP checkpoint (sharded); merge it into an HF model first:\n"
-            f"  python -m verl.model_merger merge --backend fsdp --local_dir {model} --target_dir {model}/merged_hf\n"
+        raise UsageError(
+            f"--model {model} is a veRL FSDP checkpoint (sharded): merge it into an HF model with "
+            f"'python -m verl.model_merger merge --backend fsdp --local_dir {model} --target_dir {model}/merged_hf', "
             f"then evaluate {model}/merged_hf"
         )
+    looks_local = path.is_absolute() or model.startswith((".", "~")) or model.count("/") != 1
+    if not path.exists() and (looks_local or os.environ.get("HF_HUB_OFFLINE") == "1"):
+        raise UsageError(f"--model {model}: no such folder" + ("" if looks_local else " (and the hub is offline)"))
 
 
 # ----------------------------------------------------------------------------- evaluation
 
 
-class BenchmarkError(ValueError):
+class BenchmarkError(UsageError):
     """A benchmark file cannot be evaluated (empty, or not a veRL RL parquet); the message names the file."""
 
 
@@ -208,6 +215,8 @@ def load_benchmark(path: str | os.PathLike, max_problems: int | None = None) -> 
     if missing:
         raise BenchmarkError(f"{path}: no {missing} column; expected a veRL RL parquet (scripts/prepare_data.py writes one)")
     if max_problems is not None:
+        if max_problems < 1:  # head(-1) would quietly drop the last problem
+            raise ValueError(f"max_problems must be >= 1 (None: all), got {max_problems}")
         frame = frame.head(max_problems)
     if len(frame) == 0:
         raise BenchmarkError(f"{path}: the benchmark has no problems")
@@ -295,3 +304,114 @@ def write_results(out_dir: str | os.PathLike, results: dict[str, BenchmarkResult
             for record in samples:
                 handle.write(json.dumps(record) + "\n")
     return paths
+
+
+# ----------------------------------------------------------------------------- command line
+
+USAGE = """Evaluate a model on the math test sets: avg@n, pass@k, mean length, </think> share.
+Results go to OUT/results.json and OUT/results.md (OUT: --out, or a new numbered folder under outputs/evaluate/).
+
+    python scripts/evaluate.py --model deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B --data-dir ~/data/verl_repro --out eval/base
+    python scripts/evaluate.py --model ckpt/global_step_300/actor/merged_hf --data aime_2024=~/data/verl_repro/aime_2024.parquet \\
+        --n 32 --max-new-tokens 32768 --out eval/step300
+    python scripts/evaluate.py --model TINY_DIR --data-dir DATA --backend hf --n 4 --max-new-tokens 64 --out /tmp/eval   # CPU
+
+A veRL checkpoint (.../global_step_N/actor) is sharded: merge it first with
+python -m verl.model_merger merge --backend fsdp --local_dir .../actor --target_dir .../actor/merged_hf.
+"""
+DEFAULT_OUTPUT_PARENT = "outputs/evaluate"
+
+
+def parse_args(argv: Sequence[str] | None):
+    """The options of ``scripts/evaluate.py``, every one checked here, before any benchmark or model loads."""
+    import argparse
+
+    from verl_repro.cli import ArgumentParser, count, number
+    from verl_repro.evaluation.datasets import TEST_SETS
+    from verl_repro.rewards.math_verifier import MIN_TIMEOUT_S
+
+    parser = ArgumentParser(prog="evaluate.py", description=USAGE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="HF model id or directory (a merged checkpoint)")
+    parser.add_argument("--data", action="append", default=[], metavar="NAME=PARQUET", help="a benchmark (repeatable)")
+    parser.add_argument("--data-dir", type=Path, help=f"directory with {', '.join(TEST_SETS)} parquet files (those present are used)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help=f"an empty or new folder for the results (default: a new numbered folder under {DEFAULT_OUTPUT_PARENT}/)")
+    parser.add_argument("--n", type=count(), default=16, help="samples per problem (avg@n, pass@k for k <= n)")
+    parser.add_argument("--ks", type=count(), nargs="*", help="pass@k values to report, each <= n (default 1, 2, 4, ... <= n)")
+    parser.add_argument("--backend", choices=["auto", "vllm", "hf"], default="auto", help="auto: vLLM on a GPU, HF generate otherwise")
+    parser.add_argument("--max-new-tokens", type=count(), default=8192, help="response budget (paper: 8k; 32768 for long-context evaluation)")
+    parser.add_argument("--temperature", type=number(minimum=0), default=0.6, help="0: greedy decoding (then --n 1)")
+    parser.add_argument("--top-p", type=number(above=0, maximum=1), default=0.95)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-problems", type=count(optional_limit=True), help="first N problems of each benchmark (quick checks)")
+    parser.add_argument("--tensor-parallel-size", type=count(), default=1, help="vLLM only")
+    parser.add_argument("--gpu-memory-utilization", type=number(above=0, maximum=1), default=0.9, help="vLLM only")
+    parser.add_argument("--batch-size", type=count(), default=8, help="prompts per HF generate call")
+    parser.add_argument("--grading-timeout", type=number(minimum=MIN_TIMEOUT_S), default=5.0, help="per-response grading deadline, seconds")
+    parser.add_argument("--save-samples", action="store_true", help="also write OUT/samples.jsonl with every response")
+    args = parser.parse_args(argv)
+    if args.temperature == 0 and args.n > 1:
+        parser.error(f"--temperature 0 is greedy decoding: its --n {args.n} samples would all be the same; use --n 1 or a temperature > 0")
+    too_large = [k for k in args.ks or () if k > args.n]
+    if too_large:
+        parser.error(f"--ks {too_large[0]} exceeds --n {args.n}: pass@k needs k <= n samples per problem")
+    benchmarks = {}
+    for item in args.data:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            parser.error(f"--data {item!r}: write NAME=PARQUET")
+        benchmarks[name] = os.path.expanduser(path)
+    if args.data_dir is not None:
+        if not args.data_dir.expanduser().is_dir():
+            parser.error(f"--data-dir {args.data_dir} is not a folder")
+        for name in TEST_SETS:
+            path = args.data_dir.expanduser() / f"{name}.parquet"
+            if path.exists() and name not in benchmarks:
+                benchmarks[name] = str(path)
+    if not benchmarks:
+        parser.error("no benchmark: give --data NAME=PARQUET or a --data-dir with prepared test sets (scripts/prepare_data.py test --out DIR)")
+    missing = [path for path in benchmarks.values() if not Path(path).is_file()]
+    if missing:
+        parser.error(f"missing benchmark files: {', '.join(missing)}")
+    args.benchmarks = benchmarks
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``scripts/evaluate.py``: a bad option, benchmark file or model path is one line on stderr before any work."""
+    from verl_repro.cli import report_usage_errors
+
+    return report_usage_errors("evaluate.py", lambda: _run(parse_args(argv)))
+
+
+def _run(args) -> int:
+    from functools import partial
+
+    from verl_repro.cli import claim_output_dir
+
+    for path in args.benchmarks.values():  # an empty or foreign benchmark file: refused before any model loads
+        load_benchmark(path, args.max_problems)
+    check_model_path(args.model)
+    out = claim_output_dir(args.out, DEFAULT_OUTPUT_PARENT, "--out")
+    print(f"evaluate.py: results in {out}", flush=True)
+    backend = resolve_backend(args.backend)
+    sampling = dict(n=args.n, max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed)
+    if backend == "vllm":
+        generate = partial(generate_vllm, args.model, tensor_parallel_size=args.tensor_parallel_size,
+                           gpu_memory_utilization=args.gpu_memory_utilization, **sampling)
+    else:
+        generate = partial(generate_hf, args.model, batch_size=args.batch_size, **sampling)
+
+    from transformers import AutoTokenizer
+
+    special_texts = AutoTokenizer.from_pretrained(args.model).all_special_tokens
+    results, samples = evaluate(
+        args.benchmarks, generate, args.n,
+        reward_config=MathRewardConfig(timeout_s=args.grading_timeout, num_processes=min(8, os.cpu_count() or 1)),
+        ks=args.ks, max_problems=args.max_problems, strip_texts=special_texts,
+    )
+    settings = {"model": args.model, "backend": backend, **sampling, "benchmarks": args.benchmarks, "max_problems": args.max_problems}
+    paths = write_results(out, results, settings, samples if args.save_samples else None)
+    print(paths["markdown"].read_text(), end="")
+    print(f"wrote {', '.join(str(p) for p in paths.values())}")
+    return 0

@@ -56,6 +56,8 @@ from verl_repro.gradients.layout import (
     METHODS,
     NORMS,
     check_request,
+    check_targets,
+    layer_indices,
     positions_from_mask,
     sequence_ids,
     token_layout,
@@ -112,12 +114,13 @@ def logit_gradient_norms(
         ``[B, T, len(layers), len(matrices)]`` float in the model's dtype (float32 for bf16 / fp16
         models), zero where ``attention_mask`` is 0.
     """
-    layers = tuple(int(layer) for layer in layers)
+    layers = layer_indices(model, layers)
     matrices = tuple(matrices)
     check_request(matrices, norm, layers)
     if input_ids.shape != target_ids.shape or input_ids.dim() != 2:
         raise ValueError(f"input_ids {tuple(input_ids.shape)} and target_ids {tuple(target_ids.shape)} must both be [B, T]")
     valid, position_ids, _ = token_layout(input_ids, attention_mask, position_ids, measure_mask)
+    check_targets(model, target_ids, valid)
     method = resolve_method(model, layers, matrices, method)
     if method == "exact":
         return exact_norms(model, input_ids, target_ids, attention_mask, position_ids, valid, layers, matrices, norm)

@@ -32,7 +32,7 @@ def exact_norms(model, input_ids, target_ids, attention_mask, position_ids, vali
             logits = model(
                 input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
             ).logits
-            chosen = logits.gather(-1, target_ids.unsqueeze(-1)).squeeze(-1)  # [B, T]
+            chosen = logits.gather(-1, torch.where(valid, target_ids, 0).unsqueeze(-1)).squeeze(-1)  # [B, T]; unmeasured: any id
             result = per_token_norms(chosen, weights, valid, norm, out_dtype).view(*chosen.shape, len(layers), len(matrices))
     finally:
         for w, flag in zip(weights, saved):

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from verl_repro.gradients.exact import per_token_norms
-from verl_repro.gradients.layout import FAST_MATRICES, check_request, output_dtype, token_layout
+from verl_repro.gradients.layout import FAST_MATRICES, check_request, check_targets, output_dtype, token_layout
 from verl_repro.models.support import (
     UnsupportedModelError,
     attention_override,
@@ -123,10 +123,12 @@ def forward_with_logit_gradient_norms(
     if reason is not None:
         raise UnsupportedModelError(reason)
     valid, position_ids, segments = token_layout(input_ids, attention_mask, position_ids, measure_mask)
+    check_targets(model, target_ids, valid)
     result = {}
 
     def measure(capture: LastLayerCapture) -> None:
-        lm_rows = model.lm_head.weight[target_ids].detach()  # [B, T, H]
+        # unmeasured positions may hold any id (padding, -100): they read row 0 and are masked out
+        lm_rows = model.lm_head.weight[torch.where(valid, target_ids, 0)].detach()  # [B, T, H]
         result["norms"] = last_layer_norms(
             decoder_layers(model)[-1], final_norm(model), capture, lm_rows, valid, segments, matrices=matrices, norm=norm
         )

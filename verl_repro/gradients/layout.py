@@ -4,11 +4,13 @@ the token layout of a batch (positions, packed sequences, the tokens to measure)
 
 from __future__ import annotations
 
+import numbers
 from typing import Sequence
 
 import torch
+from torch import nn
 
-from verl_repro.models.support import PROJECTIONS
+from verl_repro.models.support import PROJECTIONS, decoder_layers
 
 MATRICES = PROJECTIONS
 FAST_MATRICES = ("q_proj", "v_proj", "o_proj")
@@ -41,6 +43,33 @@ def token_layout(input_ids, attention_mask, position_ids, measure_mask):
     else:
         segments = torch.where(real, 0, -1).to(position_ids.dtype)
     return valid, position_ids, segments
+
+
+def layer_indices(model: nn.Module, layers: Sequence[int]) -> tuple[int, ...]:
+    """The decoder layer indices as ints, each in ``[-L, L)``: an index past the model must not be
+    read as some other layer (``5`` of a 2-layer model as the last one), nor ``1.5`` as layer 1."""
+    count = len(decoder_layers(model))
+    for layer in layers:
+        if isinstance(layer, bool) or not isinstance(layer, numbers.Integral):
+            raise ValueError(f"layers must be decoder layer indices (ints), got {layer!r} in {list(layers)!r}")
+        if not -count <= layer < count:
+            raise ValueError(f"layer {layer} is outside this {count}-layer model: layers must lie in [-{count}, {count})")
+    return tuple(int(layer) for layer in layers)
+
+
+def check_targets(model: nn.Module, target_ids: torch.Tensor, valid: torch.Tensor) -> None:
+    """Every measured target is a token of the vocabulary (a negative id such as -100 would index the
+    logits from their end), as the kernels check their labels; unmeasured positions may hold anything."""
+    if target_ids.dtype.is_floating_point or target_ids.dtype == torch.bool:
+        raise TypeError(f"target_ids must be an integer tensor, got {target_ids.dtype}")
+    vocab_size = model.get_output_embeddings().weight.shape[0]
+    bad = valid & ((target_ids < 0) | (target_ids >= vocab_size))
+    if bool(bad.any()):
+        b, t = (int(i) for i in bad.nonzero()[0])
+        raise ValueError(
+            f"target_ids must lie in [0, {vocab_size}) on measured tokens; found {int(target_ids[b, t])} at [{b}, {t}]: "
+            "leave such positions out with attention_mask or measure_mask"
+        )
 
 
 def check_request(matrices: Sequence[str], norm: str, layers: Sequence[int]) -> None:

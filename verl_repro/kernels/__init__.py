@@ -77,6 +77,23 @@ def _check_labels(labels: torch.Tensor, leading_shape: torch.Size, vocab_size: i
         )
 
 
+def check_temperature(temperature, name: str = "temperature") -> float:
+    """``temperature`` as a float when it is a finite number > 0; otherwise ``ValueError`` naming ``name``.
+
+    The one check of every place that divides logits by a temperature (the kernels, RePro's J
+    scoring, sampling in the analysis tools): 0 and negative values break or flip the
+    distribution (``score_j`` would return plausible J of the reversed one), ``inf`` flattens it
+    to uniform and NaN poisons it.
+    """
+    try:
+        value = float(temperature)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a finite number > 0, got {temperature!r}") from None
+    if not (value > 0 and math.isfinite(value)):
+        raise ValueError(f"{name} must be a finite number > 0, got {temperature!r}")
+    return value
+
+
 def _inverse_temperature(temperature, leading_shape: torch.Size, device: torch.device) -> torch.Tensor:
     """[N] float32 of 1/T from a finite float > 0 or a tensor broadcastable to the labels' shape.
 
@@ -94,14 +111,10 @@ def _inverse_temperature(temperature, leading_shape: torch.Size, device: torch.d
                 f"temperature of shape {tuple(temperature.shape)} does not broadcast to {tuple(leading_shape)}"
             ) from error
         bad = ~(torch.isfinite(temperature) & (temperature > 0))
-        if temperature.numel() and bool(bad.any()):
-            raise ValueError(
-                f"temperature must be finite and > 0 everywhere; found {temperature[bad].flatten()[0].item()}"
-            )
+        if temperature.numel() and bool(bad.any()):  # one host sync, like the label check
+            check_temperature(temperature[bad].flatten()[0].item(), "every temperature")
         return (1.0 / temperature).reshape(num_rows).contiguous()
-    temperature = float(temperature)
-    if not (temperature > 0 and math.isfinite(temperature)):
-        raise ValueError(f"temperature must be finite and > 0, got {temperature}")
+    temperature = check_temperature(temperature)
     return torch.full((num_rows,), 1.0 / temperature, dtype=torch.float32, device=device)
 
 
@@ -202,6 +215,7 @@ __all__ = [
     "BACKENDS",
     "IGNORE_INDEX",
     "TokenStats",
+    "check_temperature",
     "resolve_backend",
     "token_stats_from_hidden",
     "token_stats_from_logits",

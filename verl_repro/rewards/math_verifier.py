@@ -28,7 +28,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from verl_repro.config import check_number_fields
+from verl_repro import UsageError
+from verl_repro.config import check_field_types
 
 from .ground_truth import BOXED_COMMANDS, closing_brace, ground_truth_answers
 from .guarded import GuardedPool, ScoringCrash, ScoringError, ScoringTimeout
@@ -36,7 +37,12 @@ from .normalization import comparison_pair
 
 
 
-class RewardConfigError(ValueError):
+MIN_TIMEOUT_S = 0.1
+"""The shortest grading deadline accepted: a grading process answers an ordinary answer in a few
+milliseconds plus the pipe round trip; below this every sample would time out and score 0."""
+
+
+class RewardConfigError(UsageError):
     """A reward option is invalid; the message names the full key, e.g. ``reward.reward_kwargs.timeout_s``."""
 
 
@@ -68,10 +74,10 @@ class MathRewardConfig:
             if not condition:
                 raise RewardConfigError(f"{prefix}.{key} {message}, got {getattr(self, key)!r}")
 
-        check_number_fields(self, prefix, RewardConfigError)  # inf / nan, strings: named before any range check
-        require(isinstance(self.require_think_end, bool), "require_think_end", "must be true or false")
-        require(isinstance(self.think_end_token, str) and bool(self.think_end_token), "think_end_token", "must be a non-empty string")
-        require(self.timeout_s > 0, "timeout_s", "must be > 0")
+        check_field_types(self, prefix, RewardConfigError)  # inf / nan, wrong types: named before any range check
+        require(bool(self.think_end_token), "think_end_token", "must be a non-empty string")
+        require(self.timeout_s >= MIN_TIMEOUT_S, "timeout_s",
+                f"must be >= {MIN_TIMEOUT_S} s (a grading process cannot answer sooner: every sample would time out)")
         require(isinstance(self.num_processes, int) and self.num_processes >= 1, "num_processes", "must be an int >= 1")
         require(isinstance(self.max_answer_chars, int) and self.max_answer_chars >= 1, "max_answer_chars", "must be an int >= 1")
         require(isinstance(self.memory_limit_mb, int) and self.memory_limit_mb >= 0, "memory_limit_mb", "must be an int >= 0")

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from verl_repro.config import SCORING_MODES
+from verl_repro.kernels import check_temperature
 from verl_repro.models.support import attention_support_error, unwrap_model
 from verl_repro.scoring.attention import PROBE_TOLERANCE, probe_batch, tree_attention, tree_plan
 from verl_repro.scoring.layout import (
@@ -259,6 +260,7 @@ def score_cuts_naive(
 
 
 def _score_cuts(model, prompt_ids, response_ids, cuts, cut_mask, answer_ids, prompt_mask, temperature, max_tokens_per_pass, naive: bool) -> CutScores:
+    temperature = check_temperature(temperature)
     context_ids, context_offsets, prompt_lengths = _pack_contexts(prompt_ids, response_ids, prompt_mask)
     answers = [torch.as_tensor(list(a), dtype=torch.long) for a in answer_ids]
     answer_lengths = torch.tensor([a.numel() for a in answers], dtype=torch.long)
