@@ -198,9 +198,10 @@ def dry_run(recipe: str, overrides: list[str], print_config: bool = False) -> in
 
     try:
         config = compose_recipe(recipe, overrides)
-    except Exception as exc:  # Hydra names the key: unknown override, wrong type, missing default
+    except Exception as exc:  # Hydra names the key: unknown override, missing default
         cause = exc.__cause__ or exc
-        print(f"[FAIL]      compose recipes/{recipe}.yaml with {list(overrides)}: {type(cause).__name__}: {cause}")
+        detail = "; ".join(line.strip() for line in str(cause).splitlines() if line.strip())  # OmegaConf's full_key on the same line
+        print(f"[FAIL]      compose recipes/{recipe}.yaml with {list(overrides)}: {type(cause).__name__}: {detail}")
         print("dry run FAILED: the config does not compose (an override that adds a key needs a leading +)")
         return 1
     cfg = config

@@ -46,25 +46,26 @@ FEW_SHOT = (
 
 @dataclass(frozen=True)
 class Method:
-    name: str
+    name: str  # the advantage estimator's registered name: the one override between the runs
     description: str
-    overrides: tuple[str, ...]
     # the metric that shows the method itself ran (a run_metrics figure), checked after the run
     signal: Optional[str] = None
 
+    @property
+    def overrides(self) -> tuple[str, ...]:
+        return (f"algorithm.adv_estimator={self.name}",)
 
-BASELINE = Method("grpo", "GRPO baseline (veRL's grpo estimator, outcome reward only)", ("algorithm.adv_estimator=grpo",))
+
+BASELINE = Method("grpo", "GRPO baseline (veRL's grpo estimator, outcome reward only)")
 METHODS = {
     "repro_grpo": Method(
         "repro_grpo",
         "RePro-GRPO: process rewards from the ground truth's log-likelihood along each response",
-        ("algorithm.adv_estimator=repro_grpo",),
         signal="process_adv",
     ),
     "corrpo": Method(
         "corrpo",
         "CorR-PO: outcome reward regularized by the entropy / gradient-norm correlation",
-        ("algorithm.adv_estimator=corrpo",),
         signal="rho",
     ),
 }
