@@ -44,6 +44,15 @@ def test_cpu_overrides_cover_the_required_list():
     assert overrides["ray_kwargs.ray_init.runtime_env.env_vars.VERL_PLATFORM"] == "cpu"
 
 
+def test_workers_compute_on_the_cores_they_share(monkeypatch):
+    """Ray would start each worker with OMP_NUM_THREADS=1: the runs pass the cores per rank instead."""
+    import os
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))
+    threads = lambda n: _as_dict(cpu_overrides(n))["ray_kwargs.ray_init.runtime_env.env_vars.OMP_NUM_THREADS"]  # noqa: E731
+    assert [threads(1), threads(2), threads(3), threads(16)] == ["'8'", "'4'", "'2'", "'1'"]
+
+
 def test_override_key_strips_hydra_prefixes():
     assert override_key("+a.b=1") == override_key("++a.b=2") == override_key("a.b=3") == "a.b"
     assert override_key("~a.b") == "a.b"

@@ -71,6 +71,8 @@ def test_concurrent_requests_are_batched_and_answered_within_budget(tiny_model_d
 
 
 def test_weight_sync_changes_samples_and_reports_changed_tensors(tiny_model_dir, tiny_tokenizer):
+    from verl_repro.cpu.rollout import to_wire
+
     server = _server(tiny_model_dir)
     prompt = _prompt(tiny_tokenizer, "Hi")
     greedy = {"temperature": 0, "logprobs": True}
@@ -82,11 +84,15 @@ def test_weight_sync_changes_samples_and_reports_changed_tensors(tiny_model_dir,
         unchanged = await server.update_weights(state, global_steps=0)
         torch.manual_seed(0)
         perturbed = {name: tensor + 0.05 * torch.randn_like(tensor) for name, tensor in state.items()}
-        changed = await server.update_weights(perturbed, global_steps=1)
+        # as the actor's adapter sends them: numpy arrays (bfloat16 stays a tensor)
+        changed = await server.update_weights({name: to_wire(tensor) for name, tensor in perturbed.items()}, global_steps=1)
         after = await server.generate(prompt_ids=prompt, sampling_params=dict(greedy), request_id="b")
-        return before, unchanged, changed, after
+        return before, unchanged, changed, after, perturbed
 
-    before, unchanged, changed, after = asyncio.run(scenario())
+    before, unchanged, changed, after, perturbed = asyncio.run(scenario())
+    for name, tensor in server._model.state_dict().items():
+        torch.testing.assert_close(tensor, perturbed[name], rtol=0, atol=0)
+    assert isinstance(to_wire(torch.ones(2, dtype=torch.bfloat16)), torch.Tensor)
     assert unchanged["changed"] == 0 and unchanged["delta"] == 0.0
     assert changed["changed"] == changed["tensors"] == len(server._model.state_dict())
     assert after.extra_fields["global_steps"] == 1
@@ -143,7 +149,7 @@ def test_adapter_sends_copies_to_its_replica_server(monkeypatch):
     asyncio.run(adapter.update_weights(iter([("w", weight)]), global_steps=3))
     weight.add_(1.0)  # the actor keeps training: what the server got must not move
     assert received["global_steps"] == 3
-    torch.testing.assert_close(received["named_tensors"]["w"], torch.ones(2, 2))
+    torch.testing.assert_close(torch.from_numpy(received["named_tensors"]["w"]), torch.ones(2, 2))
     with pytest.raises(NotImplementedError, match="lora"):
         asyncio.run(adapter.update_weights(iter([]), peft_config={"r": 8}))
 

@@ -313,7 +313,7 @@ def test_old_log_prob_pass_requests_the_param_grad_signal_and_corrpo_uses_it(
 ):
     import json
 
-    from verl_repro.verl_ext.engine import PARAM_GRAD_KEY, PARAM_GRAD_REQUEST_KEY
+    from verl_repro.verl_ext.engine import PARAM_GRAD_KEY, PARAM_GRAD_REQUEST_KEY, REQUEST_KEY
 
     trainer = make_trainer(
         base_config, tiny_tokenizer, make_worker_group,
@@ -338,10 +338,43 @@ def test_old_log_prob_pass_requests_the_param_grad_signal_and_corrpo_uses_it(
     spec = json.loads(requests[0][PARAM_GRAD_REQUEST_KEY])
     assert spec == {"matrices": ["q_proj", "v_proj", "o_proj"], "norm": "nuc", "aggregate": "mean", "method": "fast"}
     assert "calculate_sum_pi_squared" not in requests[0] and PARAM_GRAD_REQUEST_KEY not in meta.extra_info
+    assert requests[0][REQUEST_KEY] is False  # the softmax proxy, which this signal does not read, is refused
     # the estimator receives the parameter-gradient field, not the softmax proxy
     tensors = {"logit_grad_norm": torch.zeros(2, 4), PARAM_GRAD_KEY: torch.full((2, 4), 7.0)}
     assert torch.equal(trainer._logit_grad_norm(tensors), tensors[PARAM_GRAD_KEY])
     assert trainer._logit_grad_norm({"logit_grad_norm": torch.zeros(2, 4)}) is None
+
+
+@pytest.mark.parametrize(
+    "estimator, signal, refused",
+    [("grpo", "param_grad", True), ("repro_grpo", "param_grad", True), ("corrpo", "softmax_grad", False)],
+)
+def test_engine_vendor_adds_the_softmax_proxy_only_where_an_estimator_reads_it(
+    base_config, tiny_tokenizer, make_worker_group, rollout_batch, fake_tq, estimator, signal, refused
+):
+    from verl_repro.verl_ext.engine import REQUEST_KEY
+
+    trainer = make_trainer(
+        base_config, tiny_tokenizer, make_worker_group,
+        **{"algorithm.adv_estimator": estimator, "repro.corr.signal": signal, **VENDOR,
+           "actor_rollout_ref.rollout.calculate_log_probs": False},
+    )
+    meta = put_rollout(fake_tq, rollout_batch(tiny_tokenizer), RM_SCORES)
+    requests = []
+
+    def compute_log_prob(kv_meta):
+        from tensordict import TensorDict
+
+        requests.append(dict(kv_meta.extra_info))
+        lengths = [fake_tq.store[("train", key)]["input_ids"].numel() for key in kv_meta.keys]
+        full = lambda: torch.nested.as_nested_tensor([-torch.rand(n) for n in lengths], layout=torch.jagged)  # noqa: E731
+        fake_tq.kv_batch_put(kv_meta.keys, "train", TensorDict({"log_probs": full(), "entropy": full().abs()}, batch_size=[len(lengths)]))
+        return kv_meta
+
+    trainer.actor_rollout_wg.compute_log_prob = compute_log_prob
+    trainer._compute_old_log_prob(meta, {})
+    assert (requests[0].get(REQUEST_KEY) is False) == refused
+    assert REQUEST_KEY not in meta.extra_info  # later passes on the batch decide for themselves
 
 
 def test_as_jagged_turns_dense_fields_into_nested():

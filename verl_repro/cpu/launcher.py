@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -71,6 +72,16 @@ def shared_ray_cluster(num_workers: int = 1) -> Iterator[str]:
         ray.shutdown()
 
 
+def compute_threads(num_workers: int = 1) -> int:
+    """Torch threads per worker process: this machine's usable cores shared among the trainer ranks.
+
+    Ray starts an actor that asks for no CPUs with ``OMP_NUM_THREADS=1``, so without this every
+    veRL worker computes on one core: on the 2-core machine a step of the demo then took 1.8x as
+    long. The phases of a step run one after another (rollout, log-probs, update), so the threads of
+    one phase do not compete with another's."""
+    return max(1, len(os.sched_getaffinity(0)) // max(1, num_workers))
+
+
 def cpu_overrides(num_workers: int = 1, ray_address: str | None = None) -> list[str]:
     """The main_ppo overrides a CPU run needs (``num_workers`` = trainer ranks, one logical GPU each;
     ``ray_address``: join that cluster instead of starting one)."""
@@ -80,6 +91,8 @@ def cpu_overrides(num_workers: int = 1, ray_address: str | None = None) -> list[
         f"trainer.n_gpus_per_node={num_workers}",
         *ray_cluster_overrides(num_workers, ray_address),
         f"+ray_kwargs.ray_init.runtime_env.env_vars.{PLATFORM_ENV}=cpu",
+        # quoted: Ray takes environment variables as strings only
+        f"+ray_kwargs.ray_init.runtime_env.env_vars.OMP_NUM_THREADS='{compute_threads(num_workers)}'",
         # More storage units than cores stalls TransferQueue on a small machine.
         "transfer_queue.backend.SimpleStorage.num_data_storage_units=1",
         # No flash-attention on a CPU, hence no padding-free (remove-padding) path either.
@@ -365,6 +378,11 @@ def total_steps_of(command: list[str]) -> Optional[int]:
     return None
 
 
+def shell_line(command: list[str]) -> str:
+    """``command`` as one line to paste into a shell (quoted where Hydra's own quotes must survive)."""
+    return f"{PLATFORM_ENV}=cpu " + shlex.join(command)
+
+
 def run(args: argparse.Namespace) -> int:
     overrides = list(getattr(args, "extra_args", []) or [])
     if args.smoke and Path(args.smoke).exists() and not Path(args.smoke).is_dir():
@@ -373,11 +391,11 @@ def run(args: argparse.Namespace) -> int:
     if args.print_command:
         run_dir = Path(args.run_dir) if args.run_dir else default_parent / "NNN"
         command = build_command(overrides, smoke_dir=args.smoke, prepare=False, run_dir=run_dir)
-        print(f"{PLATFORM_ENV}=cpu " + " ".join(command))
+        print(shell_line(command))
         return 0
     run_dir = claim_output_dir(args.run_dir, default_parent, "--run-dir").resolve()
     command = build_command(overrides, smoke_dir=args.smoke, run_dir=run_dir)
-    (run_dir / "command.txt").write_text(f"{PLATFORM_ENV}=cpu " + " ".join(command) + "\n")
+    (run_dir / "command.txt").write_text(shell_line(command) + "\n")
     print(f"verl-repro cpu-run: veRL main_ppo on this CPU; run directory {run_dir}", flush=True)
     print(f"  console output: {run_dir / LOG_FILE}{'' if args.verbose else ' (--verbose shows it here)'}", flush=True)
     return run_quietly(command, run_dir, total_steps=total_steps_of(command), verbose=args.verbose)

@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+import numpy as np
 import ray
 import torch
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -108,8 +110,9 @@ class HFRolloutServer:
         self._model_lock = asyncio.Lock()
         self._batcher = asyncio.get_running_loop().create_task(self._serve_batches())
 
-    async def update_weights(self, named_tensors: dict[str, torch.Tensor], global_steps: Optional[int] = None) -> dict:
-        """Copy the actor's full (HF-named) weights into the sampling model; returns a summary."""
+    async def update_weights(self, named_tensors: dict[str, Any], global_steps: Optional[int] = None) -> dict:
+        """Copy the actor's full (HF-named) weights, tensors or numpy arrays, into the sampling model;
+        returns a summary."""
         async with self._model_lock:
             summary = await asyncio.to_thread(self._load_weights, named_tensors)
             self.global_steps = global_steps
@@ -125,6 +128,10 @@ class HFRolloutServer:
         with torch.no_grad():
             for name, incoming in named_tensors.items():
                 target = state[name]
+                if isinstance(incoming, np.ndarray):
+                    with warnings.catch_warnings():  # Ray hands out read-only buffers; they are only read here
+                        warnings.simplefilter("ignore", UserWarning)
+                        incoming = torch.from_numpy(incoming)
                 if target.shape != incoming.shape:
                     raise ValueError(
                         f"hf rollout: {name} has shape {tuple(incoming.shape)}, expected {tuple(target.shape)}"

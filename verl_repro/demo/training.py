@@ -300,7 +300,7 @@ def run_training_demo(output_dir: Optional[str], settings: DemoSettings, methods
                       verbose: bool = False) -> int:
     from verl_repro.analysis.training_curves import FIGURE_FILE, plot_training_curves
     from verl_repro.cli import claim_output_dir
-    from verl_repro.cpu.launcher import build_command, run_quietly, shared_ray_cluster
+    from verl_repro.cpu.launcher import build_command, run_quietly, shared_ray_cluster, shell_line
 
     started = time.monotonic()
     runs = [BASELINE] + [METHODS[name] for name in methods]
@@ -321,7 +321,7 @@ def run_training_demo(output_dir: Optional[str], settings: DemoSettings, methods
             print(f"\n[{index}/{len(runs)}] {method.description}")
             overrides = demo_overrides(method, model_path, train, val, settings, prompt_tokens)
             # what to type to repeat this run alone (it then starts a Ray cluster of its own)
-            (run_dir / "command.txt").write_text(" ".join(build_command(overrides, run_dir=run_dir)) + "\n")
+            (run_dir / "command.txt").write_text(shell_line(build_command(overrides, run_dir=run_dir)) + "\n")
             command = build_command(overrides, run_dir=run_dir, ray_address=ray_address)
             code = run_quietly(command, run_dir, total_steps=settings.steps, verbose=verbose, label=method.name)
             if code == 130:
@@ -348,6 +348,9 @@ def run_training_demo(output_dir: Optional[str], settings: DemoSettings, methods
     print("accuracy: share of right answers among the step's sampled responses (repro_math grader); the other "
           "columns are means over the steps; repro |Ã|: mean |RePro process advantage| per token; corr ρ: mean "
           "per-response entropy / gradient-norm correlation.")
+    print(f"{settings.steps} step(s) of {settings.prompts_per_step * settings.group_size} responses show the machinery "
+          "running end to end, not a result: the methods sample the same responses from the same weights at step 1, "
+          "and differences after that are noise at this size.")
     print(f"\ndemo done in {clock(wall)}. Files:")
     print(f"  {figure}  (training curves, one line per method)")
     print(f"  {out / 'summary.json'}  (the table's figures by step)")
