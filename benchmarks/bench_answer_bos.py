@@ -23,21 +23,13 @@ import sys
 import torch
 
 import bench_boundaries
-from harness import machine_line
+from harness import finish_report, machine_line
 from verl_repro import algorithms as alg
 from verl_repro.config import ReproConfig
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--problems", type=int, default=6)
-    parser.add_argument("--samples-per-problem", type=int, default=2)
-    parser.add_argument("--max-new-tokens", type=int, default=160)
-    parser.add_argument("--temperature", type=float, default=0.8)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", help="also write the report to this file")
-    return parser
+    return bench_boundaries.sampling_parser(__doc__.splitlines()[0])
 
 
 def direct_j(model, prompt: list[int], response: list[int], cut: int, answer: list[int], scored: int | None = None) -> float:
@@ -116,15 +108,8 @@ def main(argv: list[str] | None = None) -> int:
         f"median |ΔJ| {statistics.median(abs(d) for d in context_shifts):.2f}, range {min(context_shifts):+.2f} … {max(context_shifts):+.2f}; "
         f"Kendall τ median {statistics.median(context_taus):+.2f}, range {min(context_taus):+.2f} … {max(context_taus):+.2f}",
         "",
-        ("self-check: J of the first response equals a direct forward in both tokenizations" if not failures
-         else "self-check FAILED:\n" + "\n".join(f"- {f}" for f in failures)),
     ]
-    text = "\n".join(report) + "\n"
-    print(text, end="")
-    if args.out:
-        with open(args.out, "w") as handle:
-            handle.write(text)
-    return 1 if failures else 0
+    return finish_report(report, failures, "J of the first response equals a direct forward in both tokenizations", args.out)
 
 
 if __name__ == "__main__":

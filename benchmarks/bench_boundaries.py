@@ -31,22 +31,28 @@ import time
 
 import torch
 
-from harness import machine_line, time_calls
+from harness import finish_report, machine_line, time_calls
 from verl_repro import algorithms as alg
 from verl_repro.algorithms.reference import step_ends_by_decoding
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def sampling_parser(description: str) -> argparse.ArgumentParser:
+    """The options of :func:`smollm2_samples` (shared with bench_answer_bos.py), ``--threads`` and ``--out``."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--problems", type=int, default=6, help="bundled problems to pose (at most 6)")
     parser.add_argument("--samples-per-problem", type=int, default=2)
     parser.add_argument("--max-new-tokens", type=int, default=160)
     parser.add_argument("--temperature", type=float, default=0.8)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--speed-batch", type=int, default=2048)
-    parser.add_argument("--speed-length", type=int, default=8192)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", help="also write the report to this file")
+    return parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = sampling_parser(__doc__.splitlines()[0])
+    parser.add_argument("--speed-batch", type=int, default=2048)
+    parser.add_argument("--speed-length", type=int, default=8192)
     return parser
 
 
@@ -149,15 +155,8 @@ def main(argv: list[str] | None = None) -> int:
         f"marking a {args.speed_batch} × {args.speed_length} batch (median of 5): token lookup {seconds_before * 1e3:.1f} ms, "
         f"decoded-text tables {seconds_after * 1e3:.1f} ms; select_cuts with the tables (k = 10) {select_after * 1e3:.1f} ms",
         "",
-        ("self-check: step ends equal the prefix-decoding oracle on every response" if not failures
-         else "self-check FAILED:\n" + "\n".join(f"- {f}" for f in failures)),
     ]
-    text = "\n".join(report) + "\n"
-    print(text, end="")
-    if args.out:
-        with open(args.out, "w") as handle:
-            handle.write(text)
-    return 1 if failures else 0
+    return finish_report(report, failures, "step ends equal the prefix-decoding oracle on every response", args.out)
 
 
 if __name__ == "__main__":

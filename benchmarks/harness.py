@@ -130,3 +130,15 @@ def machine_line(device: torch.device | str = "cpu", packages: Sequence[str] = (
         except importlib.metadata.PackageNotFoundError:
             parts.append(f"{name} not installed")
     return "machine: " + "; ".join(parts)
+
+
+def finish_report(lines: Sequence[str], failures: Sequence[str], passed: str, out: str | None = None) -> int:
+    """Close a benchmark's report with its self-check (``passed`` or every failure), print it, also
+    write it to ``out`` when given; returns the exit status (1 when a self-check failed)."""
+    verdict = f"self-check: {passed}" if not failures else "self-check FAILED:\n" + "\n".join(f"- {f}" for f in failures)
+    text = "\n".join([*lines, verdict]) + "\n"
+    print(text, end="")
+    if out:
+        with open(out, "w") as handle:
+            handle.write(text)
+    return 1 if failures else 0

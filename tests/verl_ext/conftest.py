@@ -1,6 +1,6 @@
 """Fixtures for the veRL glue: veRL's real engine forward on CPU, a DP worker group, an in-memory TransferQueue.
 
-* ``cpu_engine`` — veRL's ``FSDPEngineWithLMHead`` code (``infer_batch`` → ``prepare_micro_batches``
+* ``cpu_engine`` (an instance of ``cpu_engine_class``) — veRL's ``FSDPEngineWithLMHead`` code (``infer_batch`` → ``prepare_micro_batches``
   → ``forward_step`` → ``prepare_model_inputs`` / ``prepare_model_outputs`` → ``postprocess_batch_func``)
   driving the tiny Qwen2 on CPU. Only the FSDP wrapping and the device lookup are left out: the
   module is the plain HF model and veRL's ``get_device_id`` / ``get_device_name`` answer ``cpu``.
@@ -30,7 +30,9 @@ def tiny_model(tiny_model_dir):
 
 
 @pytest.fixture(scope="module")
-def cpu_engine(tiny_model):
+def cpu_engine_class():
+    """``CpuEngine(module)``: veRL's FSDP engine code around an unwrapped module on CPU (no FSDP, no
+    device mesh); counts its ``infer_batch`` calls (``calls``) and forwards (``forwards``)."""
     import torch.distributed as dist
 
     import verl.utils.torch_functional as verl_F
@@ -46,8 +48,6 @@ def cpu_engine(tiny_model):
         dist.init_process_group("gloo", init_method=f"file://{tempfile.mktemp()}", rank=0, world_size=1)
 
     class CpuEngine(impl.FSDPEngineWithLMHead):
-        """veRL's FSDP engine code around an unwrapped module (no FSDP, no device mesh)."""
-
         def __init__(self, module):  # noqa: D401 - deliberately skips FSDPEngine.__init__ (device meshes)
             self.module = module
             self.engine_config = FSDPEngineConfig(forward_only=True, use_torch_compile=False)
@@ -59,15 +59,25 @@ def cpu_engine(tiny_model):
             self.scaler = None
             self.compute_entropy_from_logits = verl_F.entropy_from_logits
             self.calls = []
+            self.forwards = 0
 
         def infer_batch(self, data, loss_function=None):
             self.calls.append(len(data))
             return super().infer_batch(data, loss_function=loss_function)
 
-    yield CpuEngine(tiny_model)
+        def forward_step(self, micro_batch, loss_function, forward_only):
+            self.forwards += 1
+            return super().forward_step(micro_batch, loss_function, forward_only)
+
+    yield CpuEngine
     patcher.undo()
     if created_group:
         dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def cpu_engine(cpu_engine_class, tiny_model):
+    return cpu_engine_class(tiny_model)
 
 
 class FakeWorkerGroup:

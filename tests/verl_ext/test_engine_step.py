@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import pickle
-import tempfile
 
 import pytest
 import torch
@@ -25,51 +24,18 @@ STEPS = ["First, we add 3 and 4 to get 7.\n", "Wait, let me re-check the sum.\n\
 
 
 @pytest.fixture(scope="module")
-def engine_classes(tiny_model_dir):
+def engine_classes(cpu_engine_class):
     """(stock engine, engine with the prefix-shared hook), both veRL's FSDP engine code on CPU."""
-    import torch.distributed as dist
-
-    import verl.utils.torch_functional as verl_F
-    import verl.workers.engine.fsdp.transformer_impl as impl
-    from verl.workers.config import FSDPEngineConfig
-
     from verl_repro.verl_ext.engine_step import is_prefix_shared_batch, prefix_shared_forward_step
 
-    patcher = pytest.MonkeyPatch()
-    patcher.setattr(impl, "get_device_id", lambda: "cpu")
-    patcher.setattr(impl, "get_device_name", lambda: "cpu")
-    created_group = not dist.is_initialized()
-    if created_group:
-        dist.init_process_group("gloo", init_method=f"file://{tempfile.mktemp()}", rank=0, world_size=1)
-
-    class StockCpuEngine(impl.FSDPEngineWithLMHead):
-        def __init__(self, module):  # skips FSDPEngine.__init__ (device meshes): the module stays unwrapped
-            self.module = module
-            self.engine_config = FSDPEngineConfig(forward_only=True, use_torch_compile=False)
-            self.pad_to_length = False
-            self.use_ulysses_sp = False
-            self.ulysses_sequence_parallel_size = 1
-            self.ulysses_device_mesh = None
-            self._autocast_dtype = torch.float32
-            self.scaler = None
-            self.compute_entropy_from_logits = verl_F.entropy_from_logits
-            self.forwards = 0
-
-        def forward_step(self, micro_batch, loss_function, forward_only):
-            self.forwards += 1
-            return super().forward_step(micro_batch, loss_function, forward_only)
-
-    class HookedCpuEngine(StockCpuEngine):
+    class HookedCpuEngine(cpu_engine_class):
         # The hook the repro engine vendor needs in its forward_step (verl_repro/verl_ext/engine.py).
         def forward_step(self, micro_batch, loss_function, forward_only):
             if is_prefix_shared_batch(micro_batch):
                 return prefix_shared_forward_step(self, micro_batch, loss_function, forward_only, super().forward_step)
             return super().forward_step(micro_batch, loss_function, forward_only)
 
-    yield StockCpuEngine, HookedCpuEngine
-    patcher.undo()
-    if created_group:
-        dist.destroy_process_group()
+    return cpu_engine_class, HookedCpuEngine
 
 
 class WorkerGroup:

@@ -280,6 +280,27 @@ def test_logit_grad_norm_formula():
     torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-6)
 
 
+def old_log_prob_requests(trainer, fake_tq, meta, fields) -> list[dict]:
+    """Run the trainer's old-log-prob pass against a stand-in worker that records each call's
+    requests (``extra_info``) and writes one random non-negative full-sequence tensor per name in
+    ``fields`` under the sample keys (``log_probs`` negated), as the worker would."""
+    from tensordict import TensorDict
+
+    requests = []
+
+    def compute_log_prob(kv_meta):
+        requests.append(dict(kv_meta.extra_info))
+        lengths = [fake_tq.store[("train", key)]["input_ids"].numel() for key in kv_meta.keys]
+        full = lambda: torch.nested.as_nested_tensor([torch.rand(n) for n in lengths], layout=torch.jagged)  # noqa: E731
+        outputs = {name: -full() if name == "log_probs" else full() for name in fields}
+        fake_tq.kv_batch_put(kv_meta.keys, "train", TensorDict(outputs, batch_size=[len(lengths)]))
+        return kv_meta
+
+    trainer.actor_rollout_wg.compute_log_prob = compute_log_prob
+    trainer._compute_old_log_prob(meta, {})
+    return requests
+
+
 def test_old_log_prob_pass_asks_for_sum_pi_squared_only_there(base_config, tiny_tokenizer, make_worker_group, rollout_batch, fake_tq):
     trainer = make_trainer(
         base_config, tiny_tokenizer, make_worker_group,
@@ -291,19 +312,7 @@ def test_old_log_prob_pass_asks_for_sum_pi_squared_only_there(base_config, tiny_
         },
     )
     meta = put_rollout(fake_tq, rollout_batch(tiny_tokenizer), RM_SCORES)
-    requests = []
-
-    def compute_log_prob(kv_meta):  # the worker writes full-sequence outputs under the sample keys
-        from tensordict import TensorDict
-
-        requests.append(dict(kv_meta.extra_info))
-        lengths = [fake_tq.store[("train", key)]["input_ids"].numel() for key in kv_meta.keys]
-        full = lambda: torch.nested.as_nested_tensor([-torch.rand(n) for n in lengths], layout=torch.jagged)  # noqa: E731
-        fake_tq.kv_batch_put(kv_meta.keys, "train", TensorDict({"log_probs": full(), "entropy": full().abs(), "sum_pi_squared": full().abs()}, batch_size=[len(lengths)]))
-        return kv_meta
-
-    trainer.actor_rollout_wg.compute_log_prob = compute_log_prob
-    trainer._compute_old_log_prob(meta, {})
+    requests = old_log_prob_requests(trainer, fake_tq, meta, ("log_probs", "entropy", "sum_pi_squared"))
     assert requests[0]["calculate_sum_pi_squared"] is True and requests[0]["calculate_entropy"] is True
     assert "calculate_sum_pi_squared" not in meta.extra_info
 
@@ -320,21 +329,7 @@ def test_old_log_prob_pass_requests_the_param_grad_signal_and_corrpo_uses_it(
         **{"algorithm.adv_estimator": "corrpo", **VENDOR, "actor_rollout_ref.rollout.calculate_log_probs": False},
     )
     meta = put_rollout(fake_tq, rollout_batch(tiny_tokenizer), RM_SCORES)
-    requests = []
-
-    def compute_log_prob(kv_meta):
-        from tensordict import TensorDict
-
-        requests.append(dict(kv_meta.extra_info))
-        lengths = [fake_tq.store[("train", key)]["input_ids"].numel() for key in kv_meta.keys]
-        full = lambda: torch.nested.as_nested_tensor([torch.rand(n) for n in lengths], layout=torch.jagged)  # noqa: E731
-        fake_tq.kv_batch_put(kv_meta.keys, "train", TensorDict(
-            {"log_probs": -full(), "entropy": full(), "logit_grad_norm": full(), PARAM_GRAD_KEY: full()}, batch_size=[len(lengths)]
-        ))
-        return kv_meta
-
-    trainer.actor_rollout_wg.compute_log_prob = compute_log_prob
-    trainer._compute_old_log_prob(meta, {})
+    requests = old_log_prob_requests(trainer, fake_tq, meta, ("log_probs", "entropy", "logit_grad_norm", PARAM_GRAD_KEY))
     spec = json.loads(requests[0][PARAM_GRAD_REQUEST_KEY])
     assert spec == {"matrices": ["q_proj", "v_proj", "o_proj"], "norm": "nuc", "aggregate": "mean", "method": "fast"}
     assert "calculate_sum_pi_squared" not in requests[0] and PARAM_GRAD_REQUEST_KEY not in meta.extra_info
@@ -360,19 +355,7 @@ def test_engine_vendor_adds_the_softmax_proxy_only_where_an_estimator_reads_it(
            "actor_rollout_ref.rollout.calculate_log_probs": False},
     )
     meta = put_rollout(fake_tq, rollout_batch(tiny_tokenizer), RM_SCORES)
-    requests = []
-
-    def compute_log_prob(kv_meta):
-        from tensordict import TensorDict
-
-        requests.append(dict(kv_meta.extra_info))
-        lengths = [fake_tq.store[("train", key)]["input_ids"].numel() for key in kv_meta.keys]
-        full = lambda: torch.nested.as_nested_tensor([-torch.rand(n) for n in lengths], layout=torch.jagged)  # noqa: E731
-        fake_tq.kv_batch_put(kv_meta.keys, "train", TensorDict({"log_probs": full(), "entropy": full().abs()}, batch_size=[len(lengths)]))
-        return kv_meta
-
-    trainer.actor_rollout_wg.compute_log_prob = compute_log_prob
-    trainer._compute_old_log_prob(meta, {})
+    requests = old_log_prob_requests(trainer, fake_tq, meta, ("log_probs", "entropy"))
     assert (requests[0].get(REQUEST_KEY) is False) == refused
     assert REQUEST_KEY not in meta.extra_info  # later passes on the batch decide for themselves
 
