@@ -2,17 +2,19 @@
 
 veRL composes its config in Hydra struct mode: ``repro.alpha=0.2`` alone fails (no such key) and
 ``+repro.alpha=0.2`` adds one loose key without defaults or types. Registering a config group in
-Hydra's ``ConfigStore`` when the plugin loads (``import verl`` runs before ``hydra.main`` composes)
-(done as soon as the process imports Hydra) lets ``+repro=default`` add the whole group with the defaults of
-:class:`verl_repro.config.ReproConfig`; struct mode then rejects an unknown key, naming it. The
-group is stored untyped on purpose: OmegaConf's own typing would turn ``repro.think_end_token=123``
-into the string ``"123"`` silently and refuse ``repro.boundary_patterns=abc`` with a message that
-does not name the key, whereas ``ReproConfig.from_mapping`` (the driver's start-up check and the
-recipes' dry run) refuses both, naming the key. The option also selects the ``repro_sync`` trainer, which the RePro and CorR-PO
-estimators need (``docs/dev/estimator_contract.md``); an explicit ``trainer.v1.trainer_mode=...``
-on the command line still wins.
+Hydra's ``ConfigStore`` when the plugin loads (as soon as the process imports Hydra; ``import verl``
+runs before ``hydra.main`` composes) lets ``+repro=default`` add the whole group with the defaults
+of :class:`verl_repro.config.ReproConfig`; struct mode then rejects an unknown key, naming it.
 
-Types and value ranges (``alpha >= 0`` ...) are checked by ``ReproConfig.validate`` at start-up.
+The group is stored untyped on purpose: OmegaConf's own typing would turn
+``repro.think_end_token=123`` into the string ``"123"`` silently and refuse
+``repro.boundary_patterns=abc`` with a message that does not name the key, whereas
+``ReproConfig.from_mapping`` (the driver's start-up check and the recipes' dry run) refuses both,
+naming the key. Types and value ranges (``alpha >= 0`` ...) are checked there.
+
+The option also selects the ``repro_sync`` trainer, which the RePro and CorR-PO estimators need
+(``docs/dev/estimator_contract.md``); an explicit ``trainer.v1.trainer_mode=...`` on the command
+line still wins.
 """
 
 from __future__ import annotations
