@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import pytest
 from hydra import compose, initialize_config_module
@@ -53,14 +54,30 @@ def test_explicit_trainer_mode_wins(compose_ppo):
     "overrides, message",
     [
         (["+repro=default", "repro.nope=1"], "Could not override 'repro.nope'"),
-        (["+repro=default", "repro.alpha=abc"], "repro.alpha=abc"),
-        (["+repro=default", "repro.num_segments=2.5"], "repro.num_segments=2.5"),
         (["repro.alpha=0.2"], "Could not override 'repro.alpha'"),  # without the group
     ],
 )
-def test_hydra_rejects_unknown_keys_and_wrong_types(compose_ppo, overrides, message):
+def test_hydra_rejects_unknown_keys(compose_ppo, overrides, message):
     with pytest.raises(ConfigCompositionException, match=message.replace(".", r"\.")):
         compose_ppo(overrides)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("repro.alpha=abc", "repro.alpha must be a finite number, got 'abc'"),
+        ("repro.num_segments=2.5", "repro.num_segments must be an int, got 2.5"),
+        ("repro.think_end_token=123", "repro.think_end_token must be a string, got 123"),
+        ("repro.boundary_patterns=abc", "repro.boundary_patterns must be a list of strings"),
+    ],
+)
+def test_wrong_types_are_refused_by_key_at_start_up(compose_ppo, override, message):
+    """The group is untyped in Hydra, so the start-up check is what must catch a wrong type, by key."""
+    from verl_repro.config import ConfigError
+
+    config = compose_ppo(["+repro=default", override])
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        ReproConfig.from_mapping(config.repro)
 
 
 def test_composed_config_passes_verls_own_validation(compose_ppo):
