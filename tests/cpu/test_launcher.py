@@ -129,28 +129,6 @@ def _assert_gone(pid):
     raise AssertionError(f"process {pid} is still running")
 
 
-def test_sigterm_to_the_launcher_ends_the_run_too(tmp_path):
-    # timeout(1) or a CI runner stops cpu-run with SIGTERM: main_ppo's session must go with it
-    pid_file = tmp_path / "child.pid"
-    child = tmp_path / "child.py"
-    child.write_text(f"import os, time\nopen({str(pid_file)!r}, 'w').write(str(os.getpid()))\ntime.sleep(300)\n")
-    launcher_script = tmp_path / "launcher.py"
-    launcher_script.write_text(
-        "import os, sys\n"
-        "from verl_repro.cpu.launcher import run_main_ppo\n"
-        # main_ppo's console goes to a log, as in a quiet cpu-run
-        f"sys.exit(run_main_ppo([sys.executable, {str(child)!r}], dict(os.environ), output=open({str(tmp_path / 'log')!r}, 'w')))\n"
-    )
-    launcher = psutil.Popen([sys.executable, str(launcher_script)])
-    deadline = time.monotonic() + 120
-    while not pid_file.exists() or not pid_file.read_text():
-        assert time.monotonic() < deadline, "the child never started"
-        time.sleep(0.2)
-    launcher.terminate()
-    assert launcher.wait(timeout=60) == 143
-    _assert_gone(int(pid_file.read_text()))
-
-
 def test_cpu_runs_compute_in_fp32():
     overrides = _as_dict(cpu_overrides())
     for engine in ("actor_rollout_ref.actor.fsdp_config", "actor_rollout_ref.ref.fsdp_config", "critic.fsdp"):
@@ -158,38 +136,49 @@ def test_cpu_runs_compute_in_fp32():
     assert overrides["actor_rollout_ref.rollout.dtype"] == "float32"
 
 
-def _launcher_with_grandchild(tmp_path, body: str = ""):
+def _launcher_with_grandchild(tmp_path, foreground: bool = True):
     """A launcher process running run_main_ppo on a child that starts a grandchild (as main_ppo
-    starts Ray) and records both PIDs; returns (launcher, child pid, grandchild pid)."""
+    starts Ray), records both PIDs, and leaves a marker when a Ctrl-C ends it (main_ppo's own
+    shutdown); returns (launcher, child pid, grandchild pid, marker).
+
+    The launcher starts with SIGINT ignored, as every background job of a non-interactive shell
+    (a CI script) does; ``foreground`` gives it Python's Ctrl-C handler back, as a terminal does."""
     pids = tmp_path / "pids"
+    marker = tmp_path / "interrupted"
     child = tmp_path / "child.py"
     child.write_text(
         "import os, subprocess, sys, time\n"
         "grandchild = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(300)'])\n"
         f"open({str(pids)!r} + '.tmp', 'w').write(f'{{os.getpid()}} {{grandchild.pid}}')\n"
         f"os.rename({str(pids)!r} + '.tmp', {str(pids)!r})\n"
-        "time.sleep(300)\n"
+        "try:\n"
+        "    time.sleep(300)\n"
+        "except KeyboardInterrupt:\n"
+        f"    open({str(marker)!r}, 'w').close()\n"
+        "    sys.exit(130)\n"
     )
     launcher_script = tmp_path / "launcher.py"
     launcher_script.write_text(
-        "import os, sys\n"
-        "from verl_repro.cpu.launcher import run_main_ppo\n"
+        "import os, signal, sys\n"
+        + ("signal.signal(signal.SIGINT, signal.default_int_handler)\n" if foreground else "")
+        + "from verl_repro.cpu.launcher import run_main_ppo\n"
         # main_ppo's console goes to a log, as in a quiet cpu-run
         f"sys.exit(run_main_ppo([sys.executable, {str(child)!r}], dict(os.environ), output=open({str(tmp_path / 'log')!r}, 'w')))\n"
     )
-    launcher = psutil.Popen([sys.executable, str(launcher_script)], stderr=subprocess.PIPE, text=True)
+    launcher = psutil.Popen([sys.executable, str(launcher_script)], stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     deadline = time.monotonic() + 120
     while not pids.exists():
         assert time.monotonic() < deadline, "the child never started"
         time.sleep(0.2)
     child_pid, grandchild_pid = (int(p) for p in pids.read_text().split())
-    return launcher, child_pid, grandchild_pid
+    return launcher, child_pid, grandchild_pid, marker
 
 
 def test_sigkill_of_the_launcher_leaves_no_process_behind(tmp_path):
     # nothing in the launcher runs after SIGKILL: the parent-death signal takes main_ppo, the
     # watchdog takes the rest of its session (Ray, here the grandchild)
-    launcher, child_pid, grandchild_pid = _launcher_with_grandchild(tmp_path)
+    launcher, child_pid, grandchild_pid, _ = _launcher_with_grandchild(tmp_path)
     assert psutil.Process(grandchild_pid).is_running()
     launcher.kill()
     launcher.wait(timeout=30)
@@ -198,10 +187,22 @@ def test_sigkill_of_the_launcher_leaves_no_process_behind(tmp_path):
 
 
 def test_ctrl_c_ends_the_run_without_a_traceback(tmp_path):
-    launcher, child_pid, grandchild_pid = _launcher_with_grandchild(tmp_path)
+    launcher, child_pid, grandchild_pid, interrupted = _launcher_with_grandchild(tmp_path)
     launcher.send_signal(signal.SIGINT)
     assert launcher.wait(timeout=60) == 130
     assert "Traceback" not in launcher.stderr.read()
+    assert interrupted.exists(), "main_ppo never got the Ctrl-C: it was killed, not shut down"
+    _assert_gone(child_pid)
+    _assert_gone(grandchild_pid)
+
+
+def test_sigterm_to_a_background_launcher_shuts_main_ppo_down(tmp_path):
+    # timeout(1) or a CI runner stops a cpu-run started in the background with SIGTERM: main_ppo
+    # gets the forwarded Ctrl-C although it inherited SIGINT ignored, and its session goes with it
+    launcher, child_pid, grandchild_pid, interrupted = _launcher_with_grandchild(tmp_path, foreground=False)
+    launcher.terminate()
+    assert launcher.wait(timeout=60) == 143
+    assert interrupted.exists(), "main_ppo inherited SIGINT ignored and was killed, not shut down"
     _assert_gone(child_pid)
     _assert_gone(grandchild_pid)
 

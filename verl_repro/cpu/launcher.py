@@ -237,6 +237,14 @@ def _stop_watchdog(watchdog: subprocess.Popen, write_end: int) -> None:
         watchdog.kill()
 
 
+def _prepare_main_ppo(parent: int) -> None:
+    """``preexec_fn`` of main_ppo: it dies with the launcher, and the Ctrl-C the launcher forwards
+    reaches it even when the launcher ignores SIGINT, as every background job of a non-interactive
+    shell does (a CI script's): without it, main_ppo inherits the ignore and skips its own shutdown."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    watchdog_module.die_with_parent(parent)
+
+
 def run_main_ppo(
     command: list[str],
     env: dict[str, str],
@@ -260,16 +268,18 @@ def run_main_ppo(
         start_new_session=True,
         stdout=output,
         stderr=subprocess.STDOUT if output is not None else None,
-        preexec_fn=lambda: watchdog_module.die_with_parent(parent),
+        preexec_fn=lambda: _prepare_main_ppo(parent),
     )
-    watchdog, write_end = _start_watchdog(process.pid)
-    if on_start is not None:
-        on_start(process)
-    # A SIGTERM (timeout(1), a CI runner cancelling) must not orphan the Ray instance either.
+    watchdog: Optional[tuple[subprocess.Popen, int]] = None
     previous_handler = None
-    if threading.current_thread() is threading.main_thread():
-        previous_handler = signal.signal(signal.SIGTERM, _raise_terminated)
+    # From here on a Ctrl-C or SIGTERM ends main_ppo's session, however early it comes.
     try:
+        watchdog = _start_watchdog(process.pid)
+        if on_start is not None:
+            on_start(process)
+        # A SIGTERM (timeout(1), a CI runner cancelling) must not orphan the Ray instance either.
+        if threading.current_thread() is threading.main_thread():
+            previous_handler = signal.signal(signal.SIGTERM, _raise_terminated)
         return process.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         return TIMEOUT_EXIT_CODE
@@ -287,7 +297,8 @@ def run_main_ppo(
             process.wait(timeout=10)
         except subprocess.TimeoutExpired:
             pass
-        _stop_watchdog(watchdog, write_end)
+        if watchdog is not None:
+            _stop_watchdog(*watchdog)
         if previous_handler is not None:
             signal.signal(signal.SIGTERM, previous_handler)
 
