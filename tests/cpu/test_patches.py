@@ -52,3 +52,27 @@ def test_value_model_patch_builds_a_token_classification_critic_with_sdpa(tiny_m
     assert critic.config._attn_implementation == "sdpa"
     values = critic(torch.tensor([[1, 2, 3]])).logits
     assert values.shape == (1, 3, 1)
+
+
+def test_replay_buffer_patch_shortens_the_default_poll_and_keeps_an_explicit_one():
+    from verl.trainer.ppo.v1 import replay_buffer
+
+    class FakeBuffer:  # the real class's constructor contract: poll_interval is a keyword with a default
+        def __init__(self, trainer_mode, poll_interval: float = 2.0):
+            self.trainer_mode, self.poll_interval = trainer_mode, poll_interval
+
+    class FakeAsyncBuffer(FakeBuffer):
+        pass
+
+    module = types.ModuleType("fake_replay_buffer")
+    module.ReplayBuffer = FakeBuffer
+    patches._quick_replay_poll(module)
+    patches._quick_replay_poll(module)  # idempotent: no double wrapping
+    assert FakeBuffer("sync").poll_interval == patches.CPU_REPLAY_POLL_INTERVAL_S
+    assert FakeAsyncBuffer("async").poll_interval == patches.CPU_REPLAY_POLL_INTERVAL_S
+    assert FakeBuffer("sync", poll_interval=1.5).poll_interval == 1.5
+    # the pinned veRL still has the default this patch replaces
+    import inspect
+
+    default = inspect.signature(replay_buffer.ReplayBuffer.__init__).parameters["poll_interval"].default
+    assert default in (2.0, patches.CPU_REPLAY_POLL_INTERVAL_S)

@@ -85,6 +85,29 @@ def _sdpa_value_model(module: ModuleType) -> None:
     module.load_valuehead_model = load_valuehead_model
 
 
+# How often the trainer looks for finished rollouts on a CPU (seconds). veRL polls every 2 s, which a
+# GPU step of minutes does not notice; a CPU step of the demo is ~30 s, and the rollout's wait then
+# ended on the next 2 s tick (timing_s/gen was 8.02 s in every step for ~6.5 s of sampling).
+CPU_REPLAY_POLL_INTERVAL_S = 0.2
+
+
+def _quick_replay_poll(module: ModuleType) -> None:
+    # The poll interval is a constructor default that the trainer never passes; change the default
+    # on the class itself, so the sync buffer and its async subclass both see it wherever they are
+    # imported from.
+    buffer_cls = getattr(module, "ReplayBuffer")
+    original = buffer_cls.__init__
+    if getattr(original, "_verl_repro_cpu", False):
+        return
+
+    @functools.wraps(original)
+    def __init__(self, *args, poll_interval: float = CPU_REPLAY_POLL_INTERVAL_S, **kwargs):
+        original(self, *args, poll_interval=poll_interval, **kwargs)
+
+    __init__._verl_repro_cpu = True
+    buffer_cls.__init__ = __init__
+
+
 def _register_hf_rollout_class(module: ModuleType) -> None:
     # get_rollout_class() resolves (name, mode) only through this private table; there is no
     # public registration for worker-side rollout classes in 0.9.1.
@@ -119,6 +142,13 @@ PATCHES: tuple[Patch, ...] = (
         target="load_valuehead_model",
         reason="the critic's model is loaded with flash_attention_2 hard-coded; load it with sdpa",
         apply=_sdpa_value_model,
+    ),
+    Patch(
+        verl_file="verl/trainer/ppo/v1/replay_buffer.py",
+        module="verl.trainer.ppo.v1.replay_buffer",
+        target="ReplayBuffer",
+        reason="the trainer polls for finished rollouts every 2 s, a quarter of a CPU demo's sampling time",
+        apply=_quick_replay_poll,
     ),
     Patch(
         verl_file="verl/workers/rollout/base.py",
