@@ -99,7 +99,11 @@ def test_with_the_switch_platform_engines_rollout_and_gloo_resolve():
     assert result["report"]["failures"] == {}
     registered = set(result["report"]["registered"])
     assert {"platform:cpu", "rollout:hf", "engine:language_model/fsdp,fsdp2@cpu"} <= registered
-    assert sum(name.startswith("patch:") for name in registered) == 5
+    from verl_repro.cpu.patches import PATCHES
+
+    applied = {name for name in registered if name.startswith("patch:")}
+    assert applied == {f"patch:{patch.verl_file}:{patch.target}" for patch in PATCHES}
+    assert len(applied) == 6
     identity = (result["device"], result["backend"], result["device_id"], result["device_label"])
     assert identity == ("cpu", "gloo", "cpu", "CPU")
     assert result["lm_engine"] and result["value_engine"]
