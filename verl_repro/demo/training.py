@@ -319,7 +319,8 @@ def run_training_demo(output_dir: Optional[str], settings: DemoSettings, methods
     runs = [BASELINE] + [METHODS[name] for name in methods]
     out = claim_output_dir(output_dir, Path("outputs") / "demo").resolve()
     print(f"verl-repro demo: {len(runs)} short training runs of veRL's main_ppo on this CPU, results in {out}")
-    print(f"  {settings.steps} steps x {settings.prompts_per_step} problems x {settings.group_size} responses "
+    problems = "problem" if settings.prompts_per_step == 1 else "problems"
+    print(f"  {settings.steps} steps x {settings.prompts_per_step} {problems} x {settings.group_size} responses "
           f"(<= {settings.max_response_length} tokens), the same settings and data for every method")
     model_path = Path(model).resolve() if model else embedded_model()
     train, val = write_dataset(out / "data", settings)
