@@ -71,6 +71,7 @@ def test_replay_buffer_patch_shortens_the_default_poll_and_keeps_an_explicit_one
     assert FakeBuffer("sync").poll_interval == patches.CPU_REPLAY_POLL_INTERVAL_S
     assert FakeAsyncBuffer("async").poll_interval == patches.CPU_REPLAY_POLL_INTERVAL_S
     assert FakeBuffer("sync", poll_interval=1.5).poll_interval == 1.5
+    assert FakeAsyncBuffer("async", 1.5).poll_interval == 1.5  # by position: explicit too
     # the pinned veRL still has the default this patch replaces
     import inspect
 

@@ -9,6 +9,7 @@ a target that has disappeared, stops with an error saying which patch to revisit
 from __future__ import annotations
 
 import functools
+import inspect
 from types import ModuleType
 
 from verl_repro.plugin.patching import Patch, apply_patch, check_verl_version
@@ -100,9 +101,14 @@ def _quick_replay_poll(module: ModuleType) -> None:
     if getattr(original, "_verl_repro_cpu", False):
         return
 
+    # A subclass may pass the interval by position; then it is explicit and stays as given.
+    position = list(inspect.signature(original).parameters).index("poll_interval") - 1  # less self
+
     @functools.wraps(original)
-    def __init__(self, *args, poll_interval: float = CPU_REPLAY_POLL_INTERVAL_S, **kwargs):
-        original(self, *args, poll_interval=poll_interval, **kwargs)
+    def __init__(self, *args, **kwargs):
+        if len(args) <= position:
+            kwargs.setdefault("poll_interval", CPU_REPLAY_POLL_INTERVAL_S)
+        original(self, *args, **kwargs)
 
     __init__._verl_repro_cpu = True
     buffer_cls.__init__ = __init__
